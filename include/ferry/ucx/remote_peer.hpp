@@ -1,0 +1,85 @@
+#pragma once
+
+#include <ferry/detail/metadata.hpp>
+#include <ferry/status.hpp>
+#include <ferry/ucx/endpoint.hpp>
+#include <ferry/version.hpp>
+
+#include <ucp/api/ucp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+FERRY_NAMESPACE_BEGIN
+namespace detail {
+
+struct remote_region {
+    std::uint64_t addr;
+    std::uint64_t len;
+    std::uint32_t dev;
+    rkey key;
+
+    [[nodiscard]] bool contains(std::uint64_t a, std::size_t n, std::uint32_t device) const noexcept {
+        return device == dev && a >= addr && n <= len && a - addr <= len - n;
+    }
+};
+
+/// What load_remote made of a peer's metadata: its endpoint and the regions
+/// it published, with their rkeys unpacked, sorted by address.
+class remote_peer {
+public:
+    remote_peer(ucp_worker_h worker, const metadata_view& md, bool peer_error_handling)
+        : name_(md.name),
+          ep_(worker, md.worker_address, peer_error_handling, peer_error_handling ? &on_error : nullptr, this) {
+        regions_.reserve(md.regions.size());
+        for (const auto& r : md.regions) regions_.push_back({r.addr, r.len, r.dev, rkey(ep_.get(), r.rkey)});
+        std::sort(regions_.begin(), regions_.end(), [](const auto& a, const auto& b) { return a.addr < b.addr; });
+    }
+    remote_peer(const remote_peer&) = delete;
+    remote_peer& operator=(const remote_peer&) = delete;
+    ~remote_peer() {
+        // UCX requires rkeys to go before the endpoint they were unpacked on.
+        regions_.clear();
+    }
+
+    [[nodiscard]] const std::string& name() const noexcept { return name_; }
+    [[nodiscard]] ucp_ep_h ep() const noexcept { return ep_.get(); }
+
+    [[nodiscard]] const remote_region* find(std::uint64_t addr, std::size_t len, std::uint32_t dev) const noexcept {
+        auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
+                                   [](std::uint64_t a, const auto& r) { return a < r.addr; });
+        while (it != regions_.begin()) {
+            --it;
+            if (it->contains(addr, len, dev)) return &*it;
+        }
+        return nullptr;
+    }
+
+    /// UCX's verdict once the endpoint has failed (peer error handling only).
+    [[nodiscard]] std::optional<ucs_status_t> failure() const noexcept { return failure_; }
+
+    /// Transfers to this peer that UCX has not completed yet.
+    std::size_t in_flight = 0;
+
+    ucs_status_ptr_t close() noexcept {
+        regions_.clear();
+        return ep_.close();
+    }
+
+private:
+    static void on_error(void* arg, ucp_ep_h, ucs_status_t s) noexcept {
+        static_cast<remote_peer*>(arg)->failure_ = s;
+    }
+
+    std::string name_;
+    endpoint ep_;
+    std::vector<remote_region> regions_;
+    std::optional<ucs_status_t> failure_;
+};
+
+}  // namespace detail
+FERRY_NAMESPACE_END
