@@ -151,6 +151,13 @@ public:
         return peer{it->second};
     }
 
+    /// The regions a loaded peer published, as descriptors in its address space.
+    [[nodiscard]] std::vector<desc> remote_regions(peer p) const {
+        auto* target = peers_.get(p.ref);
+        if (!target) throw error(status::no_such_peer, "remote_regions: the peer handle is unknown or was unloaded");
+        return target->published();
+    }
+
     // ---- transfers --------------------------------------------------------
 
     /// Checks and resolves a transfer: lists of equal length, pairs of equal

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <ferry/desc.hpp>
 #include <ferry/detail/metadata.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/endpoint.hpp>
@@ -57,6 +58,13 @@ public:
             if (it->contains(addr, len, dev)) return &*it;
         }
         return nullptr;
+    }
+
+    [[nodiscard]] std::vector<desc> published() const {
+        std::vector<desc> out;
+        out.reserve(regions_.size());
+        for (const auto& r : regions_) out.push_back({static_cast<std::uintptr_t>(r.addr), r.len, r.dev});
+        return out;
     }
 
     /// UCX's verdict once the endpoint has failed (peer error handling only).
