@@ -21,21 +21,27 @@
 
 namespace {
 
+using inline_backend = ferry::ucx_backend<ferry::policy<ferry::progress::inline_poll, ferry::memory::host>>;
+using threaded_backend = ferry::ucx_backend<ferry::policy<ferry::progress::thread, ferry::memory::host>>;
+
 struct options {
     std::string tls;  // empty: let UCX choose
+    bool thread = false;
     std::size_t blocks = 256;
     std::size_t block_size = 64 * 1024;
 };
 
 void usage(const char* argv0) {
     std::printf(
-        "usage: %s [--tls LIST] [--blocks N] [--block-size BYTES]\n"
+        "usage: %s [--tls LIST] [--progress inline|thread] [--blocks N] [--block-size BYTES]\n"
         "\n"
         "Forks a target and an initiator, WRITEs N scattered blocks into the\n"
         "target with a notification, READs them back, and checks every byte.\n"
         "\n"
         "  --tls LIST          UCX transports, as UCX_TLS takes them (e.g. shm, tcp);\n"
         "                      default: UCX's own choice\n"
+        "  --progress MODE     inline: the application drives UCX (default);\n"
+        "                      thread: a progress thread does\n"
         "  --blocks N          number of blocks (default 256)\n"
         "  --block-size BYTES  size of each block (default 65536)\n"
         "  --help              this text\n",
@@ -64,6 +70,11 @@ options parse(int argc, char** argv) {
             std::exit(0);
         } else if (a == "--tls") {
             o.tls = value();
+        } else if (a == "--progress") {
+            std::string_view m = value();
+            if (m != "inline" && m != "thread")
+                throw std::invalid_argument("--progress: expected inline or thread, got '" + std::string(m) + "'");
+            o.thread = m == "thread";
         } else if (a == "--blocks") {
             o.blocks = parse_size("--blocks", value());
         } else if (a == "--block-size") {
@@ -112,8 +123,9 @@ std::byte pattern(std::size_t block, std::size_t offset) {
 
 // The target spreads the blocks out: block i lands at slot 2i, so the list is
 // scattered the way KV-cache blocks are.
+template <class Backend>
 int run_target(int fd, const options& o) {
-    ferry::ucx_backend<> backend(make_config("target", o));
+    Backend backend(make_config("target", o));
     std::vector<std::byte> memory(2 * o.blocks * o.block_size);
     auto region = backend.register_memory(memory.data(), memory.size());
     send_blob(fd, backend.local_metadata());
@@ -124,6 +136,7 @@ int run_target(int fd, const options& o) {
     bool done = false;
     int failures = 0;
     while (!done) {
+        backend.wait_notifs(std::chrono::milliseconds(100));
         backend.poll_notifs([&](std::string_view from, std::string_view msg) {
             if (msg == "written") {
                 for (std::size_t b = 0; b < o.blocks; ++b)
@@ -140,9 +153,10 @@ int run_target(int fd, const options& o) {
     return failures == 0 ? 0 : 1;
 }
 
+template <class Backend>
 int run_initiator(int fd, const options& o) {
     using clock = std::chrono::steady_clock;
-    ferry::ucx_backend<> backend(make_config("initiator", o));
+    Backend backend(make_config("initiator", o));
     std::vector<std::byte> source(o.blocks * o.block_size), readback(o.blocks * o.block_size);
     for (std::size_t b = 0; b < o.blocks; ++b)
         for (std::size_t k = 0; k < o.block_size; ++k) source[b * o.block_size + k] = pattern(b, k);
@@ -167,7 +181,7 @@ int run_initiator(int fd, const options& o) {
     auto wait = [&](ferry::xfer x, std::string_view notif) {
         auto t0 = clock::now();
         auto s = backend.post(x, notif);
-        while (s == ferry::status::in_progress) s = backend.check(x);
+        if (s == ferry::status::in_progress) s = backend.wait(x, std::chrono::seconds(60));
         if (s != ferry::status::ok) throw std::runtime_error("transfer failed: " + std::string(ferry::to_string(s)));
         return std::chrono::duration<double>(clock::now() - t0).count();
     };
@@ -176,7 +190,6 @@ int run_initiator(int fd, const options& o) {
     double tr = wait(read, {});
     bool ok = readback == source;
     backend.send_notif(target, "done");
-    backend.progress();
 
     auto cost = backend.estimate(write);
     std::printf("initiator: WRITE %zu blocks x %zu B = %.1f KiB in %.1f us (%.2f GB/s)\n", o.blocks, o.block_size,
@@ -216,19 +229,21 @@ int main(int argc, char** argv) {
         if (child == 0) {
             close(fds[0]);
             alarm(120);
-            int rc = run_target(fds[1], o);
+            int rc = o.thread ? run_target<threaded_backend>(fds[1], o) : run_target<inline_backend>(fds[1], o);
             std::fflush(stdout);
             _exit(rc);
         }
         close(fds[1]);
-        int rc = run_initiator(fds[0], o);
+        int rc = o.thread ? run_initiator<threaded_backend>(fds[0], o) : run_initiator<inline_backend>(fds[0], o);
         int wstatus = 0;
         waitpid(child, &wstatus, 0);
         if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
             std::fprintf(stderr, "ferry-demo: the target failed\n");
             return 1;
         }
-        if (rc == 0) std::printf("ferry-demo: OK (%s)\n", o.tls.empty() ? "transports chosen by UCX" : o.tls.c_str());
+        if (rc == 0)
+            std::printf("ferry-demo: OK (%s, %s progress)\n", o.tls.empty() ? "transports chosen by UCX" : o.tls.c_str(),
+                        o.thread ? "thread" : "inline");
         return rc;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "ferry-demo (%s): %s\n", child == 0 ? "target" : "initiator", e.what());

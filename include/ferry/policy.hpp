@@ -11,6 +11,12 @@ namespace progress {
 /// runs in UCS_THREAD_MODE_SINGLE with no locks. A target that never calls
 /// `progress` stalls initiators whose transfers UCX emulates.
 struct inline_poll {};
+
+/// A progress thread owns the worker: it runs every UCX call, sleeps on the
+/// worker's event file descriptor when idle, and publishes completions as
+/// atomic state. `post`, `check` and the notification calls are safe from
+/// any number of application threads and never drive the worker themselves.
+struct thread {};
 }  // namespace progress
 
 namespace memory {
@@ -22,6 +28,8 @@ template <class T>
 struct is_progress_mode : std::false_type {};
 template <>
 struct is_progress_mode<progress::inline_poll> : std::true_type {};
+template <>
+struct is_progress_mode<progress::thread> : std::true_type {};
 
 template <class T>
 struct is_memory_kind : std::false_type {};
@@ -46,5 +54,8 @@ template <class T>
 struct is_policy : std::false_type {};
 template <class P, class M>
 struct is_policy<policy<P, M>> : std::true_type {};
+
+template <class Policy>
+inline constexpr bool is_threaded_v = std::is_same_v<typename Policy::progress_mode, progress::thread>;
 
 FERRY_NAMESPACE_END

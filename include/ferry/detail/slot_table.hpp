@@ -3,66 +3,108 @@
 #include <ferry/handles.hpp>
 #include <ferry/version.hpp>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {
 
-/// Owns objects behind integer handles. A lookup is an index and a compare:
-/// no hashing, no strings. Removing an object bumps its slot's generation,
-/// so every handle still naming it becomes stale instead of dangling.
-template <class T>
+/// A lock type for code that is single-threaded by policy.
+struct null_mutex {
+    void lock() noexcept {}
+    void unlock() noexcept {}
+};
+
+/// Owns objects behind integer handles. A lookup is two loads and a compare:
+/// no hashing, no strings, no lock. Slots live in chunks that never move, so
+/// lookups stay valid while another thread inserts. Removing an object bumps
+/// its slot's generation, so every handle still naming it becomes stale
+/// instead of dangling. Inserts and removals take `Mutex`.
+template <class T, class Mutex = null_mutex>
 class slot_table {
+    static constexpr std::uint32_t chunk_bits = 10;
+    static constexpr std::uint32_t chunk_size = 1U << chunk_bits;
+    static constexpr std::uint32_t max_chunks = 4096;
+
+    struct slot {
+        std::atomic<T*> value{nullptr};
+        std::atomic<std::uint32_t> generation{0};
+    };
+
 public:
+    slot_table() = default;
+    slot_table(const slot_table&) = delete;
+    slot_table& operator=(const slot_table&) = delete;
+    ~slot_table() {
+        clear();
+        for (auto& c : chunks_) delete[] c.load(std::memory_order_relaxed);
+    }
+
+    /// Stores `value`; throws std::length_error when every slot is in use.
     slot_ref insert(std::unique_ptr<T> value) {
+        std::lock_guard lock(mutex_);
         std::uint32_t index;
         if (!free_.empty()) {
             index = free_.back();
             free_.pop_back();
         } else {
-            index = static_cast<std::uint32_t>(slots_.size());
-            slots_.emplace_back();
-            free_.reserve(slots_.size());
+            if (used_ == chunk_size * max_chunks) throw std::length_error("ferry: too many live handles");
+            index = used_;
+            auto& chunk = chunks_[index >> chunk_bits];
+            if (!chunk.load(std::memory_order_relaxed)) chunk.store(new slot[chunk_size], std::memory_order_release);
+            ++used_;
+            free_.reserve(used_);
         }
-        slots_[index].value = std::move(value);
-        return {index, slots_[index].generation};
+        slot& s = at(index);
+        s.value.store(value.release(), std::memory_order_release);
+        return {index, s.generation.load(std::memory_order_relaxed)};
     }
 
     [[nodiscard]] T* get(slot_ref ref) const noexcept {
-        if (ref.index >= slots_.size()) return nullptr;
-        const auto& s = slots_[ref.index];
-        return s.generation == ref.generation ? s.value.get() : nullptr;
+        if (ref.index >= chunk_size * max_chunks) return nullptr;
+        const slot* chunk = chunks_[ref.index >> chunk_bits].load(std::memory_order_acquire);
+        if (!chunk) return nullptr;
+        const slot& s = chunk[ref.index & (chunk_size - 1)];
+        T* v = s.value.load(std::memory_order_acquire);
+        return s.generation.load(std::memory_order_acquire) == ref.generation ? v : nullptr;
     }
 
     /// Removes and returns the object; null if the handle is stale.
     std::unique_ptr<T> take(slot_ref ref) noexcept {
+        std::lock_guard lock(mutex_);
         if (get(ref) == nullptr) return nullptr;
-        auto& s = slots_[ref.index];
-        ++s.generation;
-        // insert reserved room for every slot, so this push never allocates.
-        free_.push_back(ref.index);
-        return std::move(s.value);
+        slot& s = at(ref.index);
+        s.generation.fetch_add(1, std::memory_order_acq_rel);
+        std::unique_ptr<T> out(s.value.exchange(nullptr, std::memory_order_acq_rel));
+        free_.push_back(ref.index);  // insert reserved room for every slot: no allocation
+        return out;
     }
 
+    /// Calls f(object) for every live object. Not safe against concurrent inserts or removals.
     template <class F>
     void for_each(F&& f) {
-        for (auto& s : slots_)
-            if (s.value) f(*s.value);
+        for (std::uint32_t i = 0; i < used_; ++i)
+            if (T* v = at(i).value.load(std::memory_order_acquire)) f(*v);
     }
 
     void clear() noexcept {
-        for (auto& s : slots_) s.value.reset();
+        for (std::uint32_t i = 0; i < used_; ++i) delete at(i).value.exchange(nullptr, std::memory_order_acq_rel);
     }
 
 private:
-    struct slot {
-        std::unique_ptr<T> value;
-        std::uint32_t generation = 0;
-    };
-    std::vector<slot> slots_;
+    slot& at(std::uint32_t index) const noexcept {
+        return chunks_[index >> chunk_bits].load(std::memory_order_relaxed)[index & (chunk_size - 1)];
+    }
+
+    std::array<std::atomic<slot*>, max_chunks> chunks_{};
+    std::uint32_t used_ = 0;
     std::vector<std::uint32_t> free_;
+    Mutex mutex_;
 };
 
 }  // namespace detail

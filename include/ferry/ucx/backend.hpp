@@ -1,12 +1,16 @@
 #pragma once
 
 #include <ferry/desc.hpp>
+#include <ferry/detail/completion_signal.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/detail/mpsc_queue.hpp>
 #include <ferry/detail/slot_table.hpp>
+#include <ferry/detail/wakeup.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
+#include <ferry/ucx/command.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
 #include <ferry/ucx/memory.hpp>
@@ -22,16 +26,23 @@
 #include <ucp/api/ucp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -54,13 +65,26 @@ inline std::string describe(const desc& d) {
 /// A transfer backend over UCX: registered memory, metadata exchange,
 /// descriptor-list READ/WRITE over UCX RMA and notifications over UCX active
 /// messages. Not copyable or movable: UCX callbacks hold its address.
+///
+/// With `progress::inline_poll` the calling thread drives the worker inside
+/// check/progress/take_notifs/poll_notifs; the backend is for one thread.
+/// With `progress::thread` a progress thread owns the worker and every call
+/// may come from any thread; a given transfer handle must not be released
+/// while another thread still uses it.
 template <class Policy = default_policy>
 class ucx_backend {
     static_assert(is_policy<Policy>::value, "ucx_backend<Policy>: Policy must be ferry::policy<Progress, Memory>");
-    static_assert(std::is_same_v<typename Policy::progress_mode, progress::inline_poll>,
-                  "ucx_backend: this version implements progress::inline_poll only");
     static_assert(std::is_same_v<typename Policy::memory_kind, memory::host>,
                   "ucx_backend: this version implements memory::host only");
+
+    static constexpr bool threaded = is_threaded_v<Policy>;
+    using mutex_type = std::conditional_t<threaded, std::mutex, detail::null_mutex>;
+    using xfer_state = detail::xfer_state;
+    using send_buffer = typename detail::notif_send_pool<mutex_type>::buffer;
+
+    struct peer_entry {
+        std::shared_ptr<detail::remote_peer> p;
+    };
 
 public:
     using policy_type = Policy;
@@ -70,18 +94,30 @@ public:
 
     explicit ucx_backend(ucx_config cfg)
         : config_(validated(std::move(cfg))),
-          context_(std::make_shared<detail::context>(config_, UCP_FEATURE_RMA | UCP_FEATURE_AM, false)),
-          inbox_(config_.max_notif_size),
+          context_(std::make_shared<detail::context>(
+              config_, UCP_FEATURE_RMA | UCP_FEATURE_AM | (threaded ? UCP_FEATURE_WAKEUP : 0), threaded)),
+          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
           worker_(context_->get(), UCS_THREAD_MODE_SINGLE),
           registry_(std::make_shared<detail::registry>()) {
         inbox_.attach(worker_.get());
         worker_address_ = worker_.address();
+        if constexpr (threaded) {
+            wakeup_.emplace(worker_.event_fd());
+            thread_ = std::thread([this] { run(); });
+        }
     }
 
     ucx_backend(const ucx_backend&) = delete;
     ucx_backend& operator=(const ucx_backend&) = delete;
 
-    ~ucx_backend() { shut_down(); }
+    ~ucx_backend() {
+        if constexpr (threaded) {
+            stop_.store(true, std::memory_order_seq_cst);
+            wakeup_->signal();
+            thread_.join();
+        }
+        shut_down();
+    }
 
     [[nodiscard]] const std::string& name() const noexcept { return config_.name; }
     [[nodiscard]] const ucx_config& config() const noexcept { return config_; }
@@ -111,12 +147,12 @@ public:
 
     /// This agent's name, worker address and every region registered now.
     [[nodiscard]] std::vector<std::byte> local_metadata() const {
+        auto regions = registry_->regions();
         detail::metadata_view md;
         md.ucx_version = detail::ucx_library_version();
         md.name = config_.name;
         md.worker_address = worker_address_;
-        for (const auto& r : registry_->regions())
-            md.regions.push_back({r->begin(), r->mem.size(), r->dev, r->mem.packed_rkey()});
+        for (const auto& r : regions) md.regions.push_back({r->begin(), r->mem.size(), r->dev, r->mem.packed_rkey()});
         return detail::encode_metadata(md);
     }
 
@@ -125,27 +161,30 @@ public:
     /// restarted agent); handles to the old one become stale.
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
-        auto p = std::make_unique<detail::remote_peer>(worker_.get(), md, config_.peer_error_handling);
-        if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) unload_remote(peer{it->second});
-        std::string name = p->name();
-        auto ref = peers_.insert(std::move(p));
-        peers_by_name_[std::move(name)] = ref;
-        return peer{ref};
+        return on_worker([&] {
+            auto p = std::make_shared<detail::remote_peer>(worker_.get(), md, config_.peer_error_handling);
+            std::lock_guard lock(setup_mutex_);
+            if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) retire(it->second);
+            auto ref = peers_.insert(std::make_unique<peer_entry>(peer_entry{p}));
+            peers_by_name_[p->name()] = ref;
+            return peer{ref};
+        });
     }
 
     /// Forgets a peer. Transfers prepared for it then fail with no_such_peer;
     /// its endpoint closes once transfers already in flight to it complete.
     void unload_remote(peer p) {
-        auto gone = peers_.take(p.ref);
-        if (!gone) throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
-        peers_by_name_.erase(gone->name());
-        retiring_.push_back(std::move(gone));
-        closing_.reserve(closing_.size() + retiring_.size());
-        reap();
+        on_worker([&] {
+            std::lock_guard lock(setup_mutex_);
+            if (!peers_.get(p.ref))
+                throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
+            retire(p.ref);
+        });
     }
 
     /// The peer loaded under `name`, if any. For set-up, not the hot path.
     [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const {
+        std::lock_guard lock(setup_mutex_);
         auto it = peers_by_name_.find(name);
         if (it == peers_by_name_.end()) return std::nullopt;
         return peer{it->second};
@@ -153,9 +192,10 @@ public:
 
     /// The regions a loaded peer published, as descriptors in its address space.
     [[nodiscard]] std::vector<desc> remote_regions(peer p) const {
-        auto* target = peers_.get(p.ref);
-        if (!target) throw error(status::no_such_peer, "remote_regions: the peer handle is unknown or was unloaded");
-        return target->published();
+        std::lock_guard lock(setup_mutex_);
+        auto* e = peers_.get(p.ref);
+        if (!e) throw error(status::no_such_peer, "remote_regions: the peer handle is unknown or was unloaded");
+        return e->p->published();
     }
 
     // ---- transfers --------------------------------------------------------
@@ -167,20 +207,28 @@ public:
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p) {
         if (op != xfer_op::read && op != xfer_op::write)
             throw error(status::invalid_argument, "prepare: op is neither read nor write");
-        auto* target = peers_.get(p.ref);
-        if (!target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
         if (local.empty() && remote.empty())
             throw error(status::invalid_argument, "prepare: the descriptor lists are empty");
         if (local.size() != remote.size())
             throw error(status::invalid_argument, "prepare: " + std::to_string(local.size()) +
                                                       " local descriptors but " + std::to_string(remote.size()) +
                                                       " remote descriptors");
-        auto st = std::make_unique<detail::xfer_state>();
+        auto st = std::make_unique<xfer_state>();
         st->op = op;
         st->peer_ref = p.ref;
-        st->target = target;
+        st->threaded = threaded;
+        st->signal = threaded ? &signal_ : nullptr;
+        st->execute = &execute_post;
         st->entries.reserve(local.size());
         st->notif_storage.reserve(256);
+        st->registry_epoch = registry_->epoch();
+
+        std::lock_guard lock(setup_mutex_);
+        auto* e = peers_.get(p.ref);
+        if (!e) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
+        const detail::remote_peer& target = *e->p;
+        st->keep_target = e->p;
+        st->target = e->p.get();
         for (std::size_t i = 0; i < local.size(); ++i) {
             const desc& l = local[i];
             const desc& r = remote[i];
@@ -189,26 +237,21 @@ public:
             if (l.len != r.len)
                 throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
                                                           " differs from remote length " + std::to_string(r.len));
-            auto* lr = registry_->find(l.addr, l.len, l.dev);
+            auto lr = registry_->find(l.addr, l.len, l.dev);
             if (!lr)
                 throw error(status::not_registered,
                             at + ": local block " + detail::describe(l) + " is not inside any registered region");
-            auto* rr = target->find(r.addr, r.len, r.dev);
+            auto* rr = target.find(r.addr, r.len, r.dev);
             if (!rr)
                 throw error(status::not_registered, at + ": remote block " + detail::describe(r) +
-                                                        " is not inside any region that peer '" + target->name() +
+                                                        " is not inside any region that peer '" + target.name() +
                                                         "' published");
-            st->entries.push_back({reinterpret_cast<void*>(l.addr), l.len, r.addr, rr->key.get(), (*lr)->mem.get()});
+            st->entries.push_back({reinterpret_cast<void*>(l.addr), l.len, r.addr, rr->key.get(), lr->mem.get()});
             st->total_bytes += l.len;
-            if (std::find(st->regions.begin(), st->regions.end(), *lr) == st->regions.end())
-                st->regions.push_back(*lr);
+            if (std::find(st->regions.begin(), st->regions.end(), lr) == st->regions.end())
+                st->regions.push_back(std::move(lr));
         }
-        st->registry_epoch = registry_->epoch();
-        auto ref = xfers_.insert(std::move(st));
-        ++live_xfers_;
-        // Room for every live transfer to become an orphan, so release never allocates.
-        orphans_.reserve(orphans_.size() + live_xfers_);
-        return xfer{ref};
+        return xfer{xfers_.insert(std::move(st))};
     }
 
     /// Starts a prepared transfer, with an optional notification that reaches
@@ -217,20 +260,69 @@ public:
     status post(xfer x, std::string_view notif = {}) noexcept {
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
-        if (st->pending > 0) return status::busy;
-        if (peers_.get(st->peer_ref) == nullptr) return status::no_such_peer;
-        if (st->target->failure()) return status::peer_failed;
         if (notif.size() > config_.max_notif_size) return status::invalid_argument;
-        if (st->registry_epoch != registry_->epoch() && !still_registered(*st)) return status::not_registered;
-        return st->start(worker_.get(), config_.name, notif);
+        if constexpr (threaded) {
+            std::uint8_t expected = xfer_state::idle;
+            if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_acq_rel))
+                return status::busy;
+            // From here until it is queued, the state belongs to this thread alone.
+            auto s = admissible(*st);
+            if (s == status::ok) {
+                try {
+                    st->notif_storage.assign(notif);
+                } catch (const std::bad_alloc&) {
+                    s = status::no_memory;
+                }
+            }
+            if (s != status::ok) {
+                st->phase.store(xfer_state::idle, std::memory_order_release);
+                return s;
+            }
+            submit(st);
+            return status::in_progress;
+        } else {
+            if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
+            if (auto s = admissible(*st); s != status::ok) return s;
+            if (st->target->failure()) return status::peer_failed;
+            st->phase.store(xfer_state::busy, std::memory_order_relaxed);
+            return st->start(worker_.get(), config_.name, notif);
+        }
     }
 
-    /// Drives the worker once if the transfer is in flight, then reports it.
+    /// Reports a transfer. Under inline progress it drives the worker once
+    /// first; under the thread policy it only reads what the thread published.
     status check(xfer x) noexcept {
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
-        if (st->pending > 0) worker_.progress();
-        return st->pending > 0 ? status::in_progress : st->result;
+        if constexpr (!threaded) {
+            if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) worker_.progress();
+        }
+        if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
+        return st->result.load(std::memory_order_relaxed);
+    }
+
+    /// Blocks until the transfer is over or `timeout` passes, then reports it
+    /// as check does. The thread policy sleeps on a condition variable;
+    /// inline progress has nothing to sleep on and drives the worker.
+    status wait(xfer x, std::chrono::nanoseconds timeout) noexcept {
+        auto* st = xfers_.get(x.ref);
+        if (!st) return status::invalid_argument;
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        if constexpr (threaded) {
+            try {
+                signal_.wait_until(deadline, [st] {
+                    return st->phase.load(std::memory_order_seq_cst) != xfer_state::busy;
+                });
+            } catch (const std::system_error&) {
+                return status::ucx_error;
+            }
+            return check(x);
+        } else {
+            for (;;) {
+                auto s = check(x);
+                if (s != status::in_progress || std::chrono::steady_clock::now() >= deadline) return s;
+            }
+        }
     }
 
     /// Frees a transfer without blocking. One still in flight is abandoned:
@@ -239,36 +331,38 @@ public:
     status release(xfer x) noexcept {
         auto st = xfers_.take(x.ref);
         if (!st) return status::invalid_argument;
-        --live_xfers_;
-        if (st->pending > 0) orphans_.push_back(std::move(st));
+        if (st->phase.exchange(xfer_state::released, std::memory_order_acq_rel) == xfer_state::busy)
+            st.release();  // whoever finishes it frees it
         return status::ok;
     }
 
     /// Expected duration of one post, from UCX's model of the endpoint.
-    [[nodiscard]] xfer_cost estimate(xfer x) const {
+    [[nodiscard]] xfer_cost estimate(xfer x) {
         auto* st = xfers_.get(x.ref);
         if (!st) throw error(status::invalid_argument, "estimate: the transfer handle is unknown or released");
-        if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
-        double seconds = 0;
-        std::size_t last_len = 0;
-        double last_time = 0;
-        for (const auto& e : st->entries) {
-            if (e.len != last_len) {
-                ucp_ep_evaluate_perf_param_t param{};
-                param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
-                param.message_size = e.len;
-                ucp_ep_evaluate_perf_attr_t attr{};
-                attr.field_mask = UCP_EP_PERF_ATTR_FIELD_ESTIMATED_TIME;
-                if (ucp_ep_evaluate_perf(st->target->ep(), &param, &attr) != UCS_OK) return {};
-                last_len = e.len;
-                last_time = attr.estimated_time;
+        return on_worker([&]() -> xfer_cost {
+            if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
+            double seconds = 0;
+            std::size_t last_len = 0;
+            double last_time = 0;
+            for (const auto& e : st->entries) {
+                if (e.len != last_len) {
+                    ucp_ep_evaluate_perf_param_t param{};
+                    param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
+                    param.message_size = e.len;
+                    ucp_ep_evaluate_perf_attr_t attr{};
+                    attr.field_mask = UCP_EP_PERF_ATTR_FIELD_ESTIMATED_TIME;
+                    if (ucp_ep_evaluate_perf(st->target->ep(), &param, &attr) != UCS_OK) return {};
+                    last_len = e.len;
+                    last_time = attr.estimated_time;
+                }
+                seconds += last_time;
             }
-            seconds += last_time;
-        }
-        auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9));
-        // UCX gives no error bound; its model ignores contention and software
-        // emulation, so claim no better than half of the estimate.
-        return {d, d / 2, cost_method::ucx_evaluate_perf};
+            auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9));
+            // UCX gives no error bound, and its model ignores contention and
+            // software emulation, so claim no better than half the estimate.
+            return {d, d / 2, cost_method::ucx_evaluate_perf};
+        });
     }
 
     /// Total bytes a post of this transfer moves; 0 for an unknown handle.
@@ -281,26 +375,30 @@ public:
 
     /// Sends `msg` to a loaded peer; unordered with respect to transfers.
     status send_notif(peer p, std::string_view msg) noexcept {
-        auto* target = peers_.get(p.ref);
-        if (!target) return status::no_such_peer;
-        if (target->failure()) return status::peer_failed;
         if (msg.size() > config_.max_notif_size) return status::invalid_argument;
+        if (!peers_.get(p.ref)) return status::no_such_peer;
         auto* buf = send_pool_.acquire();
         if (!buf) return status::no_memory;
-        auto r = detail::send_notif_am(target->ep(), config_.name, msg, buf->storage,
-                                       &detail::notif_send_pool::on_sent, buf);
-        if (r == nullptr || UCS_PTR_IS_ERR(r)) {
-            send_pool_.release(buf);
-            return r == nullptr ? status::ok : detail::from_ucs(UCS_PTR_STATUS(r));
+        buf->to = p.ref;
+        if constexpr (threaded) {
+            try {
+                buf->storage.assign(msg);
+            } catch (const std::bad_alloc&) {
+                send_pool_.release(buf);
+                return status::no_memory;
+            }
+            buf->execute = &execute_send;
+            submit(buf);
+            return status::ok;
+        } else {
+            return send_now(*buf, msg);
         }
-        return status::ok;
     }
 
     /// Everything that arrived, grouped by sender name, in arrival order.
     [[nodiscard]] notif_map take_notifs() {
-        progress();
         notif_map out;
-        inbox_.drain([&](std::string_view from, std::string_view msg) { out[std::string(from)].emplace_back(msg); });
+        poll_notifs([&](std::string_view from, std::string_view msg) { out[std::string(from)].emplace_back(msg); });
         return out;
     }
 
@@ -312,27 +410,48 @@ public:
         return inbox_.drain(std::forward<F>(f));
     }
 
+    /// Blocks until a notification is waiting or `timeout` passes; true if one is.
+    bool wait_notifs(std::chrono::nanoseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        if constexpr (threaded) {
+            return signal_.wait_until(deadline, [this] { return inbox_.has_mail(); });
+        } else {
+            for (;;) {
+                progress();
+                if (inbox_.has_mail()) return true;
+                if (std::chrono::steady_clock::now() >= deadline) return false;
+            }
+        }
+    }
+
     /// Notifications that arrived malformed or oversized and were dropped.
     [[nodiscard]] std::uint64_t dropped_notifs() const noexcept { return inbox_.dropped(); }
 
     // ---- progress ---------------------------------------------------------
 
-    /// Drives the worker until it has nothing more to do right now. In inline
-    /// mode a target must call this (or check/take_notifs) for transfers that
-    /// UCX emulates with active messages to complete.
+    /// Inline progress: drives the worker until it has nothing more to do
+    /// right now. A target must call this (or check/take_notifs/poll_notifs)
+    /// for transfers that UCX emulates with active messages to complete.
+    /// Under the thread policy the progress thread does this, and the call
+    /// returns 0 at once.
     unsigned progress() noexcept {
-        unsigned n = 0;
-        while (unsigned k = worker_.progress()) n += k;
-        reap();
-        return n;
+        if constexpr (threaded) {
+            return 0;
+        } else {
+            unsigned n = 0;
+            while (unsigned k = worker_.progress()) n += k;
+            reap();
+            return n;
+        }
     }
 
     /// The underlying UCX objects, for callers who need to go below ferry.
+    /// Under the thread policy the worker belongs to the progress thread.
     [[nodiscard]] ucp_context_h ucx_context() const noexcept { return context_->get(); }
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_.get(); }
     [[nodiscard]] ucp_ep_h ucx_endpoint(peer p) const noexcept {
-        auto* target = peers_.get(p.ref);
-        return target ? target->ep() : nullptr;
+        auto* e = peers_.get(p.ref);
+        return e ? e->p->ep() : nullptr;
     }
 
 private:
@@ -357,24 +476,154 @@ private:
         return region(registry_, std::move(r));
     }
 
-    bool still_registered(detail::xfer_state& st) const noexcept {
-        for (const auto& r : st.regions)
-            if (!registry_->holds(r.get())) return false;
-        st.registry_epoch = registry_->epoch();
-        return true;
+    // The checks a post makes before anything reaches UCX.
+    status admissible(xfer_state& st) const noexcept {
+        if (!peers_.get(st.peer_ref)) return status::no_such_peer;
+        if (auto epoch = registry_->epoch(); st.registry_epoch != epoch && !st.still_registered(epoch))
+            return status::not_registered;
+        return status::ok;
     }
 
-    // Frees abandoned transfers that have completed, closes retired peers once
-    // nothing is in flight to them, and frees finished close requests.
+    // Runs f where the worker may be touched: here under inline progress, on
+    // the progress thread (waiting for it) under the thread policy.
+    template <class F>
+    auto on_worker(F&& f) -> std::invoke_result_t<F&> {
+        if constexpr (!threaded) {
+            return f();
+        } else {
+            if (std::this_thread::get_id() == thread_.get_id()) return f();
+            using result_type = std::invoke_result_t<F&>;
+            struct task : detail::command {
+                std::function<void()> run;
+            };
+            std::promise<result_type> done;
+            auto future = done.get_future();
+            auto* t = new task;
+            t->run = [&] {
+                try {
+                    if constexpr (std::is_void_v<result_type>) {
+                        f();
+                        done.set_value();
+                    } else {
+                        done.set_value(f());
+                    }
+                } catch (...) {
+                    done.set_exception(std::current_exception());
+                }
+            };
+            t->execute = [](detail::command& c, void*) noexcept {
+                auto* self = static_cast<task*>(&c);
+                self->run();
+                delete self;
+            };
+            submit(t);
+            return future.get();
+        }
+    }
+
+    // Progress thread: hands a command over and wakes the thread if it sleeps.
+    void submit(detail::command* c) noexcept {
+        queue_.push(c);
+        // Pairs with the fence in run(): either the thread sees the command
+        // before it sleeps, or this thread sees it asleep and wakes it.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (sleeping_.load(std::memory_order_relaxed)) wakeup_->signal();
+    }
+
+    static void execute_post(detail::command& c, void* self) noexcept {
+        auto& st = static_cast<xfer_state&>(c);
+        auto& b = *static_cast<ucx_backend*>(self);
+        // Unloading runs on this thread too, so this answer cannot go stale.
+        if (!b.peers_.get(st.peer_ref)) return st.finish(status::no_such_peer);
+        if (st.target->failure()) return st.finish(status::peer_failed);
+        st.start(b.worker_.get(), b.config_.name, st.notif_storage);
+    }
+
+    static void execute_send(detail::command& c, void* self) noexcept {
+        auto& buf = static_cast<send_buffer&>(c);
+        auto& b = *static_cast<ucx_backend*>(self);
+        if (!b.peers_.get(buf.to)) return b.send_pool_.release(&buf);
+        b.send_now(buf, buf.storage);
+    }
+
+    status send_now(send_buffer& buf, std::string_view msg) noexcept {
+        auto* e = peers_.get(buf.to);
+        if (!e || e->p->failure()) {
+            send_pool_.release(&buf);
+            return e ? status::peer_failed : status::no_such_peer;
+        }
+        auto r = detail::send_notif_am(e->p->ep(), config_.name, msg, buf.storage,
+                                       &detail::notif_send_pool<mutex_type>::on_sent, &buf);
+        if (r == nullptr || UCS_PTR_IS_ERR(r)) {
+            send_pool_.release(&buf);
+            return r == nullptr ? status::ok : detail::from_ucs(UCS_PTR_STATUS(r));
+        }
+        return status::ok;
+    }
+
+    // The progress thread: run commands, drive the worker, and when there has
+    // been nothing to do for `progress_spin`, arm the worker and sleep until
+    // the network or an application thread has something.
+    void run() noexcept {
+        using clock = std::chrono::steady_clock;
+        auto idle_since = clock::now();
+        bool idle = false;
+        for (;;) {
+            bool worked = false;
+            while (auto* n = queue_.pop()) {
+                auto* c = static_cast<detail::command*>(n);
+                c->execute(*c, this);
+                worked = true;
+            }
+            while (worker_.progress()) worked = true;
+            if (!retiring_.empty() || !closing_.empty()) reap();
+            if (worked) {
+                idle = false;
+                continue;
+            }
+            if (stop_.load(std::memory_order_acquire)) {
+                if (queue_.empty()) return;
+                continue;
+            }
+            auto now = clock::now();
+            if (!idle) {
+                idle = true;
+                idle_since = now;
+            }
+            if (now - idle_since < config_.progress_spin) continue;
+
+            sleeping_.store(true, std::memory_order_relaxed);
+            std::atomic_thread_fence(std::memory_order_seq_cst);
+            if (!queue_.empty() || stop_.load(std::memory_order_acquire) ||
+                ucp_worker_arm(worker_.get()) != UCS_OK) {
+                sleeping_.store(false, std::memory_order_relaxed);
+                continue;
+            }
+            wakeup_->sleep();
+            sleeping_.store(false, std::memory_order_relaxed);
+            idle = false;
+        }
+    }
+
+    // Takes a peer out of the table; its endpoint closes once nothing is in
+    // flight to it. Caller holds setup_mutex_ and runs where the worker may be touched.
+    void retire(detail::slot_ref ref) {
+        auto e = peers_.take(ref);
+        peers_by_name_.erase(e->p->name());
+        retiring_.push_back(std::move(e->p));
+        closing_.reserve(closing_.size() + retiring_.size());
+        reap();
+    }
+
+    // Closes retired peers once nothing is in flight to them, and frees
+    // close requests that UCX has finished.
     void reap() noexcept {
-        std::erase_if(orphans_, [](const auto& st) { return st->pending == 0; });
         for (auto it = retiring_.begin(); it != retiring_.end();) {
             if ((*it)->in_flight > 0) {
                 ++it;
                 continue;
             }
-            auto r = (*it)->close();
-            if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
+            close_peer(**it);
             it = retiring_.erase(it);
         }
         std::erase_if(closing_, [](void* r) {
@@ -384,55 +633,63 @@ private:
         });
     }
 
+    void close_peer(detail::remote_peer& p) noexcept {
+        ucs_status_ptr_t r;
+        {
+            std::lock_guard lock(setup_mutex_);  // prepare may be reading its regions
+            r = p.close();
+        }
+        if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
+    }
+
+    // Runs on the destroying thread once no progress thread is left.
     void shut_down() noexcept {
         using clock = std::chrono::steady_clock;
         const auto deadline = clock::now() + config_.close_timeout;
         auto busy = [this] {
             bool any = false;
-            xfers_.for_each([&](detail::xfer_state& st) { any = any || st.pending > 0; });
+            xfers_.for_each([&](xfer_state& st) { any = any || st.pending > 0; });
             return any;
         };
         while (busy() && clock::now() < deadline) worker_.progress();
         reap();
-        // Peers go before the worker; transfers still outstanding must not
-        // reach for them when the worker cancels their requests.
-        xfers_.for_each([](detail::xfer_state& st) { st.target = nullptr; });
-        for (auto& st : orphans_) st->target = nullptr;
-
-        peers_.for_each([this](detail::remote_peer& p) {
-            auto r = p.close();
-            if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
-        });
-        for (auto& p : retiring_) {
-            auto r = p->close();
-            if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
-        }
+        // Every endpoint and rkey goes before the worker. Transfer states
+        // may keep their peer objects alive longer, but closed.
+        peers_.for_each([this](peer_entry& e) { close_peer(*e.p); });
+        for (auto& p : retiring_) close_peer(*p);
+        retiring_.clear();
         while (!closing_.empty() && clock::now() < deadline) {
             worker_.progress();
             reap();
         }
-        // Whatever is still open is cancelled when the worker is destroyed;
-        // the requests are released then.
+        // Whatever is still open is cancelled when the worker is destroyed.
         for (void* r : closing_) ucp_request_free(r);
         closing_.clear();
     }
 
     ucx_config config_;
     std::shared_ptr<detail::context> context_;
+    detail::completion_signal signal_;
     // Declared before the worker so that they outlive it: destroying the
     // worker completes outstanding requests, whose callbacks touch them.
-    detail::slot_table<detail::xfer_state> xfers_;
-    std::vector<std::unique_ptr<detail::xfer_state>> orphans_;
-    std::size_t live_xfers_ = 0;
-    detail::notif_send_pool send_pool_;
-    detail::notif_inbox inbox_;
+    detail::slot_table<xfer_state, mutex_type> xfers_;
+    detail::notif_send_pool<mutex_type> send_pool_;
+    detail::notif_inbox<mutex_type> inbox_;
     detail::worker worker_;
     std::shared_ptr<detail::registry> registry_;
     std::vector<std::byte> worker_address_;
-    detail::slot_table<detail::remote_peer> peers_;
+    mutable mutex_type setup_mutex_;  // peers_by_name_, peer insertion and removal, closing peers
+    detail::slot_table<peer_entry, mutex_type> peers_;
     std::map<std::string, detail::slot_ref, std::less<>> peers_by_name_;
-    std::vector<std::unique_ptr<detail::remote_peer>> retiring_;
+    // Owned by whichever thread drives the worker.
+    std::vector<std::shared_ptr<detail::remote_peer>> retiring_;
     std::vector<void*> closing_;
+    // progress::thread only.
+    std::optional<detail::wakeup> wakeup_;
+    detail::mpsc_queue queue_;
+    std::atomic<bool> sleeping_{false};
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
 };
 
 FERRY_NAMESPACE_END

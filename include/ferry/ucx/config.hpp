@@ -31,6 +31,12 @@ struct ucx_config {
     /// How long destruction waits for transfers in flight and endpoints being
     /// closed before it cancels what is left.
     std::chrono::milliseconds close_timeout{2000};
+
+    /// progress::thread only: how long the progress thread keeps polling after
+    /// its last piece of work before it arms the worker and sleeps. Polling
+    /// keeps back-to-back transfers free of wake-up latency; sleeping keeps an
+    /// idle backend off the CPU.
+    std::chrono::microseconds progress_spin{100};
 };
 
 FERRY_NAMESPACE_END

@@ -7,9 +7,11 @@
 #include <ucp/api/ucp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -86,48 +88,56 @@ struct local_region {
     mem_handle mem;
     std::uint32_t dev;
     bool allocated;
+    // Cleared when the application deregisters the region; transfers over
+    // it then refuse to post, though their in-flight data keeps it mapped.
+    std::atomic<bool> registered{true};
 };
 
 /// The backend's registered regions, sorted by address, and an epoch that
 /// changes whenever one goes away. A prepared transfer remembers the epoch it
 /// was validated in, so `post` re-checks its regions only after a change.
+/// Changes and searches lock a mutex: they are set-up calls, which the
+/// application may make from several threads under the thread policy.
 class registry {
 public:
     void add(std::shared_ptr<local_region> r) {
+        std::lock_guard lock(mutex_);
         auto at = std::upper_bound(regions_.begin(), regions_.end(), r->begin(),
                                    [](std::uintptr_t a, const auto& x) { return a < x->begin(); });
         regions_.insert(at, std::move(r));
     }
 
-    void remove(const local_region* r) noexcept {
+    void remove(local_region* r) noexcept {
+        std::lock_guard lock(mutex_);
+        r->registered.store(false, std::memory_order_release);
         std::erase_if(regions_, [r](const auto& x) { return x.get() == r; });
-        ++epoch_;
+        epoch_.fetch_add(1, std::memory_order_acq_rel);
     }
 
     /// The region holding all of [addr, addr + len) on `dev`, or null.
-    [[nodiscard]] const std::shared_ptr<local_region>* find(std::uintptr_t addr, std::size_t len,
-                                                            std::uint32_t dev) const noexcept {
+    [[nodiscard]] std::shared_ptr<local_region> find(std::uintptr_t addr, std::size_t len, std::uint32_t dev) const {
+        std::lock_guard lock(mutex_);
         auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
                                    [](std::uintptr_t a, const auto& x) { return a < x->begin(); });
         // Regions may overlap, so every region starting at or below addr is a candidate.
         while (it != regions_.begin()) {
             --it;
-            if ((*it)->contains(addr, len, dev)) return &*it;
+            if ((*it)->contains(addr, len, dev)) return *it;
         }
         return nullptr;
     }
 
-    [[nodiscard]] bool holds(const local_region* r) const noexcept {
-        return std::any_of(regions_.begin(), regions_.end(), [r](const auto& x) { return x.get() == r; });
+    [[nodiscard]] std::vector<std::shared_ptr<local_region>> regions() const {
+        std::lock_guard lock(mutex_);
+        return regions_;
     }
 
-    [[nodiscard]] const std::vector<std::shared_ptr<local_region>>& regions() const noexcept { return regions_; }
-    [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_; }
-    void bump_epoch() noexcept { ++epoch_; }
+    [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_acquire); }
 
 private:
+    mutable std::mutex mutex_;
     std::vector<std::shared_ptr<local_region>> regions_;
-    std::uint64_t epoch_ = 0;
+    std::atomic<std::uint64_t> epoch_{0};
 };
 
 }  // namespace detail

@@ -1,6 +1,9 @@
 #pragma once
 
+#include <ferry/detail/completion_signal.hpp>
 #include <ferry/detail/notif_codec.hpp>
+#include <ferry/handles.hpp>
+#include <ferry/ucx/command.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/ucx_status.hpp>
@@ -8,10 +11,12 @@
 
 #include <ucp/api/ucp.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <string_view>
@@ -25,10 +30,13 @@ inline constexpr unsigned notif_am_id = 1;
 
 /// Notifications received but not yet handed to the application, packed
 /// into one growing buffer: arrival costs a copy out of UCX's buffer and, in
-/// steady state, no allocation.
+/// steady state, no allocation. With a progress thread, arrivals and drains
+/// happen on different threads; `Mutex` guards the hand-over, and a drain
+/// swaps the whole buffer out so that visitors run without the lock.
+template <class Mutex>
 class notif_inbox {
 public:
-    explicit notif_inbox(std::size_t max_message) : max_message_(max_message) {}
+    notif_inbox(std::size_t max_message, completion_signal* signal) : max_message_(max_message), signal_(signal) {}
 
     void attach(ucp_worker_h worker) {
         worker_ = worker;
@@ -46,23 +54,31 @@ public:
     /// then empties the queue. Returns how many were delivered.
     template <class F>
     std::size_t drain(F&& f) {
+        std::lock_guard drain_lock(drain_mutex_);
+        {
+            std::lock_guard lock(mutex_);
+            if (buffer_.empty()) return 0;
+            buffer_.swap(draining_);
+            has_mail_.store(false, std::memory_order_seq_cst);
+        }
         std::size_t n = 0, pos = 0;
-        while (pos < buffer_.size()) {
+        while (pos < draining_.size()) {
             std::uint32_t name_len, msg_len;
-            std::memcpy(&name_len, buffer_.data() + pos, sizeof name_len);
-            std::memcpy(&msg_len, buffer_.data() + pos + 4, sizeof msg_len);
-            const char* name = buffer_.data() + pos + 8;
+            std::memcpy(&name_len, draining_.data() + pos, sizeof name_len);
+            std::memcpy(&msg_len, draining_.data() + pos + 4, sizeof msg_len);
+            const char* name = draining_.data() + pos + 8;
             f(std::string_view(name, name_len), std::string_view(name + name_len, msg_len));
             pos += 8 + name_len + msg_len;
             ++n;
         }
-        buffer_.clear();
+        draining_.clear();
         return n;
     }
 
-    [[nodiscard]] bool empty() const noexcept { return buffer_.empty(); }
+    /// Whether anything waits to be drained; safe from any thread.
+    [[nodiscard]] bool has_mail() const noexcept { return has_mail_.load(std::memory_order_seq_cst); }
     /// Messages refused because they were malformed, too large, or did not fit in memory.
-    [[nodiscard]] std::uint64_t dropped() const noexcept { return dropped_; }
+    [[nodiscard]] std::uint64_t dropped() const noexcept { return dropped_.load(std::memory_order_relaxed); }
 
 private:
     static ucs_status_t on_message(void* arg, const void* header, std::size_t header_len, void* data,
@@ -80,6 +96,7 @@ private:
             return UCS_OK;
         }
         try {
+            std::lock_guard lock(self.mutex_);
             auto name_len = static_cast<std::uint32_t>(n->sender.size());
             auto msg_len = static_cast<std::uint32_t>(n->message.size());
             auto pos = self.buffer_.size();
@@ -89,15 +106,23 @@ private:
             std::memcpy(p + 4, &msg_len, 4);
             std::memcpy(p + 8, n->sender.data(), name_len);
             if (msg_len) std::memcpy(p + 8 + name_len, n->message.data(), msg_len);
+            self.has_mail_.store(true, std::memory_order_seq_cst);
         } catch (const std::bad_alloc&) {
             ++self.dropped_;
+            return UCS_OK;
         }
+        if (self.signal_) self.signal_->notify();
         return UCS_OK;
     }
 
+    Mutex mutex_;
+    Mutex drain_mutex_;
     std::vector<char> buffer_;
+    std::vector<char> draining_;
+    std::atomic<bool> has_mail_{false};
     std::size_t max_message_;
-    std::uint64_t dropped_ = 0;
+    completion_signal* signal_;
+    std::atomic<std::uint64_t> dropped_{0};
     ucp_worker_h worker_ = nullptr;
 };
 
@@ -117,7 +142,7 @@ inline ucs_status_ptr_t send_notif_am(ucp_ep_h ep, std::string_view sender, std:
     auto r = ucp_am_send_nbx(ep, notif_am_id, sender.data(), sender.size(), msg.data(), msg.size(), &param);
     if (!UCS_PTR_IS_ERR(r) || UCS_PTR_STATUS(r) != UCS_ERR_NO_RESOURCE) return r;
     try {
-        storage.assign(msg);
+        if (msg.data() != storage.data()) storage.assign(msg);
     } catch (const std::bad_alloc&) {
         return UCS_STATUS_PTR(UCS_ERR_NO_MEMORY);
     }
@@ -125,17 +150,21 @@ inline ucs_status_ptr_t send_notif_am(ucp_ep_h ep, std::string_view sender, std:
     return ucp_am_send_nbx(ep, notif_am_id, sender.data(), sender.size(), storage.data(), storage.size(), &param);
 }
 
-/// Buffers for standalone notifications that UCX could not send at once.
-/// Each goes back to the free list when its send completes.
+/// Buffers for standalone notifications: where UCX keeps the message until
+/// it is sent, and, with a progress thread, the command that carries it
+/// there. Each goes back to the free list when its send completes.
+template <class Mutex>
 class notif_send_pool {
 public:
-    struct buffer {
+    struct buffer : command {
         std::string storage;
+        slot_ref to;
         notif_send_pool* pool = nullptr;
     };
 
     /// A free buffer, or null when none is free and none can be made.
     buffer* acquire() noexcept {
+        std::lock_guard lock(mutex_);
         try {
             if (free_.empty()) {
                 all_.push_back(std::make_unique<buffer>());
@@ -152,7 +181,10 @@ public:
     }
 
     // free_ has room for every buffer, so this never allocates.
-    void release(buffer* b) noexcept { free_.push_back(b); }
+    void release(buffer* b) noexcept {
+        std::lock_guard lock(mutex_);
+        free_.push_back(b);
+    }
 
     static void on_sent(void* request, ucs_status_t, void* user_data) noexcept {
         auto* b = static_cast<buffer*>(user_data);
@@ -161,6 +193,7 @@ public:
     }
 
 private:
+    Mutex mutex_;
     std::vector<std::unique_ptr<buffer>> all_;
     std::vector<buffer*> free_;
 };

@@ -38,6 +38,13 @@ public:
 
     unsigned progress() noexcept { return ucp_worker_progress(handle_); }
 
+    /// The fd that becomes readable when the worker has events (needs UCP_FEATURE_WAKEUP).
+    [[nodiscard]] int event_fd() const {
+        int fd = -1;
+        check_ucx(ucp_worker_get_efd(handle_, &fd), "ucp_worker_get_efd");
+        return fd;
+    }
+
 private:
     ucp_worker_h handle_ = nullptr;
 };

@@ -3,6 +3,8 @@
 #include <ferry/desc.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/status.hpp>
+#include <ferry/detail/completion_signal.hpp>
+#include <ferry/ucx/command.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/notif.hpp>
 #include <ferry/ucx/remote_peer.hpp>
@@ -11,6 +13,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -32,21 +35,58 @@ struct rma_entry {
 
 /// A prepared transfer. Everything `post` needs sits in `entries`; the rest
 /// is bookkeeping that the hot path touches once per post, not per descriptor.
-struct xfer_state {
+/// Under the thread policy the state is also the command that carries a post
+/// to the progress thread.
+struct xfer_state : command {
+    enum : std::uint8_t { idle, busy, released };
+
     xfer_op op = xfer_op::write;
     slot_ref peer_ref;
-    remote_peer* target = nullptr;  // valid while peer_ref is current
+    remote_peer* target = nullptr;
+    std::shared_ptr<remote_peer> keep_target;  // keeps `target` valid while this state lives
     std::vector<rma_entry> entries;
-    std::vector<std::shared_ptr<local_region>> regions;  // distinct, kept alive while in flight
+    std::vector<std::shared_ptr<local_region>> regions;  // distinct; kept mapped while in flight
     std::uint64_t registry_epoch = 0;
     std::uint64_t total_bytes = 0;
     std::string notif_storage;
 
-    // Completion: `pending` UCX callbacks are outstanding; when it reaches
-    // zero the transfer is done, with `result` telling how it ended.
+    // Touched only by the thread that drives the worker: `pending` UCX
+    // callbacks are outstanding; at zero the transfer is over, and
+    // `first_error` says how it went.
     int pending = 0;
     ucs_status_t first_error = UCS_OK;
-    status result = status::ok;
+
+    // What application threads see. `phase` goes idle -> busy on post and
+    // back to idle when the transfer is over, after `result` is written;
+    // release() of a busy transfer turns it into `released`, and whoever
+    // finishes it then frees it.
+    std::atomic<std::uint8_t> phase{idle};
+    std::atomic<status> result{status::ok};
+    bool threaded = false;
+    completion_signal* signal = nullptr;
+
+    /// True when every local region is still registered; remembers the
+    /// epoch so the question is asked again only after a deregistration.
+    bool still_registered(std::uint64_t epoch) noexcept {
+        for (const auto& r : regions)
+            if (!r->registered.load(std::memory_order_acquire)) return false;
+        registry_epoch = epoch;
+        return true;
+    }
+
+    /// Ends the transfer with `s` without UCX having seen it.
+    void finish(status s) noexcept {
+        result.store(s, std::memory_order_relaxed);
+        std::uint8_t prev;
+        if (threaded) {
+            prev = phase.exchange(idle, std::memory_order_acq_rel);
+        } else {
+            prev = phase.load(std::memory_order_relaxed);
+            phase.store(idle, std::memory_order_relaxed);
+        }
+        if (signal) signal->notify();
+        if (prev == released) delete this;
+    }
 
     static void on_complete(void* request, ucs_status_t s, void* user_data) noexcept {
         auto* st = static_cast<xfer_state*>(user_data);
@@ -57,9 +97,8 @@ struct xfer_state {
     void complete_one(ucs_status_t s) noexcept {
         if (s != UCS_OK && first_error == UCS_OK) first_error = s;
         if (--pending > 0) return;
-        result = first_error == UCS_OK ? status::ok : from_ucs(first_error);
-        // Null only while the backend shuts down and its peers are gone.
-        if (target) --target->in_flight;
+        --target->in_flight;
+        finish(first_error == UCS_OK ? status::ok : from_ucs(first_error));
     }
 
     /// Adds one UCX operation's outcome to the transfer.
@@ -121,9 +160,17 @@ struct xfer_state {
         flush.user_data = this;
         track(ucp_ep_flush_nbx(ep, &flush));
 
-        ++target->in_flight;
-        complete_one(UCS_OK);  // drop the hold taken above
-        return pending > 0 ? status::in_progress : result;
+        if (pending > 1) {
+            --pending;  // drop the hold taken above; callbacks finish the transfer
+            ++target->in_flight;
+            return status::in_progress;
+        }
+        pending = 0;
+        auto s = first_error == UCS_OK ? status::ok : from_ucs(first_error);
+        result.store(s, std::memory_order_relaxed);
+        if (threaded) finish(s);
+        else phase.store(idle, std::memory_order_relaxed);
+        return s;
     }
 };
 

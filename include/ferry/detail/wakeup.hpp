@@ -1,0 +1,75 @@
+#pragma once
+
+#include <ferry/status.hpp>
+#include <ferry/version.hpp>
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+FERRY_NAMESPACE_BEGIN
+namespace detail {
+
+/// An epoll set over a worker's event fd and an eventfd that application
+/// threads write to, so that a sleeping progress thread wakes for either the
+/// network or new work.
+class wakeup {
+public:
+    explicit wakeup(int worker_fd) {
+        event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (event_fd_ < 0) fail("eventfd");
+        epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+        if (epoll_fd_ < 0) {
+            close(event_fd_);
+            fail("epoll_create1");
+        }
+        for (int fd : {worker_fd, event_fd_}) {
+            epoll_event ev{};
+            ev.events = EPOLLIN;
+            ev.data.fd = fd;
+            if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+                close(epoll_fd_);
+                close(event_fd_);
+                fail("epoll_ctl");
+            }
+        }
+    }
+    ~wakeup() {
+        close(epoll_fd_);
+        close(event_fd_);
+    }
+    wakeup(const wakeup&) = delete;
+    wakeup& operator=(const wakeup&) = delete;
+
+    /// Blocks until the worker's fd or the eventfd is readable.
+    void sleep() noexcept {
+        epoll_event events[2];
+        while (epoll_wait(epoll_fd_, events, 2, -1) < 0 && errno == EINTR) {
+        }
+        std::uint64_t drained;
+        while (read(event_fd_, &drained, sizeof drained) > 0) {
+        }
+    }
+
+    void signal() noexcept {
+        std::uint64_t one = 1;
+        // A full counter already means "wake up", so a failed write loses nothing.
+        [[maybe_unused]] auto r = write(event_fd_, &one, sizeof one);
+    }
+
+private:
+    [[noreturn]] static void fail(const char* what) {
+        throw error(status::ucx_error, std::string("progress thread: ") + what + ": " + std::strerror(errno));
+    }
+
+    int event_fd_ = -1;
+    int epoll_fd_ = -1;
+};
+
+}  // namespace detail
+FERRY_NAMESPACE_END
