@@ -53,7 +53,6 @@ public:
             params.err_handler.arg = arg;
         }
         check_ucx(ucp_ep_create(worker, &params, &handle_), "ucp_ep_create");
-        force_close_ = peer_error_handling;
     }
     endpoint(const endpoint&) = delete;
     endpoint& operator=(const endpoint&) = delete;
@@ -64,19 +63,20 @@ public:
     [[nodiscard]] ucp_ep_h get() const noexcept { return handle_; }
 
     /// Starts closing; returns null when done at once, else the close request.
-    /// Without peer error handling UCX forbids a forced close, so the close
-    /// flushes and needs the peer's cooperation to finish.
+    /// The close flushes, so it needs the peer's cooperation to finish; a
+    /// forced close would not wait, but UCX allows it only with peer error
+    /// handling, and even then a peer still wiring up the connection may
+    /// crash (UCX 1.13 over tcp) when the endpoint vanishes under it.
     ucs_status_ptr_t close() noexcept {
         if (handle_ == nullptr) return nullptr;
         ucp_request_param_t param{};
         param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-        param.flags = force_close_ ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+        param.flags = 0;
         return ucp_ep_close_nbx(std::exchange(handle_, nullptr), &param);
     }
 
 private:
     ucp_ep_h handle_ = nullptr;
-    bool force_close_ = false;
 };
 
 }  // namespace detail
