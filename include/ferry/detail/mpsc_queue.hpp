@@ -23,7 +23,9 @@ public:
 
     void push(mpsc_node* n) noexcept {
         n->next.store(nullptr, std::memory_order_relaxed);
-        mpsc_node* prev = head_.exchange(n, std::memory_order_acq_rel);
+        // seq_cst so that a producer and a consumer about to sleep cannot both
+        // miss each other (see ucx_backend::submit).
+        mpsc_node* prev = head_.exchange(n, std::memory_order_seq_cst);
         prev->next.store(n, std::memory_order_release);
     }
 
@@ -52,9 +54,9 @@ public:
         return nullptr;
     }
 
-    /// True when nothing has been pushed that pop has not returned.
+    /// True when nothing has been pushed that pop has not returned. Consumer only.
     [[nodiscard]] bool empty() const noexcept {
-        mpsc_node* head = head_.load(std::memory_order_acquire);
+        mpsc_node* head = head_.load(std::memory_order_seq_cst);
         return head == tail_ && head->next.load(std::memory_order_acquire) == nullptr;
     }
 

@@ -523,11 +523,12 @@ private:
 
     // Progress thread: hands a command over and wakes the thread if it sleeps.
     void submit(detail::command* c) noexcept {
+        // The push and this load are sequentially consistent, as are the
+        // progress thread's store to sleeping_ and its look at the queue:
+        // either it sees the command before it sleeps, or this thread sees
+        // it asleep and wakes it.
         queue_.push(c);
-        // Pairs with the fence in run(): either the thread sees the command
-        // before it sleeps, or this thread sees it asleep and wakes it.
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        if (sleeping_.load(std::memory_order_relaxed)) wakeup_->signal();
+        if (sleeping_.load(std::memory_order_seq_cst)) wakeup_->signal();
     }
 
     static void execute_post(detail::command& c, void* self) noexcept {
@@ -592,8 +593,7 @@ private:
             }
             if (now - idle_since < config_.progress_spin) continue;
 
-            sleeping_.store(true, std::memory_order_relaxed);
-            std::atomic_thread_fence(std::memory_order_seq_cst);
+            sleeping_.store(true, std::memory_order_seq_cst);
             if (!queue_.empty() || stop_.load(std::memory_order_acquire) ||
                 ucp_worker_arm(worker_.get()) != UCS_OK) {
                 sleeping_.store(false, std::memory_order_relaxed);

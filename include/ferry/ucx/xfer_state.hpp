@@ -77,15 +77,18 @@ struct xfer_state : command {
     /// Ends the transfer with `s` without UCX having seen it.
     void finish(status s) noexcept {
         result.store(s, std::memory_order_relaxed);
+        // Once the phase says idle, an application thread may release and
+        // free this state: read what is needed first, touch nothing after.
+        completion_signal* const wake = signal;
         std::uint8_t prev;
         if (threaded) {
-            prev = phase.exchange(idle, std::memory_order_acq_rel);
+            prev = phase.exchange(idle, std::memory_order_seq_cst);
         } else {
             prev = phase.load(std::memory_order_relaxed);
             phase.store(idle, std::memory_order_relaxed);
         }
-        if (signal) signal->notify();
         if (prev == released) delete this;
+        if (wake) wake->notify();
     }
 
     static void on_complete(void* request, ucs_status_t s, void* user_data) noexcept {
