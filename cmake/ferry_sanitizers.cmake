@@ -6,6 +6,8 @@ if(FERRY_SANITIZE)
   if(FERRY_SANITIZE MATCHES "thread" AND FERRY_SANITIZE MATCHES "address")
     message(FATAL_ERROR "FERRY_SANITIZE: thread cannot be combined with address")
   endif()
-  target_compile_options(ferry_build_options INTERFACE -fsanitize=${FERRY_SANITIZE} -fno-omit-frame-pointer -g)
+  target_compile_options(ferry_build_options INTERFACE -fsanitize=${FERRY_SANITIZE} -fno-omit-frame-pointer -g
+    # GCC 12's instrumentation makes -Wmaybe-uninitialized fire inside libstdc++.
+    $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>)
   target_link_options(ferry_build_options INTERFACE -fsanitize=${FERRY_SANITIZE})
 endif()

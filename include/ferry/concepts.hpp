@@ -41,7 +41,7 @@ concept xfer_backend = requires(B& b, const B& cb, void* ptr, std::size_t len, s
     { b.post(x) } noexcept -> std::same_as<status>;
     { b.check(x) } noexcept -> std::same_as<status>;
     { b.release(x) } noexcept -> std::same_as<status>;
-    { cb.estimate(x) } -> std::same_as<xfer_cost>;
+    { b.estimate(x) } -> std::same_as<xfer_cost>;
     b.progress();
 };
 

@@ -53,6 +53,7 @@ public:
     template <class U>
     U get(std::string_view field) {
         static_assert(std::is_unsigned_v<U>);
+        field_start_ = pos_;
         require(sizeof(U), field);
         U value = 0;
         for (std::size_t i = 0; i < sizeof(U); ++i)
@@ -62,18 +63,26 @@ public:
     }
 
     std::span<const std::byte> get_bytes(std::size_t n, std::string_view field) {
+        field_start_ = pos_;
         require(n, field);
         auto out = in_.subspan(pos_, n);
         pos_ += n;
         return out;
     }
 
+    /// Fails unless every byte has been read.
+    void expect_end() {
+        field_start_ = pos_;
+        if (remaining() != 0) fail("end", std::to_string(remaining()) + " unexpected trailing bytes");
+    }
+
     [[nodiscard]] std::size_t offset() const noexcept { return pos_; }
     [[nodiscard]] std::size_t remaining() const noexcept { return in_.size() - pos_; }
 
+    /// Reports a problem with the field read last, at the offset where it starts.
     [[noreturn]] void fail(std::string_view field, std::string_view problem) const {
         throw error(status::invalid_argument, std::string(what_) + ": " + std::string(field) + " at offset " +
-                                                  std::to_string(pos_) + ": " + std::string(problem));
+                                                  std::to_string(field_start_) + ": " + std::string(problem));
     }
 
 private:
@@ -86,7 +95,9 @@ private:
     std::span<const std::byte> in_;
     std::string_view what_;
     std::size_t pos_ = 0;
+    std::size_t field_start_ = 0;
 };
+
 
 }  // namespace detail
 FERRY_NAMESPACE_END

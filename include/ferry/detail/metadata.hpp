@@ -119,7 +119,7 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
         rec.rkey = r.get_bytes(rkey_len, "rkey");
         md.regions.push_back(rec);
     }
-    if (r.remaining() != 0) r.fail("end", std::to_string(r.remaining()) + " unexpected trailing bytes");
+    r.expect_end();
     return md;
 }
 

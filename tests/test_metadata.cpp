@@ -1,0 +1,536 @@
+// The metadata blob (include/ferry/detail/metadata.hpp): what encode writes,
+// what decode accepts, and that load_remote refuses every truncated,
+// corrupted or hostile blob with invalid_argument and a message that names
+// the field, before UCX sees any of it.
+
+#include <ferry/detail/crc32.hpp>
+#include <ferry/detail/metadata.hpp>
+#include <ferry/detail/notif_codec.hpp>
+#include <ferry/ferry.hpp>
+
+#include <ucp/api/ucp.h>
+
+#include <catch2/catch.hpp>
+
+#include "support/ferry_catch.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+using Catch::Matchers::Contains;
+using Catch::Matchers::Equals;
+using ferry::detail::decode_metadata;
+using ferry::detail::encode_metadata;
+using ferry::detail::metadata_view;
+using ferry::detail::region_record;
+
+namespace {
+
+using blob_t = std::vector<std::byte>;
+
+std::span<const std::byte> bytes_of(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
+
+template <class U>
+void patch(blob_t& blob, std::size_t offset, U value) {
+    for (std::size_t i = 0; i < sizeof(U); ++i)
+        blob.at(offset + i) = static_cast<std::byte>((value >> (8 * i)) & 0xFFU);
+}
+
+template <class U>
+U read_at(const blob_t& blob, std::size_t offset) {
+    U value = 0;
+    for (std::size_t i = 0; i < sizeof(U); ++i) value |= static_cast<U>(static_cast<U>(blob.at(offset + i)) << (8 * i));
+    return value;
+}
+
+// Makes the header agree with the contents again, so that only the edit
+// under test can be what decode objects to.
+void reseal(blob_t& blob) {
+    patch<std::uint32_t>(blob, 8, static_cast<std::uint32_t>(blob.size()));
+    patch<std::uint32_t>(blob, 12, ferry::detail::crc32(std::span(blob).subspan(16)));
+}
+
+std::size_t offset_in(const blob_t& blob, const void* p) {
+    return static_cast<std::size_t>(static_cast<const std::byte*>(p) - blob.data());
+}
+
+ferry::ucx_config shm_config(std::string name) {
+    ferry::ucx_config cfg;
+    cfg.name = std::move(name);
+    cfg.ucx_options = {{"TLS", "shm"}};
+    return cfg;
+}
+
+// Fake worker address and rkeys: decode checks their lengths, never their contents.
+const std::array<std::byte, 8> fake_address{std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4},
+                                            std::byte{5}, std::byte{6}, std::byte{7}, std::byte{8}};
+const std::array<std::byte, 5> fake_rkey{std::byte{0xA0}, std::byte{0xA1}, std::byte{0xA2}, std::byte{0xA3},
+                                         std::byte{0xA4}};
+
+metadata_view sample_view() {
+    metadata_view md;
+    md.ucx_version = 0x0001000DU;
+    md.name = "sample";
+    md.worker_address = fake_address;
+    md.regions = {{0x1000, 4096, 0, fake_rkey}, {0x7F0000001000, 1, 0, std::span(fake_rkey).first(1)}};
+    return md;
+}
+
+// A real backend with several regions, whose blob the tests below take apart.
+struct real_agent {
+    ferry::ucx_backend<> backend{shm_config("metadata-agent")};
+    std::vector<std::byte> user_a = std::vector<std::byte>(4096);
+    std::vector<std::byte> user_b = std::vector<std::byte>(100'003);
+    ferry::region a = backend.register_memory(user_a.data(), user_a.size());
+    ferry::region b = backend.register_memory(user_b.data(), user_b.size());
+    ferry::region c = backend.allocate(64 * 1024);
+    blob_t blob = backend.local_metadata();
+};
+
+}  // namespace
+
+TEST_CASE("encode_metadata writes the documented layout and decode_metadata reads it back") {
+    const metadata_view md = sample_view();
+    const blob_t blob = encode_metadata(md);
+
+    // Header: magic "FRRY", version 1, flags 0, total length, CRC of [16, end).
+    REQUIRE(blob.size() > ferry::detail::metadata_header_size);
+    CHECK(std::string_view(reinterpret_cast<const char*>(blob.data()), 4) == "FRRY");
+    CHECK(read_at<std::uint16_t>(blob, 4) == 1);
+    CHECK(read_at<std::uint16_t>(blob, 6) == 0);
+    CHECK(read_at<std::uint32_t>(blob, 8) == blob.size());
+    CHECK(read_at<std::uint32_t>(blob, 12) == ferry::detail::crc32(std::span(blob).subspan(16)));
+    CHECK(read_at<std::uint32_t>(blob, 16) == 0x0001000DU);
+    CHECK(read_at<std::uint16_t>(blob, 20) == 6);
+    // 20 header + 2 + name + 4 + address + 4 count + two records of 24 bytes plus their rkeys.
+    CHECK(blob.size() == 20 + 2 + 6 + 4 + 8 + 4 + (24 + 5) + (24 + 1));
+
+    const metadata_view back = decode_metadata(blob);
+    CHECK(back.ucx_version == md.ucx_version);
+    CHECK(back.name == "sample");
+    CHECK(std::ranges::equal(back.worker_address, md.worker_address));
+    REQUIRE(back.regions.size() == 2);
+    for (std::size_t i = 0; i < 2; ++i) {
+        INFO("region " << i);
+        CHECK(back.regions[i].addr == md.regions[i].addr);
+        CHECK(back.regions[i].len == md.regions[i].len);
+        CHECK(back.regions[i].dev == md.regions[i].dev);
+        CHECK(std::ranges::equal(back.regions[i].rkey, md.regions[i].rkey));
+    }
+    // The views point into the blob, not into copies.
+    CHECK(offset_in(blob, back.name.data()) == 22);
+    CHECK(offset_in(blob, back.worker_address.data()) == 32);
+
+    CHECK(encode_metadata(back) == blob);
+}
+
+TEST_CASE("a metadata blob with no regions round-trips") {
+    metadata_view md = sample_view();
+    md.regions.clear();
+    const blob_t blob = encode_metadata(md);
+    const metadata_view back = decode_metadata(blob);
+    CHECK(back.regions.empty());
+    CHECK(back.name == "sample");
+    CHECK(encode_metadata(back) == blob);
+}
+
+TEST_CASE("crc32 is the IEEE 802.3 CRC-32") {
+    CHECK(ferry::detail::crc32(bytes_of("123456789")) == 0xCBF43926U);
+    CHECK(ferry::detail::crc32({}) == 0U);
+    CHECK(ferry::detail::crc32(bytes_of("a")) == 0xE8B7BE43U);
+}
+
+TEST_CASE("local_metadata publishes the backend's name, UCX version and every registered region") {
+    real_agent agent;
+    const metadata_view md = decode_metadata(agent.blob);
+
+    unsigned major = 0, minor = 0, release = 0;
+    ucp_get_version(&major, &minor, &release);
+    CHECK(md.ucx_version == ((major << 16) | minor));
+    CHECK(md.name == "metadata-agent");
+    CHECK_FALSE(md.worker_address.empty());
+
+    std::vector<ferry::desc> want = {agent.a.whole(), agent.b.whole(), agent.c.whole()};
+    std::ranges::sort(want, {}, &ferry::desc::addr);
+    REQUIRE(md.regions.size() == 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        INFO("region " << i);
+        CHECK(md.regions[i].addr == want[i].addr);
+        CHECK(md.regions[i].len == want[i].len);
+        CHECK(md.regions[i].dev == 0);
+        CHECK_FALSE(md.regions[i].rkey.empty());
+    }
+
+    // The blob loads, and the peer it makes publishes the same regions.
+    ferry::peer p = agent.backend.load_remote(agent.blob);
+    CHECK(agent.backend.remote_regions(p) == want);
+
+    SECTION("a deregistered region is no longer published") {
+        const ferry::desc gone = agent.b.whole();
+        agent.b.reset();
+        const blob_t later = agent.backend.local_metadata();
+        const metadata_view md2 = decode_metadata(later);
+        REQUIRE(md2.regions.size() == 2);
+        for (const auto& r : md2.regions) CHECK(r.addr != gone.addr);
+    }
+}
+
+TEST_CASE("load_remote refuses a real blob truncated at every length") {
+    real_agent agent;
+    const blob_t& blob = agent.blob;
+    for (std::size_t len = 0; len < blob.size(); ++len) {
+        INFO("truncated to " << len << " of " << blob.size() << " bytes");
+        const std::span<const std::byte> cut(blob.data(), len);
+        std::string field;
+        if (len < 4)
+            field = "magic";
+        else if (len < 6)
+            field = "format version";
+        else if (len < 8)
+            field = "flags";
+        else
+            field = "total length";
+        if (len < 12) {
+            REQUIRE_FERRY_ERROR(agent.backend.load_remote(cut), ferry::status::invalid_argument,
+                                Contains("metadata: " + field + " at offset ") && Contains(": needs ") &&
+                                    Contains(" remain (truncated)"));
+        } else {
+            REQUIRE_FERRY_ERROR(agent.backend.load_remote(cut), ferry::status::invalid_argument,
+                                Contains("metadata: total length at offset ") &&
+                                    Contains(": says " + std::to_string(blob.size()) + " bytes but the blob has " +
+                                             std::to_string(len) + " (truncated or padded)"));
+        }
+    }
+    // Refusals leave the backend usable: the intact blob still loads.
+    CHECK(agent.backend.load_remote(blob).valid());
+}
+
+TEST_CASE("load_remote refuses a real blob with any single byte corrupted") {
+    real_agent agent;
+    const blob_t& blob = agent.blob;
+    std::size_t refused = 0;
+    for (std::size_t at = 0; at < blob.size(); ++at) {
+        // The checksum covers [16, end); the header fields are checked one by one.
+        std::string field;
+        if (at < 4)
+            field = "magic";
+        else if (at < 6)
+            field = "format version";
+        else if (at < 8)
+            field = "flags";
+        else if (at < 12)
+            field = "total length";
+        else
+            field = "checksum";
+        for (unsigned mask : {0x01U, 0x02U, 0x04U, 0x08U, 0x10U, 0x20U, 0x40U, 0x80U, 0xFFU, 0x5AU}) {
+            blob_t bad = blob;
+            bad[at] ^= static_cast<std::byte>(mask);
+            auto e = ferry_test::error_from([&] { static_cast<void>(agent.backend.load_remote(bad)); });
+            if (!e || e->code_status() != ferry::status::invalid_argument ||
+                std::string(e->what()).find("metadata: " + field + " at offset ") != 0) {
+                INFO("byte " << at << " of " << blob.size() << " xor " << mask << " should be refused at the " << field
+                             << "; got " << (e ? e->what() : "no error"));
+                FAIL_CHECK();
+                continue;
+            }
+            ++refused;
+        }
+    }
+    CHECK(refused == blob.size() * 10);
+    CHECK(agent.backend.load_remote(blob).valid());
+}
+
+TEST_CASE("decode_metadata refuses a bad header") {
+    const blob_t good = encode_metadata(sample_view());
+
+    SECTION("wrong magic") {
+        blob_t bad = good;
+        bad[0] = std::byte{'G'};
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: magic at offset ") && Contains(": not a ferry metadata blob"));
+    }
+    SECTION("a blob of another format entirely") {
+        const std::string json = R"({"name": "agent", "regions": []})";
+        REQUIRE_FERRY_ERROR(decode_metadata(bytes_of(json)), ferry::status::invalid_argument,
+                            Contains("metadata: magic at offset ") && Contains(": not a ferry metadata blob"));
+    }
+    SECTION("format version 0 and 2") {
+        for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{2}, std::uint16_t{0xFFFF}}) {
+            blob_t bad = good;
+            patch<std::uint16_t>(bad, 4, v);
+            REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                                Contains("metadata: format version at offset ") &&
+                                    Contains(": version " + std::to_string(v) + " is not supported (expected 1)"));
+        }
+    }
+    SECTION("unknown flags") {
+        blob_t bad = good;
+        patch<std::uint16_t>(bad, 6, std::uint16_t{0x8000});
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: flags at offset ") && Contains(": unknown flags set"));
+    }
+    SECTION("padded: one byte more than the total length says") {
+        blob_t bad = good;
+        bad.push_back(std::byte{0});
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: total length at offset ") &&
+                                Contains(": says " + std::to_string(good.size()) + " bytes but the blob has " +
+                                         std::to_string(bad.size()) + " (truncated or padded)"));
+    }
+    SECTION("wrong checksum") {
+        blob_t bad = good;
+        patch<std::uint32_t>(bad, 12, read_at<std::uint32_t>(bad, 12) ^ 1U);
+        REQUIRE_FERRY_ERROR(
+            decode_metadata(bad), ferry::status::invalid_argument,
+            Contains("metadata: checksum at offset ") && Contains(": does not match the contents (corrupted)"));
+    }
+}
+
+TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
+    SECTION("agent name of 0 bytes") {
+        metadata_view md = sample_view();
+        md.name = "";
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: name length at offset ") && Contains(": 0 is outside 1..255"));
+    }
+    SECTION("agent name of 256 bytes") {
+        const std::string name(256, 'n');
+        metadata_view md = sample_view();
+        md.name = name;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: name length at offset ") && Contains(": 256 is outside 1..255"));
+    }
+    SECTION("agent name of 255 bytes is accepted") {
+        const std::string name(255, 'n');
+        metadata_view md = sample_view();
+        md.name = name;
+        CHECK(decode_metadata(encode_metadata(md)).name == name);
+    }
+    SECTION("name length past the end") {
+        blob_t bad = encode_metadata(sample_view());
+        patch<std::uint16_t>(bad, 20, std::uint16_t{250});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: name at offset 22: needs 250 bytes but only 76 remain (truncated)"));
+    }
+    SECTION("worker address of 0 bytes") {
+        metadata_view md = sample_view();
+        md.worker_address = {};
+        REQUIRE_FERRY_ERROR(
+            decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+            Contains("metadata: worker address length at offset ") && Contains(": 0 is outside 1..65536"));
+    }
+    SECTION("worker address of 64 KiB is accepted, one byte more is not") {
+        const std::vector<std::byte> address(64 * 1024 + 1, std::byte{7});
+        metadata_view md = sample_view();
+        md.worker_address = std::span(address).first(64 * 1024);
+        CHECK(decode_metadata(encode_metadata(md)).worker_address.size() == 64 * 1024);
+        md.worker_address = address;
+        REQUIRE_FERRY_ERROR(
+            decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+            Contains("metadata: worker address length at offset ") && Contains(": 65537 is outside 1..65536"));
+    }
+    SECTION("worker address length past the end") {
+        blob_t bad = encode_metadata(sample_view());
+        patch<std::uint32_t>(bad, 28, std::uint32_t{60'000});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: worker address at offset 32: needs 60000 bytes but only ") &&
+                                Contains(" remain (truncated)"));
+    }
+    SECTION("absurd region count") {
+        blob_t bad = encode_metadata(sample_view());
+        const std::size_t count_at = 32 + fake_address.size();
+        REQUIRE(read_at<std::uint32_t>(bad, count_at) == 2);
+        patch<std::uint32_t>(bad, count_at, std::numeric_limits<std::uint32_t>::max());
+        reseal(bad);
+        const std::size_t remain = bad.size() - count_at - 4;
+        REQUIRE_FERRY_ERROR(
+            decode_metadata(bad), ferry::status::invalid_argument,
+            Contains("metadata: region count at offset ") &&
+                Contains(": 4294967295 regions cannot fit in the " + std::to_string(remain) + " bytes that remain"));
+    }
+    SECTION("region count one more than the records present") {
+        // Rkeys long enough that a third record could fit by size alone, so
+        // that the count passes the first check and the reader runs out.
+        const std::vector<std::byte> rkey(40, std::byte{9});
+        metadata_view md = sample_view();
+        md.regions[0].rkey = rkey;
+        md.regions[1].rkey = rkey;
+        blob_t bad = encode_metadata(md);
+        patch<std::uint32_t>(bad, 32 + fake_address.size(), std::uint32_t{3});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: region address at offset ") && Contains(" remain (truncated)"));
+    }
+    SECTION("region count one fewer than the records present") {
+        blob_t bad = encode_metadata(sample_view());
+        patch<std::uint32_t>(bad, 32 + fake_address.size(), std::uint32_t{1});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: end at offset ") && Contains(": 25 unexpected trailing bytes"));
+    }
+    SECTION("trailing bytes after the last region") {
+        blob_t bad = encode_metadata(sample_view());
+        bad.insert(bad.end(), 3, std::byte{0});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: end at offset ") && Contains(": 3 unexpected trailing bytes"));
+    }
+    SECTION("rkey length past the end") {
+        blob_t bad = encode_metadata(sample_view());
+        // The last record's rkey (1 byte) is the last thing in the blob.
+        const std::size_t rkey_len_at = bad.size() - 1 - 4;
+        REQUIRE(read_at<std::uint32_t>(bad, rkey_len_at) == 1);
+        patch<std::uint32_t>(bad, rkey_len_at, std::uint32_t{2});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: rkey at offset " + std::to_string(bad.size() - 1) +
+                                     ": needs 2 bytes but only 1 remain (truncated)"));
+    }
+    SECTION("rkey of 0 bytes and of more than 64 KiB") {
+        const std::vector<std::byte> big(64 * 1024 + 1, std::byte{3});
+        metadata_view md = sample_view();
+        md.regions[1].rkey = {};
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: rkey length at offset ") && Contains(": 0 is outside 1..65536"));
+        md.regions[1].rkey = big;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: rkey length at offset ") && Contains(": 65537 is outside 1..65536"));
+        md.regions[1].rkey = std::span(big).first(64 * 1024);
+        CHECK(decode_metadata(encode_metadata(md)).regions[1].rkey.size() == 64 * 1024);
+    }
+    SECTION("empty region, named by its index") {
+        metadata_view md = sample_view();
+        md.regions[1].len = 0;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: region length at offset ") && Contains(": region 1 is empty"));
+    }
+    SECTION("region that wraps around the address space") {
+        constexpr auto top = std::numeric_limits<std::uint64_t>::max();
+        metadata_view md = sample_view();
+        md.regions[0].addr = top - 10;
+        md.regions[0].len = 100;
+        REQUIRE_FERRY_ERROR(
+            decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+            Contains("metadata: region length at offset ") && Contains(": region 0 wraps around the address space"));
+        md.regions[0].addr = 1;
+        md.regions[0].len = top;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains(": region 0 wraps around the address space"));
+        // Ending at the last address is not wrapping.
+        md.regions[0].addr = top - 100;
+        md.regions[0].len = 100;
+        CHECK(decode_metadata(encode_metadata(md)).regions[0].addr == top - 100);
+    }
+}
+
+TEST_CASE("load_remote refuses a hostile real blob before connecting") {
+    real_agent agent;
+    const metadata_view md = decode_metadata(agent.blob);
+    const std::size_t count_at = offset_in(agent.blob, md.worker_address.data()) + md.worker_address.size();
+    REQUIRE(read_at<std::uint32_t>(agent.blob, count_at) == 3);
+
+    SECTION("absurd region count") {
+        blob_t bad = agent.blob;
+        patch<std::uint32_t>(bad, count_at, std::uint32_t{0x10000000});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(
+            agent.backend.load_remote(bad), ferry::status::invalid_argument,
+            Contains("metadata: region count at offset ") && Contains(": 268435456 regions cannot fit in the "));
+    }
+    SECTION("last rkey length past the end") {
+        blob_t bad = agent.blob;
+        const auto& last = md.regions.back();
+        const std::size_t rkey_len_at = offset_in(agent.blob, last.rkey.data()) - 4;
+        patch<std::uint32_t>(bad, rkey_len_at, static_cast<std::uint32_t>(last.rkey.size() + 1));
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(agent.backend.load_remote(bad), ferry::status::invalid_argument,
+                            Contains("metadata: rkey at offset ") && Contains(" remain (truncated)"));
+    }
+    SECTION("a region that wraps around") {
+        blob_t bad = agent.blob;
+        const std::size_t record_at = count_at + 4;
+        patch<std::uint64_t>(bad, record_at, std::numeric_limits<std::uint64_t>::max() - 1);
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(agent.backend.load_remote(bad), ferry::status::invalid_argument,
+                            Contains(": region 0 wraps around the address space"));
+    }
+    // Nothing was loaded under the agent's name by any of the refusals.
+    CHECK_FALSE(agent.backend.find_peer("metadata-agent").has_value());
+}
+
+// Bug: for a field whose value is wrong (rather than missing), the message
+// names the offset just past the field instead of the field's own offset,
+// unlike truncation errors and unlike what README.md promises ("a message
+// naming the field and its offset").
+TEST_CASE("metadata errors name the offset where the faulty field starts") {
+    blob_t bad = encode_metadata(sample_view());
+    bad[0] = std::byte{'X'};
+    REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                        Contains("metadata: magic at offset 0: not a ferry metadata blob"));
+
+    // The same field, truncated, is reported at its own offset.
+    REQUIRE_FERRY_ERROR(decode_metadata(std::span(bad).first(2)), ferry::status::invalid_argument,
+                        Contains("metadata: magic at offset 0: needs 4 bytes but only 2 remain (truncated)"));
+}
+
+TEST_CASE("decode_notif accepts only what a notification can be") {
+    using ferry::detail::decode_notif;
+    const std::string name = "sender";
+    const std::string msg = "payload";
+
+    SECTION("a well-formed notification is returned as views of its input") {
+        auto n = decode_notif(name.data(), name.size(), msg.data(), msg.size(), 64);
+        REQUIRE(n.has_value());
+        CHECK(n->sender == "sender");
+        CHECK(n->message == "payload");
+        CHECK(n->sender.data() == name.data());
+        CHECK(n->message.data() == msg.data());
+    }
+    SECTION("missing or empty sender") {
+        CHECK_FALSE(decode_notif(nullptr, 6, msg.data(), msg.size(), 64).has_value());
+        CHECK_FALSE(decode_notif(nullptr, 0, msg.data(), msg.size(), 64).has_value());
+        CHECK_FALSE(decode_notif(name.data(), 0, msg.data(), msg.size(), 64).has_value());
+    }
+    SECTION("sender of 255 bytes is accepted, 256 is not") {
+        const std::string long_name(256, 's');
+        auto n = decode_notif(long_name.data(), 255, msg.data(), msg.size(), 64);
+        REQUIRE(n.has_value());
+        CHECK(n->sender.size() == 255);
+        CHECK_FALSE(decode_notif(long_name.data(), 256, msg.data(), msg.size(), 64).has_value());
+    }
+    SECTION("message of exactly the limit is accepted, one byte more is not") {
+        const std::string body(65, 'm');
+        CHECK(decode_notif(name.data(), name.size(), body.data(), 64, 64).has_value());
+        CHECK_FALSE(decode_notif(name.data(), name.size(), body.data(), 65, 64).has_value());
+        CHECK(decode_notif(name.data(), name.size(), body.data(), 0, 0).has_value());
+        CHECK_FALSE(decode_notif(name.data(), name.size(), body.data(), 1, 0).has_value());
+    }
+    SECTION("empty message, with or without a data pointer") {
+        auto n = decode_notif(name.data(), name.size(), nullptr, 0, 64);
+        REQUIRE(n.has_value());
+        CHECK(n->message.empty());
+        CHECK(n->message.data() != nullptr);
+        auto m = decode_notif(name.data(), name.size(), msg.data(), 0, 64);
+        REQUIRE(m.has_value());
+        CHECK(m->message.empty());
+    }
+    SECTION("null data with a length") {
+        CHECK_FALSE(decode_notif(name.data(), name.size(), nullptr, 3, 64).has_value());
+    }
+    SECTION("binary content is kept byte for byte") {
+        const std::string binary("a\0b\xff", 4);
+        auto n = decode_notif(name.data(), name.size(), binary.data(), binary.size(), 64);
+        REQUIRE(n.has_value());
+        CHECK(n->message == binary);
+    }
+}
