@@ -219,7 +219,8 @@ public:
         st->threaded = threaded;
         st->signal = threaded ? &signal_ : nullptr;
         st->execute = &execute_post;
-        st->entries.reserve(local.size());
+        st->blocks.reserve(local.size());
+        st->keys.reserve(local.size());
         st->notif_storage.reserve(256);
         st->registry_epoch = registry_->epoch();
 
@@ -246,10 +247,15 @@ public:
                 throw error(status::not_registered, at + ": remote block " + detail::describe(r) +
                                                         " is not inside any region that peer '" + target.name() +
                                                         "' published");
-            st->entries.push_back({reinterpret_cast<void*>(l.addr), l.len, r.addr, rr->key.get(), lr->mem.get()});
+            st->blocks.push_back({reinterpret_cast<void*>(l.addr), l.len, r.addr});
+            st->keys.push_back({rr->key.get(), lr->mem.get()});
             st->total_bytes += l.len;
             if (std::find(st->regions.begin(), st->regions.end(), lr) == st->regions.end())
                 st->regions.push_back(std::move(lr));
+        }
+        if (std::all_of(st->keys.begin(), st->keys.end(), [&](const auto& k) { return k == st->keys.front(); })) {
+            st->keys.resize(1);
+            st->keys.shrink_to_fit();
         }
         return xfer{xfers_.insert(std::move(st))};
     }
@@ -345,7 +351,7 @@ public:
             double seconds = 0;
             std::size_t last_len = 0;
             double last_time = 0;
-            for (const auto& e : st->entries) {
+            for (const auto& e : st->blocks) {
                 if (e.len != last_len) {
                     ucp_ep_evaluate_perf_param_t param{};
                     param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
@@ -440,7 +446,7 @@ public:
         } else {
             unsigned n = 0;
             while (unsigned k = worker_.progress()) n += k;
-            reap();
+            if (!retiring_.empty() || !closing_.empty()) reap();
             return n;
         }
     }
@@ -478,7 +484,7 @@ private:
 
     // The checks a post makes before anything reaches UCX.
     status admissible(xfer_state& st) const noexcept {
-        if (!peers_.get(st.peer_ref)) return status::no_such_peer;
+        if (st.target->retired.load(std::memory_order_acquire)) return status::no_such_peer;
         if (auto epoch = registry_->epoch(); st.registry_epoch != epoch && !st.still_registered(epoch))
             return status::not_registered;
         return status::ok;
@@ -609,6 +615,7 @@ private:
     // flight to it. Caller holds setup_mutex_ and runs where the worker may be touched.
     void retire(detail::slot_ref ref) {
         auto e = peers_.take(ref);
+        e->p->retired.store(true, std::memory_order_release);
         peers_by_name_.erase(e->p->name());
         retiring_.push_back(std::move(e->p));
         closing_.reserve(closing_.size() + retiring_.size());

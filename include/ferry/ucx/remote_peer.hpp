@@ -9,6 +9,7 @@
 #include <ucp/api/ucp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -72,6 +73,10 @@ public:
 
     /// Transfers to this peer that UCX has not completed yet.
     std::size_t in_flight = 0;
+
+    /// Set when the peer is unloaded, so that a post can check the peer it
+    /// already holds instead of looking it up in the peer table again.
+    std::atomic<bool> retired{false};
 
     ucs_status_ptr_t close() noexcept {
         regions_.clear();

@@ -19,21 +19,30 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {
 
 /// One descriptor pair, resolved by prepare into exactly what the UCX call takes.
-struct rma_entry {
+struct rma_block {
     void* local;
     std::size_t len;
     std::uint64_t remote;
-    ucp_rkey_h rkey;
-    ucp_mem_h memh;
 };
 
-/// A prepared transfer. Everything `post` needs sits in `entries`; the rest
+/// The keys of one descriptor pair, kept apart from the blocks because most
+/// transfers use one local and one remote region, and then one key pair
+/// serves every block.
+struct rma_keys {
+    ucp_rkey_h rkey;
+    ucp_mem_h memh;
+
+    friend bool operator==(const rma_keys&, const rma_keys&) = default;
+};
+
+/// A prepared transfer. Everything `post` needs sits in `blocks` and `keys`; the rest
 /// is bookkeeping that the hot path touches once per post, not per descriptor.
 /// Under the thread policy the state is also the command that carries a post
 /// to the progress thread.
@@ -44,11 +53,16 @@ struct xfer_state : command {
     slot_ref peer_ref;
     remote_peer* target = nullptr;
     std::shared_ptr<remote_peer> keep_target;  // keeps `target` valid while this state lives
-    std::vector<rma_entry> entries;
+    std::vector<rma_block> blocks;
+    // One entry when every block shares it, else one per block.
+    std::vector<rma_keys> keys;
     std::vector<std::shared_ptr<local_region>> regions;  // distinct; kept mapped while in flight
     std::uint64_t registry_epoch = 0;
     std::uint64_t total_bytes = 0;
     std::string notif_storage;
+    // Built once at prepare, so that a post fills in nothing but each memh.
+    ucp_request_param_t rma_param{};
+    ucp_request_param_t flush_param{};
 
     // Touched only by the thread that drives the worker: `pending` UCX
     // callbacks are outstanding; at zero the transfer is over, and
@@ -64,6 +78,15 @@ struct xfer_state : command {
     std::atomic<status> result{status::ok};
     bool threaded = false;
     completion_signal* signal = nullptr;
+
+    xfer_state() noexcept {
+        rma_param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+        flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        flush_param.cb.send = &on_complete;
+        flush_param.user_data = this;
+    }
+    xfer_state(const xfer_state&) = delete;
+    xfer_state& operator=(const xfer_state&) = delete;
 
     /// True when every local region is still registered; remembers the
     /// epoch so the question is asked again only after a deregistration.
@@ -121,13 +144,21 @@ struct xfer_state : command {
         pending = 1;  // held until every operation is issued, so no callback can finish early
         const ucp_ep_h ep = target->ep();
 
-        ucp_request_param_t param{};
-        param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-        // One loop per direction, so that the per-descriptor path holds no branch on it.
-        auto issue_all = [&](auto rma) {
-            for (const auto& e : entries) {
-                param.memh = e.memh;
-                auto r = rma(ep, e.local, e.len, e.remote, e.rkey, &param);
+        ucp_request_param_t& param = rma_param;
+        // One loop per direction and key layout, so that the per-descriptor
+        // path holds no branch on either; with one key pair for all blocks
+        // (the usual case) the memh is set once and the rkey stays in a register.
+        auto issue_all = [&](auto rma, auto one_key_pair) {
+            constexpr bool shared = decltype(one_key_pair)::value;
+            const rma_keys* k = keys.data();
+            const ucp_rkey_h rkey = k->rkey;
+            if constexpr (shared) param.memh = k->memh;
+            const rma_block* b = blocks.data();
+            const rma_block* const end = b + blocks.size();
+            for (; b != end; ++b) {
+                if constexpr (!shared) param.memh = k->memh;
+                auto r = rma(ep, b->local, b->len, b->remote, shared ? rkey : k->rkey, &param);
+                if constexpr (!shared) ++k;
                 if (r != nullptr) {
                     if (UCS_PTR_IS_ERR(r)) {
                         first_error = UCS_PTR_STATUS(r);
@@ -137,8 +168,16 @@ struct xfer_state : command {
                 }
             }
         };
-        if (op == xfer_op::write) issue_all(&ucp_put_nbx);
-        else issue_all(&ucp_get_nbx);
+        using one = std::true_type;
+        using many = std::false_type;
+        const bool write = op == xfer_op::write;
+        if (keys.size() == 1) {
+            if (write) issue_all(&ucp_put_nbx, one{});
+            else issue_all(&ucp_get_nbx, one{});
+        } else {
+            if (write) issue_all(&ucp_put_nbx, many{});
+            else issue_all(&ucp_get_nbx, many{});
+        }
 
         if (!notif.empty() && first_error == UCS_OK) {
             // The fence orders the message after every put/get above, so the
@@ -148,11 +187,7 @@ struct xfer_state : command {
             else track(send_notif_am(ep, sender, notif, notif_storage, &on_complete, this));
         }
 
-        ucp_request_param_t flush{};
-        flush.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        flush.cb.send = &on_complete;
-        flush.user_data = this;
-        track(ucp_ep_flush_nbx(ep, &flush));
+        track(ucp_ep_flush_nbx(ep, &flush_param));
 
         if (pending > 1) {
             --pending;  // drop the hold taken above; callbacks finish the transfer
