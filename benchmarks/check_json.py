@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Checks a ferry-bench --json file: well-formed, one object per row, exactly
+the documented keys, sensible types. Never compares timings with limits."""
+import argparse
+import csv
+import json
+import math
+import sys
+
+KEYS = ["op", "block_size", "batch", "mem", "pattern", "gbps", "desc_per_s",
+        "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio"]
+
+
+def fail(msg):
+    print(f"check_json: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def positive(row, i, key):
+    v = row[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        fail(f"row {i}: {key} should be a positive number, got {v!r}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("json")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--op", required=True)
+    p.add_argument("--mem", required=True)
+    p.add_argument("--pattern", required=True)
+    p.add_argument("--latency", action="store_true", help="ping-pong columns must be set")
+    p.add_argument("--csv", help="a --csv file that must hold the same rows")
+    p.add_argument("--no-raw", action="store_true", help="run with --baseline none: raw columns must be null")
+    a = p.parse_args()
+
+    with open(a.json) as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as e:
+            fail(f"{a.json} is not well-formed JSON: {e}")
+    if not isinstance(rows, list):
+        fail("the top level should be an array of row objects")
+    if len(rows) != a.rows:
+        fail(f"{len(rows)} rows, expected {a.rows}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            fail(f"row {i} is not an object")
+        if sorted(row) != sorted(KEYS):
+            fail(f"row {i} has keys {sorted(row)}, expected exactly {sorted(KEYS)}")
+        if row["op"] != a.op or row["mem"] != a.mem or row["pattern"] != a.pattern:
+            fail(f"row {i}: op/mem/pattern are {row['op']}/{row['mem']}/{row['pattern']}")
+        for key in ("block_size", "batch"):
+            if not isinstance(row[key], int) or row[key] <= 0:
+                fail(f"row {i}: {key} should be a positive integer, got {row[key]!r}")
+        for key in ("gbps", "desc_per_s"):
+            positive(row, i, key)
+        for key in ("raw_gbps", "ratio"):
+            if a.no_raw:
+                if row[key] is not None:
+                    fail(f"row {i}: {key} should be null without a baseline, got {row[key]!r}")
+            else:
+                positive(row, i, key)
+        if a.latency:
+            positive(row, i, "lat_p50_us")
+            positive(row, i, "lat_p99_us")
+            if row["lat_p99_us"] < row["lat_p50_us"]:
+                fail(f"row {i}: p99 {row['lat_p99_us']} is below p50 {row['lat_p50_us']}")
+        elif row["lat_p50_us"] is not None or row["lat_p99_us"] is not None:
+            fail(f"row {i}: latency was not measured, so it should be null")
+
+    if a.csv:
+        with open(a.csv, newline="") as f:
+            table = list(csv.reader(f))
+        if not table or table[0] != KEYS:
+            fail(f"{a.csv}: the header should be {','.join(KEYS)}")
+        if len(table) - 1 != len(rows):
+            fail(f"{a.csv}: {len(table) - 1} rows, the JSON has {len(rows)}")
+        for i, (line, row) in enumerate(zip(table[1:], rows)):
+            if int(line[1]) != row["block_size"] or int(line[2]) != row["batch"]:
+                fail(f"{a.csv}: row {i} does not match the JSON")
+    print(f"check_json: {a.json}: {len(rows)} rows, well-formed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+#pragma once
+
+// Command-line options of ferry-bench: parsing, validation, --help, and the
+// few settings the initiator hands to the target over the control socket.
+
+#include <ferry/desc.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bench {
+
+enum class mem_kind { user, ucx };
+enum class pattern_kind { contiguous, strided, random };
+enum class mode_kind { bw, lat, both };
+enum class baseline_kind { none, raw };
+// One enumerator per ferry policy that exists; main.cpp maps each to its type.
+enum class progress_kind { inline_poll, thread };
+enum class memory_kind { host };
+
+std::string_view to_string(mem_kind m) noexcept;
+std::string_view to_string(pattern_kind p) noexcept;
+std::string_view to_string(mode_kind m) noexcept;
+std::string_view to_string(baseline_kind b) noexcept;
+std::string_view to_string(progress_kind p) noexcept;
+std::string_view to_string(memory_kind m) noexcept;
+
+/// Concatenates strings. (GCC 12 warns, wrongly, under -Wrestrict about
+/// chains of std::string operator+ that start with a literal.)
+template <class... T>
+std::string cat(const T&... parts) {
+    std::string out;
+    (out.append(std::string_view(parts)), ...);
+    return out;
+}
+
+/// A bad command line or configuration; the message names the option.
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct options {
+    // What to measure.
+    ferry::xfer_op op = ferry::xfer_op::write;
+    std::vector<std::size_t> block_sizes;  // parse() fills in the default
+    std::vector<std::size_t> batches;      // parse() fills in the default
+    mode_kind mode = mode_kind::both;
+    mem_kind mem = mem_kind::user;
+    pattern_kind pattern = pattern_kind::contiguous;
+    bool notif = false;
+    baseline_kind baseline = baseline_kind::raw;  // none by default under --progress thread
+
+    // How long.
+    std::size_t iters = 0;  // 0: as many as fit in `time`
+    double time = 0.02;     // seconds per measurement when iters == 0
+    std::size_t warmup = 16;
+    std::size_t reps = 5;
+    std::size_t retries = 3;  // per measurement, while another process preempted a side
+
+    // Transport and backend.
+    std::string tls;  // empty: UCX's own choice
+    progress_kind progress = progress_kind::inline_poll;
+    memory_kind memory = memory_kind::host;
+    std::size_t buffer_size = std::size_t{64} << 20;
+    std::uint64_t seed = 1;
+    double timeout = 30;
+
+    // Two hosts.
+    std::optional<std::uint16_t> listen_port;
+    std::string connect_host;
+    std::uint16_t connect_port = 0;
+
+    // Output.
+    std::string json_path;
+    std::string csv_path;
+    std::string plot_path;
+};
+
+struct parse_result {
+    options opts;
+    bool help = false;
+};
+
+/// Parses and validates argv; throws usage_error naming the option at fault.
+parse_result parse_options(int argc, const char* const* argv);
+
+/// The --help text: every option with its default.
+std::string help_text();
+
+/// Parses a size such as 4096, 4K, 64M (K, M, G: powers of 1024).
+std::size_t parse_size(std::string_view option, std::string_view text);
+
+/// Parses a list of sizes and ranges: "64,4K:64K" (a range doubles).
+std::vector<std::size_t> parse_size_list(std::string_view option, std::string_view text, std::size_t max);
+
+/// 4096 -> "4K", 1048576 -> "1M", 100 -> "100".
+std::string format_size(std::size_t n);
+
+/// The settings the target needs, as the initiator sends them, and back.
+std::string encode_target_settings(const options& o);
+options decode_target_settings(std::string_view text);
+
+}  // namespace bench
