@@ -2,6 +2,7 @@
 
 #include <ferry/version.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -23,9 +24,18 @@ public:
         cv_.notify_all();
     }
 
-    /// Waits until done() holds or the deadline passes; returns done().
+    /// Waits until done() holds or the deadline passes; returns done(). It
+    /// polls for up to `spin` first: a completion that is microseconds away
+    /// should not pay for a futex sleep and a wake-up, which cost more.
     template <class Pred>
-    bool wait_until(std::chrono::steady_clock::time_point deadline, Pred done) {
+    bool wait_until(std::chrono::steady_clock::time_point deadline, std::chrono::nanoseconds spin, Pred done) {
+        using clock = std::chrono::steady_clock;
+        const auto spin_end = std::min(deadline, clock::now() + spin);
+        for (unsigned i = 0;; ++i) {
+            if (done()) return true;
+            // Reading the clock costs more than testing done(): not every turn.
+            if (i % 64 == 63 && clock::now() >= spin_end) break;
+        }
         waiters_.fetch_add(1, std::memory_order_seq_cst);
         std::unique_lock lock(mutex_);
         bool ok = cv_.wait_until(lock, deadline, done);

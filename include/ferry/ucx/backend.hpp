@@ -308,15 +308,16 @@ public:
     }
 
     /// Blocks until the transfer is over or `timeout` passes, then reports it
-    /// as check does. The thread policy sleeps on a condition variable;
-    /// inline progress has nothing to sleep on and drives the worker.
+    /// as check does. The thread policy polls for up to `progress_spin`, then
+    /// sleeps on a condition variable; inline progress has nothing to sleep
+    /// on and drives the worker.
     status wait(xfer x, std::chrono::nanoseconds timeout) noexcept {
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         if constexpr (threaded) {
             try {
-                signal_.wait_until(deadline, [st] {
+                signal_.wait_until(deadline, config_.progress_spin, [st] {
                     return st->phase.load(std::memory_order_seq_cst) != xfer_state::busy;
                 });
             } catch (const std::system_error&) {
@@ -420,7 +421,7 @@ public:
     bool wait_notifs(std::chrono::nanoseconds timeout) {
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         if constexpr (threaded) {
-            return signal_.wait_until(deadline, [this] { return inbox_.has_mail(); });
+            return signal_.wait_until(deadline, config_.progress_spin, [this] { return inbox_.has_mail(); });
         } else {
             for (;;) {
                 progress();

@@ -33,9 +33,10 @@ struct ucx_config {
     std::chrono::milliseconds close_timeout{2000};
 
     /// progress::thread only: how long the progress thread keeps polling after
-    /// its last piece of work before it arms the worker and sleeps. Polling
-    /// keeps back-to-back transfers free of wake-up latency; sleeping keeps an
-    /// idle backend off the CPU.
+    /// its last piece of work before it arms the worker and sleeps, and how
+    /// long wait() and wait_notifs() poll before they sleep. Polling keeps
+    /// back-to-back transfers free of wake-up latency; sleeping keeps an idle
+    /// backend off the CPU.
     std::chrono::microseconds progress_spin{100};
 };
 
