@@ -48,7 +48,9 @@ std::size_t remote_block(std::size_t j) { return blocks_per_xfer - 1 - j; }
 // the READs' notifications, until everything addressed to it has come.
 void serve_as_target(ferry_test::channel& ch, const std::string& name, const std::string& tls, int which,
                      const plan& p) {
-    threaded_backend b(ferry_test::side{ch, tls}.config(name));
+    auto cfg = ferry_test::side{ch, tls}.config(name);
+    cfg.peer_error_handling = tls == "tcp";  // see the start/stop test below
+    threaded_backend b(cfg);
     std::vector<std::byte> written(p.total() * slot_size), readable(p.total() * slot_size);
     for (std::size_t i = 0; i < p.total(); ++i)
         ferry_test::fill_pattern(readable.data() + i * slot_size, slot_size, read_seed_base + i, 0);
@@ -95,7 +97,9 @@ void run_many_threads(const std::string& tls, std::size_t per_thread) {
     const plan p{per_thread};
 
     auto initiator = [&](ferry_test::side& s) {
-        threaded_backend b(s.config("initiator"));
+        auto cfg = s.config("initiator");
+        cfg.peer_error_handling = tls == "tcp";
+        threaded_backend b(cfg);
         ferry::peer targets[2];
         std::uint64_t write_base[2], read_base[2];
         for (int i = 0; i < 2; ++i) {
