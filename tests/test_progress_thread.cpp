@@ -210,6 +210,31 @@ std::chrono::microseconds other_threads_cpu() {
     return std::chrono::duration_cast<std::chrono::microseconds>(us(all) - us(self));
 }
 
+// One backend that transfers between two of its own buffers, through its
+// own worker: enough for what needs no second process.
+struct loopback {
+    explicit loopback(const std::string& name, std::size_t bytes)
+        : b([&] {
+              ferry::ucx_config cfg;
+              cfg.name = name;
+              cfg.ucx_options = {{"TLS", "shm,self"}};
+              return cfg;
+          }()),
+          src(bytes),
+          dst(bytes),
+          s(b.register_memory(src.data(), src.size())),
+          d(b.register_memory(dst.data(), dst.size())) {
+        const ferry::desc l[] = {s.whole()};
+        const ferry::desc r[] = {d.whole()};
+        x = b.prepare(ferry::xfer_op::write, l, r, b.load_remote(b.local_metadata()));
+    }
+
+    threaded_backend b;
+    std::vector<std::byte> src, dst;
+    ferry::region s, d;
+    ferry::xfer x;
+};
+
 }  // namespace
 
 TEST_CASE("four threads post 100 000 transfers to two targets over shm, every byte and notification checked") {
@@ -290,18 +315,9 @@ TEST_CASE("a backend with transfers in flight starts and stops 100 times") {
 }
 
 TEST_CASE("an idle progress thread stays off the CPU") {
-    ferry::ucx_config cfg;
-    cfg.name = "idle";
-    cfg.ucx_options = {{"TLS", "shm,self"}};
-    threaded_backend b(cfg);
-    std::vector<std::byte> src(4096), dst(4096);
+    loopback lb("idle", 4096);
+    auto& [b, src, dst, s, d, x] = lb;
     ferry_test::fill_pattern(src.data(), src.size(), 7, 0);
-    auto s = b.register_memory(src.data(), src.size());
-    auto d = b.register_memory(dst.data(), dst.size());
-    auto self = b.load_remote(b.local_metadata());
-    ferry::desc l[] = {s.whole()};
-    ferry::desc r[] = {d.whole()};
-    auto x = b.prepare(ferry::xfer_op::write, l, r, self);
     auto st = b.post(x, "warm-up");
     if (st == ferry::status::in_progress) st = b.wait(x, 10s);
     REQUIRE(st == ferry::status::ok);
@@ -325,17 +341,9 @@ TEST_CASE("an idle progress thread stays off the CPU") {
 }
 
 TEST_CASE("threads racing to post one transfer: one wins, the others are told busy") {
-    ferry::ucx_config cfg;
-    cfg.name = "race";
-    cfg.ucx_options = {{"TLS", "shm,self"}};
-    threaded_backend b(cfg);
-    std::vector<std::byte> src(1 << 20), dst(1 << 20);
-    auto s = b.register_memory(src.data(), src.size());
-    auto d = b.register_memory(dst.data(), dst.size());
-    auto self = b.load_remote(b.local_metadata());
-    ferry::desc l[] = {s.whole()};
-    ferry::desc r[] = {d.whole()};
-    auto x = b.prepare(ferry::xfer_op::write, l, r, self);
+    loopback lb("race", 1 << 20);
+    auto& b = lb.b;
+    const ferry::xfer x = lb.x;
 
     std::atomic<int> accepted{0}, busy{0}, other{0};
     std::atomic<bool> go{false};
