@@ -504,6 +504,8 @@ TEST_CASE("wait and wait_notifs report what check and take_notifs would") {
     CHECK((s == status::ok || s == status::in_progress));
     CHECK(lb.b.wait(x, std::chrono::seconds(30)) == status::ok);
     CHECK(ferry_test::check_pattern(lb.dst_mem.data() + 64, 64, 21, 64).empty());
+    // The largest timeout means no deadline; it must not overflow into the past or trap.
+    CHECK(lb.b.wait(x, std::chrono::nanoseconds::max()) == status::ok);
 
     REQUIRE(lb.b.wait_notifs(std::chrono::seconds(30)));
     const ferry::notif_map got = lb.b.take_notifs();

@@ -56,6 +56,15 @@ inline std::string hex(std::uintptr_t v) {
     return buf;
 }
 
+// now() + timeout, saturating, so that nanoseconds::max() means "no deadline".
+inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexcept {
+    using clock = std::chrono::steady_clock;
+    const auto now = clock::now();
+    if (timeout <= std::chrono::nanoseconds::zero()) return now;
+    if (timeout >= clock::time_point::max() - now) return clock::time_point::max();
+    return now + std::chrono::duration_cast<clock::duration>(timeout);
+}
+
 inline std::string describe(const desc& d) {
     return "[" + hex(d.addr) + ", +" + std::to_string(d.len) + ") on device " + std::to_string(d.dev);
 }
@@ -314,7 +323,7 @@ public:
     status wait(xfer x, std::chrono::nanoseconds timeout) noexcept {
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        const auto deadline = detail::deadline_after(timeout);
         if constexpr (threaded) {
             try {
                 signal_.wait_until(deadline, config_.progress_spin, [st] {
@@ -419,7 +428,7 @@ public:
 
     /// Blocks until a notification is waiting or `timeout` passes; true if one is.
     bool wait_notifs(std::chrono::nanoseconds timeout) {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        const auto deadline = detail::deadline_after(timeout);
         if constexpr (threaded) {
             return signal_.wait_until(deadline, config_.progress_spin, [this] { return inbox_.has_mail(); });
         } else {
