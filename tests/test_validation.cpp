@@ -67,11 +67,14 @@ status wait_for(Backend& b, ferry::xfer x) {
 struct loopback {
     explicit loopback(ferry::ucx_config cfg = loop_config()) : b(std::move(cfg)) {}
 
+    // Each buffer is twice the registered size, so that the bytes just past
+    // a region are unregistered whatever the allocator puts next to it.
+    static constexpr std::size_t size = 4096;
     ferry::ucx_backend<> b;
-    std::vector<std::byte> src_mem = std::vector<std::byte>(4096);
-    std::vector<std::byte> dst_mem = std::vector<std::byte>(4096);
-    ferry::region src = b.register_memory(src_mem.data(), src_mem.size());
-    ferry::region dst = b.register_memory(dst_mem.data(), dst_mem.size());
+    std::vector<std::byte> src_mem = std::vector<std::byte>(2 * size);
+    std::vector<std::byte> dst_mem = std::vector<std::byte>(2 * size);
+    ferry::region src = b.register_memory(src_mem.data(), size);
+    ferry::region dst = b.register_memory(dst_mem.data(), size);
     ferry::peer self = b.load_remote(b.local_metadata());
 };
 
