@@ -878,11 +878,11 @@ TEST_CASE("a restarted target is reached again once its new metadata is loaded")
 
 // ---- peers that stall, vanish or talk back ---------------------------------------
 
-// Over tcp without peer error handling, UCX 1.13 aborts in
-// ucp_worker_destroy (ucp_request.c:684, "got REQ message") when a worker
-// goes while its peer has not yet answered the wireup that unpacking an
-// emulated rkey starts. With peer error handling it does not, so over tcp
-// this test asks for it; the README says so too.
+// With the default configuration, even over tcp: ferry unpacks a peer's rkeys
+// only when a transfer needs them. Unpacking an emulated rkey starts a
+// wire-up exchange, and UCX 1.13 over tcp aborts in ucp_worker_destroy
+// (ucp_request.c:684, "got REQ message") when the worker goes before the
+// peer has answered it.
 TEST_CASE("a backend is destroyed cleanly when its peer has not progressed since load_remote") {
     const std::string tls = tls_under_test();
     CAPTURE(tls);
@@ -890,7 +890,6 @@ TEST_CASE("a backend is destroyed cleanly when its peer has not progressed since
         {
             auto cfg = s.config("initiator");
             cfg.close_timeout = std::chrono::milliseconds(100);
-            cfg.peer_error_handling = s.tls == "tcp";
             backend b(cfg);
             const ferry::peer p = b.load_remote(s.ch.recv_bytes());
             expect(p.valid(), "load_remote gave an invalid handle");
@@ -1079,11 +1078,11 @@ namespace {
 
 // Over shm UCX maps a peer's allocated memory into the initiator, so puts
 // and gets on it are copies that need nothing from the target: the target
-// below never progresses. The target publishes allocated memory only: with
-// a register_memory region beside it, unpacking that region's (emulated)
-// rkey starts a wireup exchange that UCX 1.13 makes every put on the
-// endpoint wait for, so the target would have to progress after all.
-void run_mapped_memory() {
+// below never progresses. `also_user` makes the target publish a
+// register_memory region as well, which the transfers never touch: ferry
+// does not unpack its (emulated) rkey, whose wire-up exchange UCX 1.13
+// would make every put on the endpoint wait for.
+void run_mapped_memory(bool also_user) {
     const blocks local_blocks = packed(16, 4096);
     const blocks remote_blocks = scattered(16, 4096, 1, 1);
     constexpr std::size_t bytes = 256 * 1024;
@@ -1131,6 +1130,8 @@ void run_mapped_memory() {
     auto target = [&](side& s) {
         backend b(s.config("target"));
         std::vector<std::byte> user_mem(bytes);
+        ferry::region user;
+        if (also_user) user = b.register_memory(user_mem.data(), bytes);
         auto alloc = b.allocate(bytes);
         std::memset(alloc.data(), static_cast<int>(untouched), bytes);
         s.ch.send(b.local_metadata());
@@ -1155,7 +1156,11 @@ void run_mapped_memory() {
 }  // namespace
 
 TEST_CASE("over shm, transfers on allocated memory complete while the target does not progress") {
-    run_mapped_memory();
+    run_mapped_memory(false);
+}
+
+TEST_CASE("over shm, transfers on allocated memory complete without the target even if it also published user memory") {
+    run_mapped_memory(true);
 }
 
 // ---- notifications ------------------------------------------------------------------

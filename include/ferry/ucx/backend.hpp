@@ -222,51 +222,8 @@ public:
             throw error(status::invalid_argument, "prepare: " + std::to_string(local.size()) +
                                                       " local descriptors but " + std::to_string(remote.size()) +
                                                       " remote descriptors");
-        auto st = std::make_unique<xfer_state>();
-        st->op = op;
-        st->peer_ref = p.ref;
-        st->threaded = threaded;
-        st->signal = threaded ? &signal_ : nullptr;
-        st->execute = &execute_post;
-        st->blocks.reserve(local.size());
-        st->keys.reserve(local.size());
-        st->notif_storage.reserve(256);
-        st->registry_epoch = registry_->epoch();
-
-        std::lock_guard lock(setup_mutex_);
-        auto* e = peers_.get(p.ref);
-        if (!e) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
-        const detail::remote_peer& target = *e->p;
-        st->keep_target = e->p;
-        st->target = e->p.get();
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            const desc& l = local[i];
-            const desc& r = remote[i];
-            const std::string at = "prepare: descriptor " + std::to_string(i);
-            if (l.len == 0) throw error(status::invalid_argument, at + ": length is 0");
-            if (l.len != r.len)
-                throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
-                                                          " differs from remote length " + std::to_string(r.len));
-            auto lr = registry_->find(l.addr, l.len, l.dev);
-            if (!lr)
-                throw error(status::not_registered,
-                            at + ": local block " + detail::describe(l) + " is not inside any registered region");
-            auto* rr = target.find(r.addr, r.len, r.dev);
-            if (!rr)
-                throw error(status::not_registered, at + ": remote block " + detail::describe(r) +
-                                                        " is not inside any region that peer '" + target.name() +
-                                                        "' published");
-            st->blocks.push_back({reinterpret_cast<void*>(l.addr), l.len, r.addr});
-            st->keys.push_back({rr->key.get(), lr->mem.get()});
-            st->total_bytes += l.len;
-            if (std::find(st->regions.begin(), st->regions.end(), lr) == st->regions.end())
-                st->regions.push_back(std::move(lr));
-        }
-        if (std::all_of(st->keys.begin(), st->keys.end(), [&](const auto& k) { return k == st->keys.front(); })) {
-            st->keys.resize(1);
-            st->keys.shrink_to_fit();
-        }
-        return xfer{xfers_.insert(std::move(st))};
+        // Resolving remote blocks may unpack rkeys, which touches the worker.
+        return on_worker([&] { return resolve(op, local, remote, p); });
     }
 
     /// Starts a prepared transfer, with an optional notification that reaches
@@ -490,6 +447,55 @@ private:
         auto r = std::make_shared<detail::local_region>(context_, ptr, len, dev, UCS_MEMORY_TYPE_HOST);
         registry_->add(r);
         return region(registry_, std::move(r));
+    }
+
+    // prepare's second half: builds the transfer state, under the set-up lock.
+    xfer resolve(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p) {
+        auto st = std::make_unique<xfer_state>();
+        st->op = op;
+        st->peer_ref = p.ref;
+        st->threaded = threaded;
+        st->signal = threaded ? &signal_ : nullptr;
+        st->execute = &execute_post;
+        st->blocks.reserve(local.size());
+        st->keys.reserve(local.size());
+        st->notif_storage.reserve(256);
+        st->registry_epoch = registry_->epoch();
+
+        std::lock_guard lock(setup_mutex_);
+        auto* e = peers_.get(p.ref);
+        if (!e) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
+        detail::remote_peer& target = *e->p;
+        st->keep_target = e->p;
+        st->target = e->p.get();
+        for (std::size_t i = 0; i < local.size(); ++i) {
+            const desc& l = local[i];
+            const desc& r = remote[i];
+            const std::string at = "prepare: descriptor " + std::to_string(i);
+            if (l.len == 0) throw error(status::invalid_argument, at + ": length is 0");
+            if (l.len != r.len)
+                throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
+                                                          " differs from remote length " + std::to_string(r.len));
+            auto lr = registry_->find(l.addr, l.len, l.dev);
+            if (!lr)
+                throw error(status::not_registered,
+                            at + ": local block " + detail::describe(l) + " is not inside any registered region");
+            auto* rr = target.find(r.addr, r.len, r.dev);
+            if (!rr)
+                throw error(status::not_registered, at + ": remote block " + detail::describe(r) +
+                                                        " is not inside any region that peer '" + target.name() +
+                                                        "' published");
+            st->blocks.push_back({reinterpret_cast<void*>(l.addr), l.len, r.addr});
+            st->keys.push_back({target.key_of(*rr), lr->mem.get()});
+            st->total_bytes += l.len;
+            if (std::find(st->regions.begin(), st->regions.end(), lr) == st->regions.end())
+                st->regions.push_back(std::move(lr));
+        }
+        if (std::all_of(st->keys.begin(), st->keys.end(), [&](const auto& k) { return k == st->keys.front(); })) {
+            st->keys.resize(1);
+            st->keys.shrink_to_fit();
+        }
+        return xfer{xfers_.insert(std::move(st))};
     }
 
     // The checks a post makes before anything reaches UCX.

@@ -23,7 +23,12 @@ struct remote_region {
     std::uint64_t addr;
     std::uint64_t len;
     std::uint32_t dev;
-    rkey key;
+    std::vector<std::byte> packed_key;
+    // Unpacked by the first transfer that uses the region: unpacking a key
+    // that UCX must emulate starts a wire-up exchange with the peer, which
+    // stalls even mapped-memory puts on the endpoint until the peer answers,
+    // and which UCX 1.13 over tcp cannot abandon without aborting.
+    std::optional<rkey> key;
 
     [[nodiscard]] bool contains(std::uint64_t a, std::size_t n, std::uint32_t device) const noexcept {
         return device == dev && a >= addr && n <= len && a - addr <= len - n;
@@ -38,7 +43,8 @@ public:
         : name_(md.name),
           ep_(worker, md.worker_address, peer_error_handling, peer_error_handling ? &on_error : nullptr, this) {
         regions_.reserve(md.regions.size());
-        for (const auto& r : md.regions) regions_.push_back({r.addr, r.len, r.dev, rkey(ep_.get(), r.rkey)});
+        for (const auto& r : md.regions)
+            regions_.push_back({r.addr, r.len, r.dev, std::vector<std::byte>(r.rkey.begin(), r.rkey.end()), {}});
         std::sort(regions_.begin(), regions_.end(), [](const auto& a, const auto& b) { return a.addr < b.addr; });
     }
     remote_peer(const remote_peer&) = delete;
@@ -51,7 +57,7 @@ public:
     [[nodiscard]] const std::string& name() const noexcept { return name_; }
     [[nodiscard]] ucp_ep_h ep() const noexcept { return ep_.get(); }
 
-    [[nodiscard]] const remote_region* find(std::uint64_t addr, std::size_t len, std::uint32_t dev) const noexcept {
+    [[nodiscard]] remote_region* find(std::uint64_t addr, std::size_t len, std::uint32_t dev) noexcept {
         auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
                                    [](std::uint64_t a, const auto& r) { return a < r.addr; });
         while (it != regions_.begin()) {
@@ -66,6 +72,12 @@ public:
         out.reserve(regions_.size());
         for (const auto& r : regions_) out.push_back({static_cast<std::uintptr_t>(r.addr), r.len, r.dev});
         return out;
+    }
+
+    /// The region's unpacked key; unpacks it on first use. Runs where the worker may be touched.
+    ucp_rkey_h key_of(remote_region& r) {
+        if (!r.key) r.key.emplace(ep_.get(), r.packed_key);
+        return r.key->get();
     }
 
     /// UCX's verdict once the endpoint has failed (peer error handling only).
