@@ -413,7 +413,7 @@ public:
         } else {
             unsigned n = 0;
             while (unsigned k = worker_.progress()) n += k;
-            if (!retiring_.empty() || !closing_.empty()) reap();
+            reap();
             return n;
         }
     }
@@ -557,16 +557,14 @@ private:
         auto& st = static_cast<xfer_state&>(c);
         auto& b = *static_cast<ucx_backend*>(self);
         // Unloading runs on this thread too, so this answer cannot go stale.
-        if (!b.peers_.get(st.peer_ref)) return st.finish(status::no_such_peer);
+        if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
         if (st.target->failure()) return st.finish(status::peer_failed);
         st.start(b.worker_.get(), b.config_.name, st.notif_storage);
     }
 
     static void execute_send(detail::command& c, void* self) noexcept {
         auto& buf = static_cast<send_buffer&>(c);
-        auto& b = *static_cast<ucx_backend*>(self);
-        if (!b.peers_.get(buf.to)) return b.send_pool_.release(&buf);
-        b.send_now(buf, buf.storage);
+        static_cast<ucx_backend*>(self)->send_now(buf, buf.storage);
     }
 
     status send_now(send_buffer& buf, std::string_view msg) noexcept {
@@ -599,7 +597,7 @@ private:
                 worked = true;
             }
             while (worker_.progress()) worked = true;
-            if (!retiring_.empty() || !closing_.empty()) reap();
+            reap();
             if (worked) {
                 idle = false;
                 continue;
@@ -641,6 +639,7 @@ private:
     // Closes retired peers once nothing is in flight to them, and frees
     // close requests that UCX has finished.
     void reap() noexcept {
+        if (retiring_.empty() && closing_.empty()) return;
         for (auto it = retiring_.begin(); it != retiring_.end();) {
             if ((*it)->in_flight > 0) {
                 ++it;
