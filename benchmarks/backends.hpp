@@ -47,6 +47,7 @@ struct backend_factory<ferry::ucx_backend<Policy>> {
         ferry::ucx_config cfg;
         cfg.name = std::move(name);
         if (!o.tls.empty()) cfg.ucx_options.emplace_back("TLS", o.tls);
+        cfg.error_handling = o.peer_error_handling ? ferry::error_mode::peer : ferry::error_mode::none;
         return std::make_unique<ferry::ucx_backend<Policy>>(std::move(cfg));
     }
 };

@@ -236,6 +236,9 @@ How long:
 Transport and backend:
   --tls LIST               UCX transports, as UCX_TLS takes them: shm, tcp,
                            ...                                  [UCX's choice]
+  --error-handling peer|none
+                           UCX's peer error handling on the endpoints
+                           (ferry::error_mode), raw loop included  [peer]
   --progress inline|thread ferry's progress policy: inline (the caller's
                            thread drives UCX) or thread (a progress thread
                            does)                                    [inline]
@@ -347,6 +350,9 @@ parse_result parse_options(int argc, const char* const* argv) {
                       c == ':' || c == '\\'))
                     fail(name, quoted(v) + " is not a UCX transport list (e.g. shm, tcp, shm,tcp)");
             o.tls = v;
+        } else if (name == "--error-handling") {
+            o.peer_error_handling =
+                parse_choice<bool>(name, value(), {{"peer", true}, {"none", false}});
         } else if (name == "--progress") {
             o.progress = parse_progress(name, value());
         } else if (name == "--memory") {
@@ -416,6 +422,7 @@ std::string encode_target_settings(const options& o) {
     std::ostringstream out;
     out << "mem=" << to_string(o.mem) << "\n"
         << "tls=" << o.tls << "\n"
+        << "error_handling=" << (o.peer_error_handling ? "peer" : "none") << "\n"
         << "progress=" << to_string(o.progress) << "\n"
         << "memory=" << to_string(o.memory) << "\n"
         << "baseline=" << to_string(o.baseline) << "\n"
@@ -433,6 +440,8 @@ options decode_target_settings(std::string_view text) {
         auto v = line.substr(eq + 1);
         if (key == "mem") o.mem = parse_choice<mem_kind>("mem", v, {{"user", mem_kind::user}, {"ucx", mem_kind::ucx}});
         else if (key == "tls") o.tls = v;
+        else if (key == "error_handling")
+            o.peer_error_handling = parse_choice<bool>("--error-handling", v, {{"peer", true}, {"none", false}});
         else if (key == "progress") o.progress = parse_progress("--progress", v);
         else if (key == "memory") {
             if (v != "host") fail("--memory", quoted(v) + ": that memory policy is not built into this target");

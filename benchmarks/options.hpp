@@ -64,6 +64,7 @@ struct options {
 
     // Transport and backend.
     std::string tls;  // empty: UCX's own choice
+    bool peer_error_handling = true;  // --error-handling peer|none
     progress_kind progress = progress_kind::inline_poll;
     memory_kind memory = memory_kind::host;
     std::size_t buffer_size = std::size_t{64} << 20;

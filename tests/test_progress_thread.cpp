@@ -49,7 +49,6 @@ std::size_t remote_block(std::size_t j) { return blocks_per_xfer - 1 - j; }
 void serve_as_target(ferry_test::channel& ch, const std::string& name, const std::string& tls, int which,
                      const plan& p) {
     auto cfg = ferry_test::side{ch, tls}.config(name);
-    cfg.peer_error_handling = tls == "tcp";  // see the start/stop test below
     threaded_backend b(cfg);
     std::vector<std::byte> written(p.total() * slot_size), readable(p.total() * slot_size);
     for (std::size_t i = 0; i < p.total(); ++i)
@@ -98,7 +97,6 @@ void run_many_threads(const std::string& tls, std::size_t per_thread) {
 
     auto initiator = [&](ferry_test::side& s) {
         auto cfg = s.config("initiator");
-        cfg.peer_error_handling = tls == "tcp";
         threaded_backend b(cfg);
         ferry::peer targets[2];
         std::uint64_t write_base[2], read_base[2];
@@ -261,7 +259,6 @@ TEST_CASE("a backend with transfers in flight starts and stops 100 times") {
             {
                 auto cfg = s.config("initiator");
                 cfg.close_timeout = 500ms;
-                cfg.peer_error_handling = tls == "tcp";
                 threaded_backend b(cfg);
                 auto local = b.register_memory(buffer.data(), buffer.size());
                 auto p = b.load_remote(s.ch.recv_bytes());
@@ -288,7 +285,6 @@ TEST_CASE("a backend with transfers in flight starts and stops 100 times") {
         };
         auto target = [&](ferry_test::side& s) {
             auto cfg = s.config("target");
-            cfg.peer_error_handling = tls == "tcp";
             threaded_backend b(cfg);
             std::vector<std::byte> memory(blocks * block_size);
             auto region = b.register_memory(memory.data(), memory.size());

@@ -921,10 +921,6 @@ TEST_CASE("destroying a backend with a transfer in flight to a target that does 
         {
             auto cfg = s.config("initiator");
             cfg.close_timeout = std::chrono::milliseconds(200);
-            // Over tcp without peer error handling, UCX aborts when the worker
-            // goes before the peer answered the wireup (the test above); shm
-            // cannot provide peer error handling.
-            cfg.peer_error_handling = s.tls == "tcp";
             backend b(cfg);
             auto region = b.register_memory(mem_local.data(), mem_local.size());
             const remote_pair t = load_target(b, s.ch);
@@ -957,9 +953,7 @@ TEST_CASE("with peer error handling, a peer that dies fails transfers and notifi
     auto initiator = [&](side& s) {
         std::vector<std::byte> mem_local(the_blocks.end());
         {
-            auto cfg = s.config("initiator");
-            cfg.peer_error_handling = true;
-            backend b(cfg);
+            backend b(s.config("initiator"));
             auto region = b.register_memory(mem_local.data(), mem_local.size());
             const remote_pair t = load_target(b, s.ch);
             const ferry::xfer x =
@@ -999,17 +993,22 @@ TEST_CASE("with peer error handling, a peer that dies fails transfers and notifi
     ferry_test::run_two_process("tcp", initiator, target);
 }
 
-TEST_CASE("over shm, load_remote with peer error handling is refused with peer_failed") {
+// ferry turns on UCX's own dead-peer detection for shared memory; without
+// it no shared-memory transport can serve an endpoint with peer error handling.
+TEST_CASE("over shm with UCX's shared-memory error handling off, load_remote is refused with peer_failed") {
     auto initiator = [](side& s) {
         auto cfg = s.config("initiator");
-        cfg.peer_error_handling = true;
+        cfg.ucx_options.emplace_back("MM_ERROR_HANDLING", "n");
         backend b(cfg);
         const auto blob = s.ch.recv_bytes();
         auto e = ferry_test::error_from([&] { static_cast<void>(b.load_remote(blob)); });
         expect(e.has_value(), "load_remote accepted peer error handling over shm");
         expect_status(e->code_status(), status::peer_failed, "load_remote");
         expect(e->ucx_status() == UCS_ERR_UNREACHABLE, "ucx_status() is " + std::to_string(e->ucx_status()));
-        expect(std::string(e->what()).rfind("ucp_ep_create: ", 0) == 0, std::string("message: ") + e->what());
+        const std::string what = e->what();
+        expect(what.rfind("load_remote: cannot connect to 'target': ucp_ep_create: ", 0) == 0 &&
+                   what.find("error_mode::peer") != std::string::npos,
+               "message: " + what);
         expect(!b.find_peer("target").has_value(), "the refused peer was loaded anyway");
         s.ch.send("bye");
     };

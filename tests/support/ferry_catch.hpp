@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <ferry/ferry.hpp>
 
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <utility>
@@ -46,3 +47,14 @@ std::optional<ferry::error> error_from(F&& f) {
         CHECK(ferry_test_error_->code_status() == (want_status));                            \
         CHECK_THAT(std::string(ferry_test_error_->what()), what_matcher);                    \
     } while (false)
+
+namespace ferry_test {
+
+/// Marks the running test case skipped: ctest reports it so, with `why`.
+/// Call it, then return from the test case.
+inline void skip(const std::string& why) {
+    std::printf("FERRY-SKIP: %s\n", why.c_str());
+    std::fflush(stdout);
+}
+
+}  // namespace ferry_test

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
@@ -90,6 +91,13 @@ public:
     void for_each(F&& f) {
         for (std::uint32_t i = 0; i < used_; ++i)
             if (T* v = at(i).value.load(std::memory_order_acquire)) f(*v);
+    }
+
+    /// for_each under the table's lock, against concurrent inserts and removals.
+    template <class F>
+    void for_each_locked(F&& f) {
+        std::lock_guard lock(mutex_);
+        for_each(std::forward<F>(f));
     }
 
     void clear() noexcept {

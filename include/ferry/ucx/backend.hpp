@@ -87,6 +87,7 @@ class ucx_backend {
                   "ucx_backend: this version implements memory::host only");
 
     static constexpr bool threaded = is_threaded_v<Policy>;
+    static constexpr auto no_deadline = std::chrono::steady_clock::time_point::max();
     using mutex_type = std::conditional_t<threaded, std::mutex, detail::null_mutex>;
     using xfer_state = detail::xfer_state;
     using send_buffer = typename detail::notif_send_pool<mutex_type>::buffer;
@@ -152,6 +153,40 @@ public:
         return add_region(nullptr, len, dev);
     }
 
+    /// Deregisters a region now, or refuses with `busy` while a transfer
+    /// over it is in flight (or expired and not yet let go of by UCX), so
+    /// that memory the caller frees next is no longer in UCX's hands.
+    /// Transfers prepared over it then fail with not_registered. Destroying
+    /// the region instead never refuses: it defers the unmapping until the
+    /// transfers in flight are done.
+    void deregister_memory(region& r) {
+        if (!r) throw error(status::invalid_argument, "deregister_memory: the region is empty (moved from or deregistered)");
+        if (r.registry_ != registry_)
+            throw error(status::invalid_argument, "deregister_memory: the region was registered with another backend");
+        auto* lr = r.region_.get();
+        registry_->remove(lr);
+        // remove() cleared the flag that a post checks after its phase
+        // changed; both are sequentially consistent, so a post racing with
+        // this either fails with not_registered or is seen busy here.
+        std::size_t in_use = 0;
+        xfers_.for_each_locked([&](xfer_state& st) {
+            const auto phase = st.phase.load(std::memory_order_seq_cst);
+            if (phase != xfer_state::busy && phase != xfer_state::expired) return;
+            for (const auto& used : st.regions)
+                if (used.get() == lr) {
+                    ++in_use;
+                    return;
+                }
+        });
+        if (in_use > 0) {
+            registry_->restore(r.region_);
+            throw error(status::busy, "deregister_memory: region " + detail::hex(lr->begin()) + " (+" +
+                                          std::to_string(lr->mem.size()) + ") is used by " + std::to_string(in_use) +
+                                          " transfer(s) in flight");
+        }
+        r.reset();
+    }
+
     // ---- metadata and peers ---------------------------------------------
 
     /// This agent's name, worker address and every region registered now.
@@ -171,7 +206,16 @@ public:
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
         return on_worker([&] {
-            auto p = std::make_shared<detail::remote_peer>(worker_.get(), md, config_.peer_error_handling);
+            std::shared_ptr<detail::remote_peer> p;
+            try {
+                p = std::make_shared<detail::remote_peer>(worker_.get(), md, config_.error_handling);
+            } catch (const error& e) {
+                std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
+                if (e.ucx_status() == UCS_ERR_UNREACHABLE && config_.error_handling == error_mode::peer)
+                    what += " (with error_mode::peer only transports that detect a dead peer are used; "
+                            "none of this context's reaches that peer)";
+                throw error(e.code_status(), what, e.ucx_status());
+            }
             std::lock_guard lock(setup_mutex_);
             if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) retire(it->second);
             auto ref = peers_.insert(std::make_unique<peer_entry>(peer_entry{p}));
@@ -207,6 +251,15 @@ public:
         return e->p->published();
     }
 
+    /// ok while the peer is loaded and healthy, peer_failed once UCX reported
+    /// its endpoint failed (peer error handling), no_such_peer for a handle
+    /// that is unknown or was unloaded.
+    [[nodiscard]] status peer_status(peer p) const noexcept {
+        auto* e = peers_.get(p.ref);
+        if (!e) return status::no_such_peer;
+        return e->p->failed() ? status::peer_failed : status::ok;
+    }
+
     // ---- transfers --------------------------------------------------------
 
     /// Checks and resolves a transfer: lists of equal length, pairs of equal
@@ -228,14 +281,23 @@ public:
 
     /// Starts a prepared transfer, with an optional notification that reaches
     /// the peer after all of the transfer's data. Returns ok when it completed
-    /// inline, in_progress, or an error; busy while a previous post is in flight.
-    status post(xfer x, std::string_view notif = {}) noexcept {
+    /// inline, in_progress, or an error; busy while a previous post is in
+    /// flight. The transfer's deadline is `ucx_config::xfer_timeout`.
+    status post(xfer x, std::string_view notif = {}) noexcept { return post(x, notif, config_.xfer_timeout); }
+
+    /// As above, with a deadline `timeout` after now (zero: none). A transfer
+    /// still in flight at its deadline reports timed_out; its operations are
+    /// abandoned, not recalled, so a WRITE may still land and a READ may still
+    /// fill local memory until UCX lets go of them (unload_remote of a peer
+    /// with peer error handling cancels them). Until then a repost is busy.
+    status post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept {
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
         if (notif.size() > config_.max_notif_size) return status::invalid_argument;
         if constexpr (threaded) {
             std::uint8_t expected = xfer_state::idle;
-            if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_acq_rel))
+            // seq_cst, as deregister_memory's look at the phase: see there.
+            if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
                 return status::busy;
             // From here until it is queued, the state belongs to this thread alone.
             auto s = admissible(*st);
@@ -250,12 +312,14 @@ public:
                 st->phase.store(xfer_state::idle, std::memory_order_release);
                 return s;
             }
+            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
             submit(st);
             return status::in_progress;
         } else {
             if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
             if (auto s = admissible(*st); s != status::ok) return s;
-            if (st->target->failure()) return status::peer_failed;
+            if (st->target->failed()) return status::peer_failed;
+            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
             st->phase.store(xfer_state::busy, std::memory_order_relaxed);
             return st->start(worker_.get(), config_.name, notif);
         }
@@ -267,7 +331,12 @@ public:
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
         if constexpr (!threaded) {
-            if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) worker_.progress();
+            if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
+                worker_.progress();
+                if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy && st->deadline != no_deadline &&
+                    std::chrono::steady_clock::now() >= st->deadline)
+                    st->expire();
+            }
         }
         if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
         return st->result.load(std::memory_order_relaxed);
@@ -304,7 +373,8 @@ public:
     status release(xfer x) noexcept {
         auto st = xfers_.take(x.ref);
         if (!st) return status::invalid_argument;
-        if (st->phase.exchange(xfer_state::released, std::memory_order_acq_rel) == xfer_state::busy)
+        if (auto prev = st->phase.exchange(xfer_state::released, std::memory_order_acq_rel);
+            prev == xfer_state::busy || prev == xfer_state::expired)
             st.release();  // whoever finishes it frees it
         return status::ok;
     }
@@ -456,6 +526,7 @@ private:
         st->peer_ref = p.ref;
         st->threaded = threaded;
         st->signal = threaded ? &signal_ : nullptr;
+        st->deadlines = threaded ? &deadlines_ : nullptr;
         st->execute = &execute_post;
         st->blocks.reserve(local.size());
         st->keys.reserve(local.size());
@@ -558,8 +629,10 @@ private:
         auto& b = *static_cast<ucx_backend*>(self);
         // Unloading runs on this thread too, so this answer cannot go stale.
         if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
-        if (st.target->failure()) return st.finish(status::peer_failed);
-        st.start(b.worker_.get(), b.config_.name, st.notif_storage);
+        if (st.target->failed()) return st.finish(status::peer_failed);
+        if (st.start(b.worker_.get(), b.config_.name, st.notif_storage) == status::in_progress &&
+            st.deadline != no_deadline)
+            b.deadlines_.link(st);
     }
 
     static void execute_send(detail::command& c, void* self) noexcept {
@@ -569,7 +642,7 @@ private:
 
     status send_now(send_buffer& buf, std::string_view msg) noexcept {
         auto* e = peers_.get(buf.to);
-        if (!e || e->p->failure()) {
+        if (!e || e->p->failed()) {
             send_pool_.release(&buf);
             return e ? status::peer_failed : status::no_such_peer;
         }
@@ -598,6 +671,9 @@ private:
             }
             while (worker_.progress()) worked = true;
             reap();
+            auto next_deadline = no_deadline;
+            if (!deadlines_.empty())
+                next_deadline = deadlines_.sweep(clock::now(), [](xfer_state& st) { st.expire(); });
             if (worked) {
                 idle = false;
                 continue;
@@ -619,14 +695,16 @@ private:
                 sleeping_.store(false, std::memory_order_relaxed);
                 continue;
             }
-            wakeup_->sleep();
+            wakeup_->sleep(next_deadline);
             sleeping_.store(false, std::memory_order_relaxed);
             idle = false;
         }
     }
 
     // Takes a peer out of the table; its endpoint closes once nothing is in
-    // flight to it. Caller holds setup_mutex_ and runs where the worker may be touched.
+    // flight to it, or at once, cancelling what is, when the peer failed or
+    // transfers to it expired. Caller holds setup_mutex_ and runs where the
+    // worker may be touched.
     void retire(detail::slot_ref ref) {
         auto e = peers_.take(ref);
         e->p->retired.store(true, std::memory_order_release);
@@ -636,16 +714,17 @@ private:
         reap();
     }
 
-    // Closes retired peers once nothing is in flight to them, and frees
-    // close requests that UCX has finished.
+    // Closes retired peers once nothing is in flight to them (or by force,
+    // see retire), and frees close requests that UCX has finished.
     void reap() noexcept {
         if (retiring_.empty() && closing_.empty()) return;
         for (auto it = retiring_.begin(); it != retiring_.end();) {
-            if ((*it)->in_flight > 0) {
+            const bool force = (*it)->close_by_force();
+            if ((*it)->in_flight > 0 && !force) {
                 ++it;
                 continue;
             }
-            close_peer(**it);
+            close_peer(**it, force);
             it = retiring_.erase(it);
         }
         std::erase_if(closing_, [](void* r) {
@@ -655,11 +734,13 @@ private:
         });
     }
 
-    void close_peer(detail::remote_peer& p) noexcept {
+    // The caller holds a reference to p: a forced close completes the
+    // transfers in flight to it, which may free the last other reference.
+    void close_peer(detail::remote_peer& p, bool force) noexcept {
         ucs_status_ptr_t r;
         {
             std::lock_guard lock(setup_mutex_);  // prepare may be reading its regions
-            r = p.close();
+            r = p.close(force);
         }
         if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
     }
@@ -676,9 +757,16 @@ private:
         while (busy() && clock::now() < deadline) worker_.progress();
         reap();
         // Every endpoint and rkey goes before the worker. Transfer states
-        // may keep their peer objects alive longer, but closed.
-        peers_.for_each([this](peer_entry& e) { close_peer(*e.p); });
-        for (auto& p : retiring_) close_peer(*p);
+        // may keep their peer objects alive longer, but closed. A healthy
+        // peer gets a flushing close even with transfers still in flight:
+        // a forced one fails the connection under it, and UCX 1.13 aborts in
+        // a peer that is still wiring that connection up. What is in flight
+        // when the closes are given up on is cancelled with the worker.
+        auto close_for_good = [this](const std::shared_ptr<detail::remote_peer>& p) {
+            close_peer(*p, p->close_by_force());
+        };
+        peers_.for_each([&](peer_entry& e) { close_for_good(e.p); });
+        for (auto& p : retiring_) close_for_good(p);
         retiring_.clear();
         while (!closing_.empty() && clock::now() < deadline) {
             worker_.progress();
@@ -695,6 +783,7 @@ private:
     // Declared before the worker so that they outlive it: destroying the
     // worker completes outstanding requests, whose callbacks touch them.
     detail::slot_table<xfer_state, mutex_type> xfers_;
+    detail::deadline_list<xfer_state> deadlines_;  // progress::thread only; the progress thread's
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
     detail::worker worker_;

@@ -4,11 +4,26 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
+
+/// Whether endpoints use UCX's peer error handling (UCP_ERR_HANDLING_MODE_PEER).
+enum class error_mode : std::uint8_t {
+    /// A peer that dies or becomes unreachable is detected (by the transport,
+    /// or by keepalive within `keepalive_interval`), its transfers end with
+    /// `peer_failed`, and its endpoint can be closed without its help.
+    peer,
+    /// No detection: transfers to a dead peer end only by their deadline, and
+    /// closing an endpoint needs the peer's answer (bounded by close_timeout).
+    none,
+};
+
+[[nodiscard]] constexpr std::string_view to_string(error_mode m) noexcept { return m == error_mode::peer ? "peer" : "none"; }
 
 /// Run-time settings of a `ucx_backend`. Everything has a default.
 struct ucx_config {
@@ -19,11 +34,24 @@ struct ucx_config {
     /// them (e.g. {"TLS", "shm"}); they override the UCX_* environment.
     std::vector<std::pair<std::string, std::string>> ucx_options;
 
-    /// Request UCX's peer error handling on endpoints. It lets a dead peer be
-    /// detected and lets endpoints be closed without the peer's help, but some
-    /// transports (shared memory) cannot provide it and then refuse to
-    /// connect, so it is off unless asked for.
-    bool peer_error_handling = false;
+    /// UCX's peer error handling on every endpoint, on by default. A
+    /// transport that cannot detect a dead peer is then not used, and where no
+    /// transport can, load_remote fails with peer_failed. For shared memory,
+    /// ferry enables UCX's own detection (UCX_POSIX_ERROR_HANDLING and
+    /// UCX_SYSV_ERROR_HANDLING) unless the environment or `ucx_options` set
+    /// them.
+    error_mode error_handling = error_mode::peer;
+
+    /// How often UCX checks that each connected peer is alive
+    /// (UCX_KEEPALIVE_INTERVAL; UCX's own default is 20 s). With peer error
+    /// handling, a peer that died without closing its connections is found
+    /// within about this interval. Zero keeps UCX's setting.
+    std::chrono::milliseconds keepalive_interval{1000};
+
+    /// Deadline of every transfer, counted from its post, unless `post` is
+    /// given one. Zero: no deadline. A transfer past its deadline reports
+    /// `timed_out`; its operations are abandoned, not recalled.
+    std::chrono::nanoseconds xfer_timeout{0};
 
     /// Largest notification accepted, sent or received.
     std::size_t max_notif_size = 64 * 1024;

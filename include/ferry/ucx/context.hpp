@@ -7,9 +7,13 @@
 
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <string_view>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {
@@ -27,11 +31,36 @@ public:
                         "ucx_config::ucx_options: UCX rejected " + key + "=" + value + ": " + ucs_status_string(s),
                         static_cast<int>(s));
     }
+    /// For ferry's own defaults: a UCX built without the transport that
+    /// owns `key` may not know it, which is no reason to fail.
+    bool try_modify(const char* key, const std::string& value) noexcept {
+        return ucp_config_modify(config_, key, value.c_str()) == UCS_OK;
+    }
     [[nodiscard]] const ucp_config_t* get() const noexcept { return config_; }
 
 private:
     ucp_config_t* config_ = nullptr;
 };
+
+/// Whether the transports this context may use include a shared-memory one:
+/// setting a transport's option when it is not loaded makes UCX warn.
+inline bool may_use_shared_memory(const ucx_config& cfg) {
+    std::string tls;
+    if (const char* env = std::getenv("UCX_TLS")) tls = env;
+    for (const auto& [key, value] : cfg.ucx_options)
+        if (key == "TLS") tls = value;
+    if (tls.empty() || tls.find('^') != std::string::npos) return true;
+    std::size_t start = 0;
+    while (start <= tls.size()) {
+        auto end = tls.find(',', start);
+        if (end == std::string::npos) end = tls.size();
+        const std::string_view name(tls.data() + start, end - start);
+        for (std::string_view shm : {"all", "sm", "shm", "mm", "posix", "sysv"})
+            if (name == shm) return true;
+        start = end + 1;
+    }
+    return false;
+}
 
 /// Owns a ucp_context. Shared, because registered memory must be unmapped
 /// through the context that mapped it, even after the backend is gone.
@@ -39,6 +68,23 @@ class context {
 public:
     context(const ucx_config& cfg, std::uint64_t features, bool multi_threaded) {
         ucx_config_handle config;
+        auto user_sets = [&](std::string_view key) {
+            return std::any_of(cfg.ucx_options.begin(), cfg.ucx_options.end(),
+                               [&](const auto& kv) { return kv.first == key; });
+        };
+        if (cfg.keepalive_interval.count() > 0)
+            config.try_modify("KEEPALIVE_INTERVAL", std::to_string(cfg.keepalive_interval.count()) + "ms");
+        if (cfg.error_handling == error_mode::peer) {
+            // UCX's shared-memory transports detect a dead peer only when
+            // asked to, and without it cannot serve a PEER-mode endpoint.
+            // Their settings share the "MM_" table, which is the key
+            // ucp_config_modify knows; the environment may name either.
+            constexpr const char* keys[] = {"MM_ERROR_HANDLING", "POSIX_ERROR_HANDLING", "SYSV_ERROR_HANDLING"};
+            const bool set_elsewhere = std::any_of(std::begin(keys), std::end(keys), [&](const char* key) {
+                return user_sets(key) || std::getenv((std::string("UCX_") + key).c_str()) != nullptr;
+            });
+            if (!set_elsewhere && may_use_shared_memory(cfg)) config.try_modify("MM_ERROR_HANDLING", "y");
+        }
         for (const auto& [key, value] : cfg.ucx_options) config.modify(key, value);
         ucp_params_t params{};
         params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;

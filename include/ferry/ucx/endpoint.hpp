@@ -1,5 +1,6 @@
 #pragma once
 
+#include <ferry/ucx/config.hpp>
 #include <ferry/ucx/ucx_status.hpp>
 #include <ferry/version.hpp>
 
@@ -41,12 +42,12 @@ private:
 /// endpoint never closed explicitly lets UCX finish the close on its own.
 class endpoint {
 public:
-    endpoint(ucp_worker_h worker, std::span<const std::byte> address, bool peer_error_handling,
-             ucp_err_handler_cb_t on_error, void* arg) {
+    endpoint(ucp_worker_h worker, std::span<const std::byte> address, error_mode mode, ucp_err_handler_cb_t on_error,
+             void* arg) {
         ucp_ep_params_t params{};
         params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
         params.address = reinterpret_cast<const ucp_address_t*>(address.data());
-        params.err_mode = peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+        params.err_mode = mode == error_mode::peer ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
         if (on_error) {
             params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
             params.err_handler.cb = on_error;
@@ -63,15 +64,15 @@ public:
     [[nodiscard]] ucp_ep_h get() const noexcept { return handle_; }
 
     /// Starts closing; returns null when done at once, else the close request.
-    /// The close flushes, so it needs the peer's cooperation to finish; a
-    /// forced close would not wait, but UCX allows it only with peer error
-    /// handling, and even then a peer still wiring up the connection may
-    /// crash (UCX 1.13 over tcp) when the endpoint vanishes under it.
-    ucs_status_ptr_t close() noexcept {
+    /// A flushing close needs the peer's cooperation to finish. A forced one
+    /// (`force`, valid only with peer error handling on both sides) does not
+    /// wait: every operation still outstanding completes with
+    /// UCS_ERR_CANCELED, and the peer sees the connection fail.
+    ucs_status_ptr_t close(bool force = false) noexcept {
         if (handle_ == nullptr) return nullptr;
         ucp_request_param_t param{};
         param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-        param.flags = 0;
+        param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
         return ucp_ep_close_nbx(std::exchange(handle_, nullptr), &param);
     }
 

@@ -107,11 +107,19 @@ public:
         regions_.insert(at, std::move(r));
     }
 
+    // The flag, the epoch and a transfer's phase are sequentially consistent:
+    // ucx_backend::deregister_memory relies on it to see racing posts.
     void remove(local_region* r) noexcept {
         std::lock_guard lock(mutex_);
-        r->registered.store(false, std::memory_order_release);
+        r->registered.store(false, std::memory_order_seq_cst);
         std::erase_if(regions_, [r](const auto& x) { return x.get() == r; });
-        epoch_.fetch_add(1, std::memory_order_acq_rel);
+        epoch_.fetch_add(1, std::memory_order_seq_cst);
+    }
+
+    /// Undoes remove(r) for a deregistration that was refused.
+    void restore(const std::shared_ptr<local_region>& r) {
+        add(r);
+        r->registered.store(true, std::memory_order_seq_cst);
     }
 
     /// The region holding all of [addr, addr + len) on `dev`, or null.
@@ -132,7 +140,7 @@ public:
         return regions_;
     }
 
-    [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_acquire); }
+    [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_seq_cst); }
 
 private:
     mutable std::mutex mutex_;

@@ -12,6 +12,9 @@
 
 FERRY_NAMESPACE_BEGIN
 
+template <class Policy>
+class ucx_backend;
+
 /// A registered block of memory, owned by the caller. Destroying it (or
 /// calling `reset`) deregisters it: it disappears from metadata published
 /// afterwards, and transfers prepared over it fail with `not_registered` when
@@ -61,6 +64,9 @@ public:
     }
 
 private:
+    template <class Policy>
+    friend class ucx_backend;  // deregister_memory
+
     std::shared_ptr<detail::registry> registry_;
     std::shared_ptr<detail::local_region> region_;
 };

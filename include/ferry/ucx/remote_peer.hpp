@@ -3,6 +3,7 @@
 #include <ferry/desc.hpp>
 #include <ferry/detail/metadata.hpp>
 #include <ferry/status.hpp>
+#include <ferry/ucx/config.hpp>
 #include <ferry/ucx/endpoint.hpp>
 #include <ferry/version.hpp>
 
@@ -39,9 +40,10 @@ struct remote_region {
 /// it published, with their rkeys unpacked, sorted by address.
 class remote_peer {
 public:
-    remote_peer(ucp_worker_h worker, const metadata_view& md, bool peer_error_handling)
+    remote_peer(ucp_worker_h worker, const metadata_view& md, error_mode mode)
         : name_(md.name),
-          ep_(worker, md.worker_address, peer_error_handling, peer_error_handling ? &on_error : nullptr, this) {
+          mode_(mode),
+          ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this) {
         regions_.reserve(md.regions.size());
         for (const auto& r : md.regions)
             regions_.push_back({r.addr, r.len, r.dev, std::vector<std::byte>(r.rkey.begin(), r.rkey.end()), {}});
@@ -80,30 +82,51 @@ public:
         return r.key->get();
     }
 
-    /// UCX's verdict once the endpoint has failed (peer error handling only).
-    [[nodiscard]] std::optional<ucs_status_t> failure() const noexcept { return failure_; }
+    /// True once UCX reported the endpoint failed (peer error handling only).
+    /// Written by the thread that drives the worker, read by any.
+    [[nodiscard]] bool failed() const noexcept { return failure_.load(std::memory_order_acquire) != UCS_OK; }
+    /// UCX's verdict on the failure; UCS_OK while the peer is healthy.
+    [[nodiscard]] ucs_status_t failure() const noexcept { return failure_.load(std::memory_order_acquire); }
 
-    /// Transfers to this peer that UCX has not completed yet.
+    [[nodiscard]] error_mode mode() const noexcept { return mode_; }
+
+    /// Transfers to this peer that UCX has not completed yet, and how many of
+    /// them passed their deadline. Touched only by the thread that drives the worker.
     std::size_t in_flight = 0;
+    std::size_t abandoned = 0;
+
+    /// Whether closing should cancel what is outstanding instead of waiting
+    /// for the peer: it failed, or transfers to it were given up on. Forcing
+    /// needs peer error handling (on both sides, as UCX requires).
+    [[nodiscard]] bool close_by_force() const noexcept {
+        return mode_ == error_mode::peer && (failed() || abandoned > 0);
+    }
 
     /// Set when the peer is unloaded, so that a post can check the peer it
     /// already holds instead of looking it up in the peer table again.
     std::atomic<bool> retired{false};
 
-    ucs_status_ptr_t close() noexcept {
+    /// Closes the endpoint and destroys the rkeys. A flushing close comes
+    /// after the rkeys, as UCX asks; a forced one first, because it completes
+    /// (cancels) the operations in flight that still refer to them.
+    ucs_status_ptr_t close(bool force) noexcept {
+        if (!force) regions_.clear();
+        auto r = ep_.close(force);
         regions_.clear();
-        return ep_.close();
+        return r;
     }
 
 private:
     static void on_error(void* arg, ucp_ep_h, ucs_status_t s) noexcept {
-        static_cast<remote_peer*>(arg)->failure_ = s;
+        static_cast<remote_peer*>(arg)->failure_.store(s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s,
+                                                       std::memory_order_release);
     }
 
     std::string name_;
+    error_mode mode_;
     endpoint ep_;
     std::vector<remote_region> regions_;
-    std::optional<ucs_status_t> failure_;
+    std::atomic<ucs_status_t> failure_{UCS_OK};
 };
 
 }  // namespace detail

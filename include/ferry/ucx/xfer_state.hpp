@@ -4,6 +4,7 @@
 #include <ferry/handles.hpp>
 #include <ferry/status.hpp>
 #include <ferry/detail/completion_signal.hpp>
+#include <ferry/detail/deadline_list.hpp>
 #include <ferry/ucx/command.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/notif.hpp>
@@ -46,8 +47,10 @@ struct rma_keys {
 /// is bookkeeping that the hot path touches once per post, not per descriptor.
 /// Under the thread policy the state is also the command that carries a post
 /// to the progress thread.
-struct xfer_state : command {
-    enum : std::uint8_t { idle, busy, released };
+struct xfer_state : command, deadline_links<xfer_state> {
+    // `expired`: past its deadline, reported as timed_out, while UCX still
+    // holds its operations; it cannot be posted again until they are done.
+    enum : std::uint8_t { idle, busy, released, expired };
 
     xfer_op op = xfer_op::write;
     slot_ref peer_ref;
@@ -69,11 +72,16 @@ struct xfer_state : command {
     // `first_error` says how it went.
     int pending = 0;
     ucs_status_t first_error = UCS_OK;
+    bool abandoned = false;  // expired, and counted in target->abandoned
+    // The progress thread's list of transfers with a deadline; null under
+    // inline progress, where check() looks at the deadline itself.
+    deadline_list<xfer_state>* deadlines = nullptr;
 
     // What application threads see. `phase` goes idle -> busy on post and
-    // back to idle when the transfer is over, after `result` is written;
-    // release() of a busy transfer turns it into `released`, and whoever
-    // finishes it then frees it.
+    // back to idle when the transfer is over, after `result` is written. Past
+    // its deadline a busy transfer becomes `expired` (result timed_out) until
+    // UCX is done with it. release() of a busy or expired transfer turns it
+    // into `released`, and whoever finishes it then frees it.
     std::atomic<std::uint8_t> phase{idle};
     std::atomic<status> result{status::ok};
     bool threaded = false;
@@ -92,26 +100,52 @@ struct xfer_state : command {
     /// epoch so the question is asked again only after a deregistration.
     bool still_registered(std::uint64_t epoch) noexcept {
         for (const auto& r : regions)
-            if (!r->registered.load(std::memory_order_acquire)) return false;
+            if (!r->registered.load(std::memory_order_seq_cst)) return false;
         registry_epoch = epoch;
         return true;
     }
 
-    /// Ends the transfer with `s` without UCX having seen it.
+    /// Ends the transfer with `s`, or, when it already expired, with the
+    /// timed_out it reported. Runs on the thread that drives the worker.
     void finish(status s) noexcept {
-        result.store(s, std::memory_order_relaxed);
+        if (deadlines) deadlines->unlink(*this);
+        if (abandoned) {
+            abandoned = false;
+            --target->abandoned;
+        }
         // Once the phase says idle, an application thread may release and
         // free this state: read what is needed first, touch nothing after.
         completion_signal* const wake = signal;
         std::uint8_t prev;
         if (threaded) {
+            // Only this thread makes a transfer expire, so the answer holds;
+            // a concurrent release() makes the result moot.
+            if (phase.load(std::memory_order_acquire) != expired) result.store(s, std::memory_order_relaxed);
             prev = phase.exchange(idle, std::memory_order_seq_cst);
         } else {
             prev = phase.load(std::memory_order_relaxed);
+            if (prev != expired) result.store(s, std::memory_order_relaxed);
             phase.store(idle, std::memory_order_relaxed);
         }
         if (prev == released) delete this;
         if (wake) wake->notify();
+    }
+
+    /// The deadline passed while UCX still holds the transfer's operations:
+    /// report timed_out now and let them finish (or be cancelled) in the
+    /// background. Runs on the thread that drives the worker.
+    void expire() noexcept {
+        if (deadlines) deadlines->unlink(*this);
+        abandoned = true;
+        ++target->abandoned;
+        result.store(status::timed_out, std::memory_order_relaxed);
+        completion_signal* const wake = signal;
+        std::uint8_t expected = busy;
+        if (threaded) {
+            if (phase.compare_exchange_strong(expected, expired, std::memory_order_seq_cst) && wake) wake->notify();
+        } else {
+            phase.store(expired, std::memory_order_relaxed);
+        }
     }
 
     static void on_complete(void* request, ucs_status_t s, void* user_data) noexcept {
@@ -124,7 +158,9 @@ struct xfer_state : command {
         if (s != UCS_OK && first_error == UCS_OK) first_error = s;
         if (--pending > 0) return;
         --target->in_flight;
-        finish(first_error == UCS_OK ? status::ok : from_ucs(first_error));
+        // Operations that UCX purged from a failed endpoint report CANCELED
+        // or a transport error; either way the peer is what failed.
+        finish(first_error == UCS_OK ? status::ok : target->failed() ? status::peer_failed : from_ucs(first_error));
     }
 
     /// Adds one UCX operation's outcome to the transfer.
@@ -195,7 +231,7 @@ struct xfer_state : command {
             return status::in_progress;
         }
         pending = 0;
-        auto s = first_error == UCS_OK ? status::ok : from_ucs(first_error);
+        auto s = first_error == UCS_OK ? status::ok : target->failed() ? status::peer_failed : from_ucs(first_error);
         result.store(s, std::memory_order_relaxed);
         if (threaded) finish(s);
         else phase.store(idle, std::memory_order_relaxed);
