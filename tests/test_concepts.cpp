@@ -143,6 +143,7 @@ TEST_CASE("every status has its name, and only negative ones are errors") {
         {ferry::status::ucx_error, "ucx_error", true},
         {ferry::status::timed_out, "timed_out", true},
         {ferry::status::no_memory, "no_memory", true},
+        {ferry::status::device_error, "device_error", true},
     };
     for (const auto& r : rows) {
         INFO("status " << static_cast<int>(r.s));

@@ -75,12 +75,43 @@ const std::array<std::byte, 8> fake_address{std::byte{1}, std::byte{2}, std::byt
 const std::array<std::byte, 5> fake_rkey{std::byte{0xA0}, std::byte{0xA1}, std::byte{0xA2}, std::byte{0xA3},
                                          std::byte{0xA4}};
 
+const std::array<std::byte, 64> fake_ipc_handle = [] {
+    std::array<std::byte, 64> h{};
+    for (std::size_t i = 0; i < h.size(); ++i) h[i] = static_cast<std::byte>(0xC0 + (i % 16));
+    return h;
+}();
+
+region_record host_record(std::uint64_t addr, std::uint64_t len, std::span<const std::byte> rkey) {
+    region_record r;
+    r.addr = addr;
+    r.len = len;
+    r.rkey = rkey;
+    return r;
+}
+
 metadata_view sample_view() {
     metadata_view md;
     md.ucx_version = 0x0001000DU;
     md.name = "sample";
     md.worker_address = fake_address;
-    md.regions = {{0x1000, 4096, 0, fake_rkey}, {0x7F0000001000, 1, 0, std::span(fake_rkey).first(1)}};
+    md.host_id = "host-a";
+    md.regions = {host_record(0x1000, 4096, fake_rkey), host_record(0x7F0000001000, 1, std::span(fake_rkey).first(1))};
+    return md;
+}
+
+// Where the region count sits in a blob of sample_view()'s shape.
+constexpr std::size_t sample_count_at = 32 + 8 + 1 + 6;
+
+// A sample with a third region: CUDA memory with an IPC handle.
+metadata_view cuda_view() {
+    metadata_view md = sample_view();
+    region_record r = host_record(0x7F1000000000, 1 << 20, fake_rkey);
+    r.dev = 3;
+    r.kind = ferry::detail::memory_kind_code::cuda;
+    r.ipc_handle = fake_ipc_handle;
+    r.ipc_offset = 4096;
+    r.ipc_alloc_size = 2 << 20;
+    md.regions.push_back(r);
     return md;
 }
 
@@ -101,22 +132,27 @@ TEST_CASE("encode_metadata writes the documented layout and decode_metadata read
     const metadata_view md = sample_view();
     const blob_t blob = encode_metadata(md);
 
-    // Header: magic "FRRY", version 1, flags 0, total length, CRC of [16, end).
+    // Header: magic "FRRY", version 2, flags 0, total length, CRC of [16, end).
     REQUIRE(blob.size() > ferry::detail::metadata_header_size);
     CHECK(std::string_view(reinterpret_cast<const char*>(blob.data()), 4) == "FRRY");
-    CHECK(read_at<std::uint16_t>(blob, 4) == 1);
+    CHECK(read_at<std::uint16_t>(blob, 4) == 2);
     CHECK(read_at<std::uint16_t>(blob, 6) == 0);
     CHECK(read_at<std::uint32_t>(blob, 8) == blob.size());
     CHECK(read_at<std::uint32_t>(blob, 12) == ferry::detail::crc32(std::span(blob).subspan(16)));
     CHECK(read_at<std::uint32_t>(blob, 16) == 0x0001000DU);
     CHECK(read_at<std::uint16_t>(blob, 20) == 6);
-    // 20 header + 2 + name + 4 + address + 4 count + two records of 24 bytes plus their rkeys.
-    CHECK(blob.size() == 20 + 2 + 6 + 4 + 8 + 4 + (24 + 5) + (24 + 1));
+    // 20 header + 2 + name + 4 + address + 1 + host id + 4 count + two host
+    // records of 24 bytes, their rkeys, 1 byte of memory kind and 2 of
+    // (empty) IPC handle length.
+    CHECK(blob.size() == 20 + 2 + 6 + 4 + 8 + 1 + 6 + 4 + (24 + 5 + 3) + (24 + 1 + 3));
+    CHECK(read_at<std::uint8_t>(blob, 40) == 6);
+    CHECK(read_at<std::uint32_t>(blob, sample_count_at) == 2);
 
     const metadata_view back = decode_metadata(blob);
     CHECK(back.ucx_version == md.ucx_version);
     CHECK(back.name == "sample");
     CHECK(std::ranges::equal(back.worker_address, md.worker_address));
+    CHECK(back.host_id == "host-a");
     REQUIRE(back.regions.size() == 2);
     for (std::size_t i = 0; i < 2; ++i) {
         INFO("region " << i);
@@ -124,11 +160,29 @@ TEST_CASE("encode_metadata writes the documented layout and decode_metadata read
         CHECK(back.regions[i].len == md.regions[i].len);
         CHECK(back.regions[i].dev == md.regions[i].dev);
         CHECK(std::ranges::equal(back.regions[i].rkey, md.regions[i].rkey));
+        CHECK(back.regions[i].kind == ferry::detail::memory_kind_code::host);
+        CHECK(back.regions[i].ipc_handle.empty());
     }
     // The views point into the blob, not into copies.
     CHECK(offset_in(blob, back.name.data()) == 22);
     CHECK(offset_in(blob, back.worker_address.data()) == 32);
 
+    CHECK(encode_metadata(back) == blob);
+}
+
+TEST_CASE("a CUDA region's device, memory kind and IPC export round-trip") {
+    const metadata_view md = cuda_view();
+    const blob_t blob = encode_metadata(md);
+    // The third record adds 64 bytes of handle and two u64 after it.
+    CHECK(blob.size() == encode_metadata(sample_view()).size() + (24 + 5 + 3) + 64 + 16);
+    const metadata_view back = decode_metadata(blob);
+    REQUIRE(back.regions.size() == 3);
+    const auto& r = back.regions[2];
+    CHECK(r.dev == 3);
+    CHECK(r.kind == ferry::detail::memory_kind_code::cuda);
+    CHECK(std::ranges::equal(r.ipc_handle, fake_ipc_handle));
+    CHECK(r.ipc_offset == 4096);
+    CHECK(r.ipc_alloc_size == (2U << 20));
     CHECK(encode_metadata(back) == blob);
 }
 
@@ -262,13 +316,13 @@ TEST_CASE("decode_metadata refuses a bad header") {
         REQUIRE_FERRY_ERROR(decode_metadata(bytes_of(json)), ferry::status::invalid_argument,
                             Contains("metadata: magic at offset ") && Contains(": not a ferry metadata blob"));
     }
-    SECTION("format version 0 and 2") {
-        for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{2}, std::uint16_t{0xFFFF}}) {
+    SECTION("format versions 0, 1 (ferry 0.1) and 3") {
+        for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{3}, std::uint16_t{0xFFFF}}) {
             blob_t bad = good;
             patch<std::uint16_t>(bad, 4, v);
             REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
                                 Contains("metadata: format version at offset ") &&
-                                    Contains(": version " + std::to_string(v) + " is not supported (expected 1)"));
+                                    Contains(": version " + std::to_string(v) + " is not supported (expected 2)"));
         }
     }
     SECTION("unknown flags") {
@@ -319,7 +373,8 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
         patch<std::uint16_t>(bad, 20, std::uint16_t{250});
         reseal(bad);
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
-                            Contains("metadata: name at offset 22: needs 250 bytes but only 76 remain (truncated)"));
+                            Contains("metadata: name at offset 22: needs 250 bytes but only " +
+                                     std::to_string(bad.size() - 22) + " remain (truncated)"));
     }
     SECTION("worker address of 0 bytes") {
         metadata_view md = sample_view();
@@ -346,9 +401,25 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
                             Contains("metadata: worker address at offset 32: needs 60000 bytes but only ") &&
                                 Contains(" remain (truncated)"));
     }
+    SECTION("host id of 64 bytes is accepted, 65 is not") {
+        const std::string id(65, 'h');
+        metadata_view md = sample_view();
+        md.host_id = std::string_view(id).substr(0, 64);
+        CHECK(decode_metadata(encode_metadata(md)).host_id.size() == 64);
+        md.host_id = id;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: host id length at offset 40: 65 is more than 64"));
+    }
+    SECTION("host id length past the end") {
+        blob_t bad = encode_metadata(sample_view());
+        bad.resize(41 + 3);
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: host id at offset 41: needs 6 bytes but only 3 remain (truncated)"));
+    }
     SECTION("absurd region count") {
         blob_t bad = encode_metadata(sample_view());
-        const std::size_t count_at = 32 + fake_address.size();
+        const std::size_t count_at = sample_count_at;
         REQUIRE(read_at<std::uint32_t>(bad, count_at) == 2);
         patch<std::uint32_t>(bad, count_at, std::numeric_limits<std::uint32_t>::max());
         reseal(bad);
@@ -366,17 +437,17 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
         md.regions[0].rkey = rkey;
         md.regions[1].rkey = rkey;
         blob_t bad = encode_metadata(md);
-        patch<std::uint32_t>(bad, 32 + fake_address.size(), std::uint32_t{3});
+        patch<std::uint32_t>(bad, sample_count_at, std::uint32_t{3});
         reseal(bad);
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
                             Contains("metadata: region address at offset ") && Contains(" remain (truncated)"));
     }
     SECTION("region count one fewer than the records present") {
         blob_t bad = encode_metadata(sample_view());
-        patch<std::uint32_t>(bad, 32 + fake_address.size(), std::uint32_t{1});
+        patch<std::uint32_t>(bad, sample_count_at, std::uint32_t{1});
         reseal(bad);
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
-                            Contains("metadata: end at offset ") && Contains(": 25 unexpected trailing bytes"));
+                            Contains("metadata: end at offset ") && Contains(": 28 unexpected trailing bytes"));
     }
     SECTION("trailing bytes after the last region") {
         blob_t bad = encode_metadata(sample_view());
@@ -387,14 +458,59 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
     }
     SECTION("rkey length past the end") {
         blob_t bad = encode_metadata(sample_view());
-        // The last record's rkey (1 byte) is the last thing in the blob.
-        const std::size_t rkey_len_at = bad.size() - 1 - 4;
+        // The last record ends with its 1-byte rkey, the memory kind and the
+        // IPC handle length: 4 bytes from the rkey to the end.
+        const std::size_t rkey_len_at = bad.size() - 3 - 1 - 4;
         REQUIRE(read_at<std::uint32_t>(bad, rkey_len_at) == 1);
-        patch<std::uint32_t>(bad, rkey_len_at, std::uint32_t{2});
+        patch<std::uint32_t>(bad, rkey_len_at, std::uint32_t{5});
         reseal(bad);
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
-                            Contains("metadata: rkey at offset " + std::to_string(bad.size() - 1) +
-                                     ": needs 2 bytes but only 1 remain (truncated)"));
+                            Contains("metadata: rkey at offset " + std::to_string(bad.size() - 4) +
+                                     ": needs 5 bytes but only 4 remain (truncated)"));
+    }
+    SECTION("unknown memory kind") {
+        blob_t bad = encode_metadata(sample_view());
+        const std::size_t kind_at = bad.size() - 3;
+        REQUIRE(read_at<std::uint8_t>(bad, kind_at) == 0);
+        patch<std::uint8_t>(bad, kind_at, std::uint8_t{2});
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: memory kind at offset " + std::to_string(kind_at) +
+                                     ": region 1: unknown memory kind 2"));
+    }
+    SECTION("an IPC handle on host memory") {
+        metadata_view md = sample_view();
+        md.regions[1].ipc_handle = fake_ipc_handle;
+        md.regions[1].ipc_alloc_size = 4096;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: IPC handle length at offset ") &&
+                                Contains(": region 1 is host memory but has an IPC handle"));
+    }
+    SECTION("an IPC handle longer than 256 bytes") {
+        const std::vector<std::byte> big(257, std::byte{1});
+        metadata_view md = cuda_view();
+        md.regions[2].ipc_handle = big;
+        REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                            Contains("metadata: IPC handle length at offset ") && Contains(": 257 is more than 256"));
+    }
+    SECTION("a CUDA region that leaves its IPC allocation") {
+        constexpr auto top = std::numeric_limits<std::uint64_t>::max();
+        for (auto [offset, size] : {std::pair<std::uint64_t, std::uint64_t>{(2U << 20) - (1U << 20) + 1, 2U << 20},
+                                    {top, 2U << 20},
+                                    {0, (1U << 20) - 1},
+                                    {top - 10, top}}) {
+            INFO("offset " << offset << ", allocation " << size);
+            metadata_view md = cuda_view();
+            md.regions[2].ipc_offset = offset;
+            md.regions[2].ipc_alloc_size = size;
+            REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                                Contains("metadata: IPC allocation size at offset ") &&
+                                    Contains(": region 2 (offset " + std::to_string(offset) +
+                                             ", 1048576 bytes) does not lie inside its IPC allocation"));
+        }
+        metadata_view md = cuda_view();
+        md.regions[2].ipc_offset = 1U << 20;
+        CHECK(decode_metadata(encode_metadata(md)).regions[2].ipc_offset == (1U << 20));
     }
     SECTION("rkey of 0 bytes and of more than 64 KiB") {
         const std::vector<std::byte> big(64 * 1024 + 1, std::byte{3});
@@ -436,7 +552,8 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
 TEST_CASE("load_remote refuses a hostile real blob before connecting") {
     real_agent agent;
     const metadata_view md = decode_metadata(agent.blob);
-    const std::size_t count_at = offset_in(agent.blob, md.worker_address.data()) + md.worker_address.size();
+    const std::size_t count_at =
+        offset_in(agent.blob, md.worker_address.data()) + md.worker_address.size() + 1 + md.host_id.size();
     REQUIRE(read_at<std::uint32_t>(agent.blob, count_at) == 3);
 
     SECTION("absurd region count") {
@@ -451,7 +568,8 @@ TEST_CASE("load_remote refuses a hostile real blob before connecting") {
         blob_t bad = agent.blob;
         const auto& last = md.regions.back();
         const std::size_t rkey_len_at = offset_in(agent.blob, last.rkey.data()) - 4;
-        patch<std::uint32_t>(bad, rkey_len_at, static_cast<std::uint32_t>(last.rkey.size() + 1));
+        // Past the memory kind and IPC handle length that follow it too.
+        patch<std::uint32_t>(bad, rkey_len_at, static_cast<std::uint32_t>(last.rkey.size() + 3 + 1));
         reseal(bad);
         REQUIRE_FERRY_ERROR(agent.backend.load_remote(bad), ferry::status::invalid_argument,
                             Contains("metadata: rkey at offset ") && Contains(" remain (truncated)"));

@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/blocks.hpp"
 #include "support/ferry_catch.hpp"
 #include "support/pattern.hpp"
 #include "support/two_process.hpp"
@@ -37,7 +38,12 @@ namespace {
 
 using backend = ferry::ucx_backend<>;
 
-constexpr std::byte untouched{0xA5};
+using ferry_test::blocks;
+using ferry_test::fill_blocks;
+using ferry_test::packed;
+using ferry_test::scattered;
+using ferry_test::untouched;
+using ferry_test::verify_blocks;
 
 std::string tls_under_test() { return GENERATE(as<std::string>{}, "shm", "tcp"); }
 
@@ -93,70 +99,6 @@ remote_pair load_target(backend& b, ferry_test::channel& ch) {
 void serve_until_bye(backend& b, ferry_test::channel& ch) {
     ferry_test::progress_until_message(b, ch);
     ch.expect_message("bye");
-}
-
-// Blocks scattered over a region: descriptor i sits at `at[i]`.
-struct blocks {
-    std::size_t len = 0;
-    std::vector<std::size_t> at;
-
-    [[nodiscard]] std::size_t end() const { return len == 0 ? 0 : *std::max_element(at.begin(), at.end()) + len; }
-
-    [[nodiscard]] std::vector<ferry::desc> descs(std::uint64_t base) const {
-        std::vector<ferry::desc> out;
-        out.reserve(at.size());
-        for (std::size_t off : at) out.push_back({static_cast<std::uintptr_t>(base + off), len, 0});
-        return out;
-    }
-};
-
-// `count` blocks of `len` bytes, `gap` bytes apart after `first`, in the
-// order of a fixed permutation so that neighbouring descriptors are not
-// neighbours in memory.
-blocks scattered(std::size_t count, std::size_t len, std::size_t first, std::size_t gap) {
-    blocks b;
-    b.len = len;
-    for (std::size_t i = 0; i < count; ++i) {
-        const std::size_t slot = (i * 389 + 7) % count;
-        b.at.push_back(first + slot * (len + gap));
-    }
-    return b;
-}
-
-// Local blocks in order, with small gaps.
-blocks packed(std::size_t count, std::size_t len) {
-    blocks b;
-    b.len = len;
-    for (std::size_t i = 0; i < count; ++i) b.at.push_back(5 + i * (len + 13));
-    return b;
-}
-
-// Writes into `base` the pattern that block i should carry: the bytes of
-// `seed` at the offsets of the corresponding remote block.
-void fill_blocks(std::byte* base, const blocks& where, const blocks& keyed_by, std::uint64_t seed) {
-    for (std::size_t i = 0; i < where.at.size(); ++i)
-        ferry_test::fill_pattern(base + where.at[i], where.len, seed, keyed_by.at[i]);
-}
-
-// Empty if every block of `where` holds its pattern and, when `total` is
-// not 0, every byte of [0, total) outside the blocks is untouched.
-std::string verify_blocks(const std::byte* base, const blocks& where, const blocks& keyed_by, std::uint64_t seed,
-                          std::size_t total) {
-    for (std::size_t i = 0; i < where.at.size(); ++i)
-        if (auto e = ferry_test::check_pattern(base + where.at[i], where.len, seed, keyed_by.at[i]); !e.empty())
-            return "descriptor " + std::to_string(i) + " (offset " + std::to_string(where.at[i]) + "): " + e;
-    if (total == 0) return {};
-    std::vector<std::size_t> starts = where.at;
-    std::sort(starts.begin(), starts.end());
-    std::size_t pos = 0;
-    for (std::size_t start : starts) {
-        if (auto e = ferry_test::check_filled(base + pos, start - pos, untouched, pos); !e.empty())
-            return "outside the blocks: " + e;
-        pos = start + where.len;
-    }
-    if (auto e = ferry_test::check_filled(base + pos, total - pos, untouched, pos); !e.empty())
-        return "outside the blocks: " + e;
-    return {};
 }
 
 // Drains notifications into `into` until `pred` holds.

@@ -12,3 +12,4 @@
 #include <ferry/ucx/region.hpp>
 #include <ferry/version.hpp>
 #include <ferry/xfer_cost.hpp>
+#include <ferry/xfer_path.hpp>

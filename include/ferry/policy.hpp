@@ -22,6 +22,9 @@ struct thread {};
 namespace memory {
 /// Ordinary host memory.
 struct host {};
+/// CUDA device memory as well as host memory. Needs <ferry/cuda.hpp> (the
+/// ferry::cuda CMake target) and a UCX built with CUDA.
+struct cuda {};
 }  // namespace memory
 
 template <class T>
@@ -35,6 +38,8 @@ template <class T>
 struct is_memory_kind : std::false_type {};
 template <>
 struct is_memory_kind<memory::host> : std::true_type {};
+template <>
+struct is_memory_kind<memory::cuda> : std::true_type {};
 
 /// A backend's compile-time configuration:
 /// `policy<progress::inline_poll, memory::host>`.

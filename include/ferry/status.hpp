@@ -22,6 +22,7 @@ enum class status : int {
     ucx_error = -7,
     timed_out = -8,
     no_memory = -9,
+    device_error = -10,
 };
 
 [[nodiscard]] constexpr bool is_error(status s) noexcept { return static_cast<int>(s) < 0; }
@@ -39,6 +40,7 @@ enum class status : int {
         case status::ucx_error: return "ucx_error";
         case status::timed_out: return "timed_out";
         case status::no_memory: return "no_memory";
+        case status::device_error: return "device_error";
     }
     return "unknown";
 }

@@ -11,12 +11,20 @@ FERRY_NAMESPACE_BEGIN
 enum class cost_method {
     /// UCX's own model of the endpoint's lanes (`ucp_ep_evaluate_perf`).
     ucx_evaluate_perf,
+    /// ferry's model of a cuda_ipc copy: launch latency plus bytes at device
+    /// memory bandwidth.
+    cuda_ipc_model,
     /// No model could answer; duration and margin are zero.
     unknown,
 };
 
 [[nodiscard]] constexpr std::string_view to_string(cost_method m) noexcept {
-    return m == cost_method::ucx_evaluate_perf ? "ucx_evaluate_perf" : "unknown";
+    switch (m) {
+        case cost_method::ucx_evaluate_perf: return "ucx_evaluate_perf";
+        case cost_method::cuda_ipc_model: return "cuda_ipc_model";
+        case cost_method::unknown: return "unknown";
+    }
+    return "unknown";
 }
 
 struct xfer_cost {

@@ -21,27 +21,44 @@ namespace detail {
 //  16  u32 sender's UCX version (major << 16 | minor)
 //  20  u16 name length, name
 //      u32 worker address length, worker address
+//      u8 host id length, host id (the sender's kernel boot id; equal ids
+//         mean one host, where CUDA IPC may connect the two)
 //      u32 region count, then per region:
-//          u64 addr, u64 len, u32 dev, u32 packed rkey length, packed rkey
+//          u64 addr, u64 len, u32 dev, u32 packed rkey length, packed rkey,
+//          u8 memory kind (0 host, 1 CUDA device memory),
+//          u16 IPC handle length (0: none), IPC handle, and with a handle:
+//          u64 offset of addr in the handle's allocation, u64 allocation size
 inline constexpr std::uint32_t metadata_magic = 0x59525246U;  // "FRRY" read as little-endian
-inline constexpr std::uint16_t metadata_format_version = 1;
+inline constexpr std::uint16_t metadata_format_version = 2;
 inline constexpr std::size_t metadata_header_size = 20;
 inline constexpr std::size_t max_agent_name = 255;
 inline constexpr std::size_t max_worker_address = 64 * 1024;
 inline constexpr std::size_t max_packed_rkey = 64 * 1024;
-inline constexpr std::size_t min_region_record = 8 + 8 + 4 + 4 + 1;
+inline constexpr std::size_t max_host_id = 64;
+inline constexpr std::size_t max_ipc_handle = 256;
+inline constexpr std::size_t min_region_record = 8 + 8 + 4 + 4 + 1 + 1 + 2;
+
+/// What kind of memory a region is. Values are the wire encoding.
+enum class memory_kind_code : std::uint8_t { host = 0, cuda = 1 };
 
 struct region_record {
     std::uint64_t addr = 0;
     std::uint64_t len = 0;
     std::uint32_t dev = 0;
     std::span<const std::byte> rkey;
+    memory_kind_code kind = memory_kind_code::host;
+    // CUDA IPC: a handle to the allocation holding the region, where in it
+    // the region starts, and how large the allocation is. Empty: none.
+    std::span<const std::byte> ipc_handle;
+    std::uint64_t ipc_offset = 0;
+    std::uint64_t ipc_alloc_size = 0;
 };
 
 struct metadata_view {
     std::uint32_t ucx_version = 0;
     std::string_view name;
     std::span<const std::byte> worker_address;
+    std::string_view host_id;
     std::vector<region_record> regions;
 };
 
@@ -58,6 +75,8 @@ inline std::vector<std::byte> encode_metadata(const metadata_view& md) {
     w.put_bytes(md.name);
     w.put<std::uint32_t>(static_cast<std::uint32_t>(md.worker_address.size()));
     w.put_bytes(md.worker_address);
+    w.put<std::uint8_t>(static_cast<std::uint8_t>(md.host_id.size()));
+    w.put_bytes(md.host_id);
     w.put<std::uint32_t>(static_cast<std::uint32_t>(md.regions.size()));
     for (const auto& r : md.regions) {
         w.put<std::uint64_t>(r.addr);
@@ -65,6 +84,13 @@ inline std::vector<std::byte> encode_metadata(const metadata_view& md) {
         w.put<std::uint32_t>(r.dev);
         w.put<std::uint32_t>(static_cast<std::uint32_t>(r.rkey.size()));
         w.put_bytes(r.rkey);
+        w.put<std::uint8_t>(static_cast<std::uint8_t>(r.kind));
+        w.put<std::uint16_t>(static_cast<std::uint16_t>(r.ipc_handle.size()));
+        if (!r.ipc_handle.empty()) {
+            w.put_bytes(r.ipc_handle);
+            w.put<std::uint64_t>(r.ipc_offset);
+            w.put<std::uint64_t>(r.ipc_alloc_size);
+        }
     }
     w.patch<std::uint32_t>(8, static_cast<std::uint32_t>(out.size()));
     w.patch<std::uint32_t>(12, crc32(std::span(out).subspan(16)));
@@ -100,6 +126,12 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
                std::to_string(addr_len) + " is outside 1.." + std::to_string(max_worker_address));
     md.worker_address = r.get_bytes(addr_len, "worker address");
 
+    auto host_len = r.get<std::uint8_t>("host id length");
+    if (host_len > max_host_id)
+        r.fail("host id length", std::to_string(host_len) + " is more than " + std::to_string(max_host_id));
+    auto host = r.get_bytes(host_len, "host id");
+    md.host_id = {reinterpret_cast<const char*>(host.data()), host.size()};
+
     auto count = r.get<std::uint32_t>("region count");
     if (count > r.remaining() / min_region_record)
         r.fail("region count", std::to_string(count) + " regions cannot fit in the " +
@@ -117,6 +149,26 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
         if (rkey_len == 0 || rkey_len > max_packed_rkey)
             r.fail("rkey length", std::to_string(rkey_len) + " is outside 1.." + std::to_string(max_packed_rkey));
         rec.rkey = r.get_bytes(rkey_len, "rkey");
+        const auto kind = r.get<std::uint8_t>("memory kind");
+        if (kind > static_cast<std::uint8_t>(memory_kind_code::cuda))
+            r.fail("memory kind", "region " + std::to_string(i) + ": unknown memory kind " + std::to_string(kind));
+        rec.kind = static_cast<memory_kind_code>(kind);
+        auto ipc_len = r.get<std::uint16_t>("IPC handle length");
+        if (ipc_len > max_ipc_handle)
+            r.fail("IPC handle length", std::to_string(ipc_len) + " is more than " + std::to_string(max_ipc_handle));
+        if (ipc_len > 0 && rec.kind != memory_kind_code::cuda)
+            r.fail("IPC handle length", "region " + std::to_string(i) + " is host memory but has an IPC handle");
+        if (ipc_len > 0) {
+            rec.ipc_handle = r.get_bytes(ipc_len, "IPC handle");
+            rec.ipc_offset = r.get<std::uint64_t>("IPC offset");
+            rec.ipc_alloc_size = r.get<std::uint64_t>("IPC allocation size");
+            // The importer maps the whole allocation and addresses the region
+            // inside it: a region that leaves it would aim outside the mapping.
+            if (rec.ipc_offset > rec.ipc_alloc_size || rec.len > rec.ipc_alloc_size - rec.ipc_offset)
+                r.fail("IPC allocation size", "region " + std::to_string(i) + " (offset " +
+                                                  std::to_string(rec.ipc_offset) + ", " + std::to_string(rec.len) +
+                                                  " bytes) does not lie inside its IPC allocation");
+        }
         md.regions.push_back(rec);
     }
     r.expect_end();

@@ -60,6 +60,11 @@ struct ucx_config {
     /// closed before it cancels what is left.
     std::chrono::milliseconds close_timeout{2000};
 
+    /// memory::cuda only: the CUDA device whose primary context ferry's
+    /// threads make current before they touch the worker, and on which the
+    /// cuda_ipc path copies. -1: the constructing thread's current device.
+    int cuda_device = -1;
+
     /// progress::thread only: how long the progress thread keeps polling after
     /// its last piece of work before it arms the worker and sleeps, and how
     /// long wait() and wait_notifs() poll before they sleep. Polling keeps

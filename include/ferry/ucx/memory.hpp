@@ -1,6 +1,7 @@
 #pragma once
 
 #include <ferry/ucx/context.hpp>
+#include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/ucx_status.hpp>
 #include <ferry/version.hpp>
 
@@ -39,13 +40,14 @@ public:
         check_ucx(ucp_mem_map(ctx_->get(), &params, &memh_), ptr ? "ucp_mem_map" : "ucp_mem_map(ALLOCATE)");
 
         ucp_mem_attr_t attr{};
-        attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+        attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH | UCP_MEM_ATTR_FIELD_MEM_TYPE;
         if (auto s = ucp_mem_query(memh_, &attr); s != UCS_OK) {
             ucp_mem_unmap(ctx_->get(), memh_);
             throw_ucx(s, "ucp_mem_query");
         }
         base_ = ptr ? ptr : attr.address;
         len_ = len;
+        type_ = attr.mem_type;
 
         void* rkey = nullptr;
         std::size_t rkey_len = 0;
@@ -64,6 +66,8 @@ public:
     [[nodiscard]] ucp_mem_h get() const noexcept { return memh_; }
     [[nodiscard]] void* base() const noexcept { return base_; }
     [[nodiscard]] std::size_t size() const noexcept { return len_; }
+    /// The memory type UCX found the memory to be.
+    [[nodiscard]] ucs_memory_type_t memory_type() const noexcept { return type_; }
     [[nodiscard]] std::span<const std::byte> packed_rkey() const noexcept { return packed_rkey_; }
 
 private:
@@ -71,13 +75,20 @@ private:
     ucp_mem_h memh_ = nullptr;
     void* base_ = nullptr;
     std::size_t len_ = 0;
+    ucs_memory_type_t type_ = UCS_MEMORY_TYPE_HOST;
     std::vector<std::byte> packed_rkey_;
 };
 
 struct local_region {
-    local_region(std::shared_ptr<context> ctx, void* ptr, std::size_t len, std::uint32_t device,
-                 ucs_memory_type_t type)
-        : mem(std::move(ctx), ptr, len, type), dev(device), allocated(ptr == nullptr) {}
+    // `owned`, when set, is memory the backend allocated itself for this
+    // region; ptr == nullptr with no owner lets UCX allocate.
+    local_region(std::shared_ptr<context> ctx, void* ptr, std::size_t len, std::uint32_t device, memory_facts what,
+                 std::shared_ptr<void> owner = nullptr)
+        : owned(std::move(owner)),
+          mem(std::move(ctx), ptr, len, what.ucx_type),
+          dev(device),
+          allocated(ptr == nullptr || owned != nullptr),
+          facts(std::move(what)) {}
 
     [[nodiscard]] std::uintptr_t begin() const noexcept { return reinterpret_cast<std::uintptr_t>(mem.base()); }
     [[nodiscard]] std::uintptr_t end() const noexcept { return begin() + mem.size(); }
@@ -85,9 +96,11 @@ struct local_region {
         return device == dev && addr >= begin() && len <= mem.size() && addr - begin() <= mem.size() - len;
     }
 
+    std::shared_ptr<void> owned;  // declared first: freed after the unmap
     mem_handle mem;
     std::uint32_t dev;
     bool allocated;
+    memory_facts facts;
     // Cleared when the application deregisters the region; transfers over
     // it then refuse to post, though their in-flight data keeps it mapped.
     std::atomic<bool> registered{true};

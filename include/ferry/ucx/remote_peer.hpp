@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,11 +26,21 @@ struct remote_region {
     std::uint64_t len;
     std::uint32_t dev;
     std::vector<std::byte> packed_key;
+    memory_kind_code kind = memory_kind_code::host;
+    std::vector<std::byte> ipc_handle;
+    std::uint64_t ipc_offset = 0;
+    std::uint64_t ipc_alloc_size = 0;
     // Unpacked by the first transfer that uses the region: unpacking a key
     // that UCX must emulate starts a wire-up exchange with the peer, which
     // stalls even mapped-memory puts on the endpoint until the peer answers,
     // and which UCX 1.13 over tcp cannot abandon without aborting.
     std::optional<rkey> key;
+    // The allocation mapped through CUDA IPC, opened by the first cuda_ipc
+    // transfer; transfers that use it hold it open too. `ipc_error` says why
+    // opening failed, so that it is tried once.
+    std::shared_ptr<void> ipc_mapping;
+    std::uintptr_t ipc_base = 0;
+    std::string ipc_error;
 
     [[nodiscard]] bool contains(std::uint64_t a, std::size_t n, std::uint32_t device) const noexcept {
         return device == dev && a >= addr && n <= len && a - addr <= len - n;
@@ -42,11 +53,22 @@ class remote_peer {
 public:
     remote_peer(ucp_worker_h worker, const metadata_view& md, error_mode mode)
         : name_(md.name),
+          host_id_(md.host_id),
           mode_(mode),
           ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this) {
         regions_.reserve(md.regions.size());
-        for (const auto& r : md.regions)
-            regions_.push_back({r.addr, r.len, r.dev, std::vector<std::byte>(r.rkey.begin(), r.rkey.end()), {}});
+        for (const auto& r : md.regions) {
+            remote_region rr;
+            rr.addr = r.addr;
+            rr.len = r.len;
+            rr.dev = r.dev;
+            rr.packed_key.assign(r.rkey.begin(), r.rkey.end());
+            rr.kind = r.kind;
+            rr.ipc_handle.assign(r.ipc_handle.begin(), r.ipc_handle.end());
+            rr.ipc_offset = r.ipc_offset;
+            rr.ipc_alloc_size = r.ipc_alloc_size;
+            regions_.push_back(std::move(rr));
+        }
         std::sort(regions_.begin(), regions_.end(), [](const auto& a, const auto& b) { return a.addr < b.addr; });
     }
     remote_peer(const remote_peer&) = delete;
@@ -57,6 +79,8 @@ public:
     }
 
     [[nodiscard]] const std::string& name() const noexcept { return name_; }
+    /// The peer's kernel boot id: equal to ours means the same host.
+    [[nodiscard]] const std::string& host_id() const noexcept { return host_id_; }
     [[nodiscard]] ucp_ep_h ep() const noexcept { return ep_.get(); }
 
     [[nodiscard]] remote_region* find(std::uint64_t addr, std::size_t len, std::uint32_t dev) noexcept {
@@ -123,6 +147,7 @@ private:
     }
 
     std::string name_;
+    std::string host_id_;
     error_mode mode_;
     endpoint ep_;
     std::vector<remote_region> regions_;

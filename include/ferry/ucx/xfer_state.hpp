@@ -2,9 +2,10 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/handles.hpp>
+#include <ferry/xfer_path.hpp>
 #include <ferry/status.hpp>
 #include <ferry/detail/completion_signal.hpp>
-#include <ferry/detail/deadline_list.hpp>
+#include <ferry/detail/intrusive_list.hpp>
 #include <ferry/ucx/command.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/notif.hpp>
@@ -15,6 +16,7 @@
 #include <ucp/api/ucp.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -47,12 +49,20 @@ struct rma_keys {
 /// is bookkeeping that the hot path touches once per post, not per descriptor.
 /// Under the thread policy the state is also the command that carries a post
 /// to the progress thread.
-struct xfer_state : command, deadline_links<xfer_state> {
+struct deadline_tag;
+struct device_tag;
+
+struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer_state, device_tag> {
     // `expired`: past its deadline, reported as timed_out, while UCX still
     // holds its operations; it cannot be posted again until they are done.
     enum : std::uint8_t { idle, busy, released, expired };
 
     xfer_op op = xfer_op::write;
+    xfer_path path = xfer_path::ucx;
+    // The memory kind's state for a path that bypasses UCX (cuda_ipc), owned.
+    void* device_op = nullptr;
+    void (*destroy_device_op)(void*) noexcept = nullptr;
+    bool device_failed = false;  // the device work of the last post failed
     slot_ref peer_ref;
     remote_peer* target = nullptr;
     std::shared_ptr<remote_peer> keep_target;  // keeps `target` valid while this state lives
@@ -73,9 +83,10 @@ struct xfer_state : command, deadline_links<xfer_state> {
     int pending = 0;
     ucs_status_t first_error = UCS_OK;
     bool abandoned = false;  // expired, and counted in target->abandoned
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
     // The progress thread's list of transfers with a deadline; null under
     // inline progress, where check() looks at the deadline itself.
-    deadline_list<xfer_state>* deadlines = nullptr;
+    intrusive_list<xfer_state, deadline_tag>* deadlines = nullptr;
 
     // What application threads see. `phase` goes idle -> busy on post and
     // back to idle when the transfer is over, after `result` is written. Past
@@ -92,6 +103,9 @@ struct xfer_state : command, deadline_links<xfer_state> {
         flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
         flush_param.cb.send = &on_complete;
         flush_param.user_data = this;
+    }
+    ~xfer_state() {
+        if (destroy_device_op) destroy_device_op(device_op);
     }
     xfer_state(const xfer_state&) = delete;
     xfer_state& operator=(const xfer_state&) = delete;
@@ -160,7 +174,9 @@ struct xfer_state : command, deadline_links<xfer_state> {
         --target->in_flight;
         // Operations that UCX purged from a failed endpoint report CANCELED
         // or a transport error; either way the peer is what failed.
-        finish(first_error == UCS_OK ? status::ok : target->failed() ? status::peer_failed : from_ucs(first_error));
+        if (device_failed) finish(status::device_error);
+        else if (first_error == UCS_OK) finish(status::ok);
+        else finish(target->failed() ? status::peer_failed : from_ucs(first_error));
     }
 
     /// Adds one UCX operation's outcome to the transfer.

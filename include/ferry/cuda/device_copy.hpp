@@ -1,0 +1,142 @@
+#pragma once
+
+#include <ferry/cuda/copy_kernel.hpp>
+#include <ferry/cuda/cuda_status.hpp>
+#include <ferry/version.hpp>
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+FERRY_NAMESPACE_BEGIN
+namespace detail::cuda {
+
+/// One descriptor pair of a cuda_ipc transfer, as device addresses.
+struct copy_pair {
+    std::uint64_t src;
+    std::uint64_t dst;
+    std::uint64_t len;
+};
+
+/// Splits the pairs into chunks for one thread block each. Chunks are large
+/// enough that a block does real work and small enough that a big transfer
+/// still spreads over every multiprocessor (about 8 blocks each), between
+/// 4 KiB and 64 KiB and a multiple of 16 bytes, so aligned pairs stay
+/// aligned piece by piece.
+inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int multiprocessors) {
+    std::uint64_t total = 0;
+    for (const auto& p : pairs) total += p.len;
+    const std::uint64_t want = total / static_cast<std::uint64_t>(std::max(1, multiprocessors) * 8);
+    std::uint64_t chunk = 4096;
+    while (chunk < 65536 && chunk * 2 <= want) chunk *= 2;
+    std::vector<copy_chunk> out;
+    std::size_t count = 0;
+    for (const auto& p : pairs) count += static_cast<std::size_t>((p.len + chunk - 1) / chunk);
+    out.reserve(count);
+    for (const auto& p : pairs)
+        for (std::uint64_t at = 0; at < p.len; at += chunk)
+            out.push_back({p.src + at, p.dst + at, std::min(chunk, p.len - at)});
+    return out;
+}
+
+/// The GPU side of a cuda_ipc transfer: its chunk table in device memory, a
+/// stream of its own, and an event that completes when the data is in place.
+/// Built at prepare; a post is one kernel launch and one event record.
+class device_copy {
+public:
+    device_copy(int device, std::span<const copy_pair> pairs, std::vector<std::shared_ptr<void>> mappings)
+        : device_(device), mappings_(std::move(mappings)) {
+        device_scope on(device);
+        check_cu(driver_.ctx_get_current(&context_), "cuCtxGetCurrent");
+        int sms = 1;
+        check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+        const auto chunks = plan_chunks(pairs, sms);
+        if (chunks.size() > 0x7FFFFFFFU)
+            throw error(status::invalid_argument, "prepare: the transfer needs more than 2^31 - 1 thread blocks");
+        blocks_ = static_cast<unsigned>(chunks.size());
+        fn_ = copy_kernel(device);
+        try {
+            void* table = nullptr;
+            check_cuda(cudaMalloc(&table, chunks.size() * sizeof(copy_chunk)), "cudaMalloc(chunk table)");
+            table_ = reinterpret_cast<CUdeviceptr>(table);
+            check_cuda(cudaMemcpy(table, chunks.data(), chunks.size() * sizeof(copy_chunk), cudaMemcpyHostToDevice),
+                       "cudaMemcpy(chunk table)");
+            check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+            check_cuda(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+        } catch (...) {
+            release();
+            throw;
+        }
+        args_[0] = &table_;
+    }
+    ~device_copy() { release(); }
+    device_copy(const device_copy&) = delete;
+    device_copy& operator=(const device_copy&) = delete;
+
+    /// Starts the copy: one launch, one event. The calling thread's current
+    /// context is borrowed only if it is not the device's already.
+    [[nodiscard]] bool launch() noexcept {
+        CUcontext current = nullptr;
+        driver_.ctx_get_current(&current);
+        const bool swap = current != context_;
+        if (swap && driver_.ctx_push_current(context_) != CUDA_SUCCESS) return false;
+        bool ok = driver_.launch_kernel(fn_, blocks_, 1, 1, copy_block_threads, 1, 1, 0,
+                                        reinterpret_cast<CUstream>(stream_), args_, nullptr) == CUDA_SUCCESS &&
+                  cudaEventRecord(done_, stream_) == cudaSuccess;
+        if (swap) {
+            CUcontext popped = nullptr;
+            driver_.ctx_pop_current(&popped);
+        }
+        return ok;
+    }
+
+    /// 1 once the copy is complete, 0 while it runs, -1 if it failed.
+    [[nodiscard]] int poll() const noexcept {
+        switch (cudaEventQuery(done_)) {
+            case cudaSuccess: return 1;
+            case cudaErrorNotReady: return 0;
+            default: return -1;
+        }
+    }
+
+    [[nodiscard]] int device() const noexcept { return device_; }
+    [[nodiscard]] unsigned blocks() const noexcept { return blocks_; }
+
+private:
+    void release() noexcept {
+        int previous = -1;
+        cudaGetDevice(&previous);
+        if (previous != device_) cudaSetDevice(device_);
+        if (done_) {
+            cudaEventSynchronize(done_);  // the kernel reads the table until it is done
+            cudaEventDestroy(done_);
+        }
+        if (stream_) cudaStreamDestroy(stream_);
+        if (table_) cudaFree(reinterpret_cast<void*>(table_));
+        if (previous >= 0 && previous != device_) cudaSetDevice(previous);
+        done_ = nullptr;
+        stream_ = nullptr;
+        table_ = 0;
+    }
+
+    const driver_api& driver_ = checked_driver();
+    int device_;
+    CUcontext context_ = nullptr;
+    CUfunction fn_ = nullptr;
+    unsigned blocks_ = 0;
+    CUdeviceptr table_ = 0;
+    cudaStream_t stream_ = nullptr;
+    cudaEvent_t done_ = nullptr;
+    void* args_[1] = {nullptr};
+    // The peer's allocations this copy writes or reads, kept mapped while it lives.
+    std::vector<std::shared_ptr<void>> mappings_;
+};
+
+}  // namespace detail::cuda
+FERRY_NAMESPACE_END

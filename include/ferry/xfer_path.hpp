@@ -1,0 +1,30 @@
+#pragma once
+
+#include <ferry/version.hpp>
+
+#include <cstdint>
+#include <string_view>
+
+FERRY_NAMESPACE_BEGIN
+
+/// How a prepared transfer moves its data.
+enum class xfer_path : std::uint8_t {
+    /// prepare chooses: cuda_ipc where it can serve the whole list, else ucx.
+    automatic,
+    /// One UCX RMA operation per descriptor (ucp_put_nbx / ucp_get_nbx).
+    ucx,
+    /// memory::cuda, both sides GPU memory on one host: the whole list as
+    /// one copy kernel over the peer's memory, mapped through CUDA IPC.
+    cuda_ipc,
+};
+
+[[nodiscard]] constexpr std::string_view to_string(xfer_path p) noexcept {
+    switch (p) {
+        case xfer_path::automatic: return "automatic";
+        case xfer_path::ucx: return "ucx";
+        case xfer_path::cuda_ipc: return "cuda_ipc";
+    }
+    return "unknown";
+}
+
+FERRY_NAMESPACE_END
