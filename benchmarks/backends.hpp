@@ -6,6 +6,9 @@
 
 #include "options.hpp"
 
+#if defined(FERRY_BENCH_CUDA)
+#include <ferry/cuda.hpp>
+#endif
 #include <ferry/policy.hpp>
 #include <ferry/ucx/backend.hpp>
 #include <ferry/ucx/config.hpp>
@@ -64,12 +67,24 @@ decltype(auto) with_backend(const options& o, F&& f) {
             switch (o.memory) {
                 case memory_kind::host:
                     return f.template operator()<ferry::ucx_backend<policy<progress::inline_poll, memory::host>>>();
+                case memory_kind::cuda:
+#if defined(FERRY_BENCH_CUDA)
+                    return f.template operator()<ferry::ucx_backend<policy<progress::inline_poll, memory::cuda>>>();
+#else
+                    break;
+#endif
             }
             break;
         case progress_kind::thread:
             switch (o.memory) {
                 case memory_kind::host:
                     return f.template operator()<ferry::ucx_backend<policy<progress::thread, memory::host>>>();
+                case memory_kind::cuda:
+#if defined(FERRY_BENCH_CUDA)
+                    return f.template operator()<ferry::ucx_backend<policy<progress::thread, memory::cuda>>>();
+#else
+                    break;
+#endif
             }
             break;
     }

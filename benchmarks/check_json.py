@@ -8,7 +8,8 @@ import math
 import sys
 
 KEYS = ["op", "block_size", "batch", "mem", "pattern", "gbps", "desc_per_s",
-        "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio"]
+        "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
+        "copy_gbps", "copy_ratio"]
 
 
 def fail(msg):
@@ -55,6 +56,12 @@ def main():
                 fail(f"row {i}: {key} should be a positive integer, got {row[key]!r}")
         for key in ("gbps", "desc_per_s"):
             positive(row, i, key)
+        if row["memory"] not in ("host,host", "cuda,cuda", "cuda,host", "host,cuda"):
+            fail(f"row {i}: memory is {row['memory']!r}")
+        if row["path"] not in ("ucx", "cuda_ipc"):
+            fail(f"row {i}: path is {row['path']!r}")
+        if row["memory"] == "host,host" and (row["copy_gbps"] is not None or row["copy_ratio"] is not None):
+            fail(f"row {i}: a host-memory run measures no cudaMemcpy reference")
         for key in ("raw_gbps", "ratio"):
             if a.no_raw:
                 if row[key] is not None:
@@ -77,7 +84,7 @@ def main():
         if len(table) - 1 != len(rows):
             fail(f"{a.csv}: {len(table) - 1} rows, the JSON has {len(rows)}")
         for i, (line, row) in enumerate(zip(table[1:], rows)):
-            if int(line[1]) != row["block_size"] or int(line[2]) != row["batch"]:
+            if int(line[1]) != row["block_size"] or int(line[2]) != row["batch"] or line[12] != row["path"]:
                 fail(f"{a.csv}: row {i} does not match the JSON")
     print(f"check_json: {a.json}: {len(rows)} rows, well-formed")
 

@@ -11,6 +11,7 @@
 #include <ferry/handles.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
+#include <ferry/xfer_path.hpp>
 
 #include <chrono>
 #include <concepts>
@@ -51,8 +52,9 @@ class ferry_runner {
     }();
 
 public:
-    ferry_runner(B& backend, ferry::peer peer, std::uintptr_t local_base, std::uintptr_t remote_base, double timeout)
-        : b_(backend), peer_(peer), local_base_(local_base), remote_base_(remote_base), timeout_(timeout) {}
+    ferry_runner(B& backend, ferry::peer peer, std::uintptr_t local_base, std::uintptr_t remote_base, double timeout,
+                 ferry::xfer_path path = ferry::xfer_path::automatic)
+        : b_(backend), peer_(peer), local_base_(local_base), remote_base_(remote_base), timeout_(timeout), path_(path) {}
     ~ferry_runner() { release(); }
     ferry_runner(const ferry_runner&) = delete;
     ferry_runner& operator=(const ferry_runner&) = delete;
@@ -65,7 +67,17 @@ public:
         std::vector<ferry::desc> local(local_off.size()), remote(remote_off.size());
         for (std::size_t i = 0; i < local.size(); ++i) local[i] = {local_base_ + local_off[i], block, 0};
         for (std::size_t i = 0; i < remote.size(); ++i) remote[i] = {remote_base_ + remote_off[i], block, 0};
-        x_ = b_.prepare(op, local, remote, peer_);
+        // A backend with more than one path takes the one asked for.
+        if constexpr (requires { b_.prepare(op, local, remote, peer_, path_); })
+            x_ = b_.prepare(op, local, remote, peer_, path_);
+        else
+            x_ = b_.prepare(op, local, remote, peer_);
+    }
+
+    /// The path the current row's transfer moves on.
+    [[nodiscard]] ferry::xfer_path path() const {
+        if constexpr (requires { b_.path_of(x_); }) return b_.path_of(x_);
+        else return ferry::xfer_path::ucx;
     }
 
     void release() noexcept {
@@ -194,6 +206,7 @@ private:
     std::uintptr_t local_base_;
     std::uintptr_t remote_base_;
     double timeout_;
+    ferry::xfer_path path_;
     ferry::xfer x_{};
     bool in_flight_ = false;
     std::uint64_t sent_ = 0;

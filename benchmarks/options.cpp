@@ -33,7 +33,24 @@ std::string_view to_string(mode_kind m) noexcept {
 }
 std::string_view to_string(baseline_kind b) noexcept { return b == baseline_kind::raw ? "raw" : "none"; }
 std::string_view to_string(progress_kind p) noexcept { return p == progress_kind::thread ? "thread" : "inline"; }
-std::string_view to_string(memory_kind) noexcept { return "host"; }
+std::string_view to_string(memory_kind m) noexcept { return m == memory_kind::cuda ? "cuda" : "host"; }
+std::string_view to_string(buffer_kind b) noexcept { return b == buffer_kind::cuda ? "cuda" : "host"; }
+std::string_view to_string(path_kind p) noexcept {
+    switch (p) {
+        case path_kind::automatic: return "auto";
+        case path_kind::ucx: return "ucx";
+        case path_kind::cuda_ipc: return "cuda_ipc";
+    }
+    return "auto";
+}
+
+bool built_with_cuda() noexcept {
+#if defined(FERRY_BENCH_CUDA)
+    return true;
+#else
+    return false;
+#endif
+}
 
 namespace {
 
@@ -113,6 +130,21 @@ progress_kind parse_progress(std::string_view option, std::string_view v) {
     if (v == "thread") return progress_kind::thread;
     fail(option, quoted(v) + ": that progress policy is not built yet; this ferry implements 'inline' "
                              "(ferry::progress::inline_poll) and 'thread' (ferry::progress::thread)");
+}
+
+// --memory host | cuda | cuda,host | host,cuda.
+void parse_memory(std::string_view option, std::string_view v, options& o) {
+    auto parts = split(v, ',');
+    if (parts.size() > 2) fail(option, quoted(v) + ": at most two kinds, the initiator's and the target's");
+    auto kind_of = [&](std::string_view k) {
+        return parse_choice<buffer_kind>(option, k, {{"host", buffer_kind::host}, {"cuda", buffer_kind::cuda}});
+    };
+    o.initiator_buffer = kind_of(parts[0]);
+    o.target_buffer = parts.size() == 2 ? kind_of(parts[1]) : o.initiator_buffer;
+    const bool cuda = o.initiator_buffer == buffer_kind::cuda || o.target_buffer == buffer_kind::cuda;
+    if (cuda && !built_with_cuda())
+        fail(option, quoted(v) + ": this ferry-bench was built without CUDA (ferry::cuda was not found at its build)");
+    o.memory = cuda ? memory_kind::cuda : memory_kind::host;
 }
 
 // Fails now, not after a long sweep, when an output file cannot be created.
@@ -242,7 +274,16 @@ Transport and backend:
   --progress inline|thread ferry's progress policy: inline (the caller's
                            thread drives UCX) or thread (a progress thread
                            does)                                    [inline]
-  --memory host            ferry's memory policy (only host is built) [host]
+  --memory KIND[,KIND]     where the initiator's and the target's buffers
+                           live: host or cuda (device 0); one value for
+                           both. Any cuda selects ferry::memory::cuda, and
+                           its host buffers are then page-locked
+                           (cudaMallocHost). Each row then also times one
+                           cudaMemcpy of the same total bytes between the
+                           same kinds of memory (copy GB/s)          [host]
+  --path auto|ucx|cuda_ipc what ferry's transfers are prepared on: auto
+                           lets prepare choose (cuda_ipc for device memory
+                           on both sides), or force one          [auto]
   --buffer-size SIZE       memory registered per side; blocks that do not
                            fit wrap around inside it                   [64M]
   --seed N                 seed of --pattern random                      [1]
@@ -356,11 +397,10 @@ parse_result parse_options(int argc, const char* const* argv) {
         } else if (name == "--progress") {
             o.progress = parse_progress(name, value());
         } else if (name == "--memory") {
-            auto v = value();
-            if (v != "host")
-                fail(name, quoted(v) + ": that memory policy is not built yet; this ferry implements only 'host' "
-                                       "(ferry::memory::host)");
-            o.memory = memory_kind::host;
+            parse_memory(name, value(), o);
+        } else if (name == "--path") {
+            o.path = parse_choice<path_kind>(
+                name, value(), {{"auto", path_kind::automatic}, {"ucx", path_kind::ucx}, {"cuda_ipc", path_kind::cuda_ipc}});
         } else if (name == "--buffer-size") {
             o.buffer_size = parse_size(name, value());
             if (o.buffer_size > (std::size_t{16} << 30)) fail(name, "at most 16G");
@@ -424,7 +464,8 @@ std::string encode_target_settings(const options& o) {
         << "tls=" << o.tls << "\n"
         << "error_handling=" << (o.peer_error_handling ? "peer" : "none") << "\n"
         << "progress=" << to_string(o.progress) << "\n"
-        << "memory=" << to_string(o.memory) << "\n"
+        << "memory=" << to_string(o.initiator_buffer) << "," << to_string(o.target_buffer) << "\n"
+        << "path=" << to_string(o.path) << "\n"
         << "baseline=" << to_string(o.baseline) << "\n"
         << "timeout=" << o.timeout << "\n";
     return out.str();
@@ -444,7 +485,10 @@ options decode_target_settings(std::string_view text) {
             o.peer_error_handling = parse_choice<bool>("--error-handling", v, {{"peer", true}, {"none", false}});
         else if (key == "progress") o.progress = parse_progress("--progress", v);
         else if (key == "memory") {
-            if (v != "host") fail("--memory", quoted(v) + ": that memory policy is not built into this target");
+            parse_memory("--memory", v, o);
+        } else if (key == "path") {
+            o.path = parse_choice<path_kind>(
+                "--path", v, {{"auto", path_kind::automatic}, {"ucx", path_kind::ucx}, {"cuda_ipc", path_kind::cuda_ipc}});
         } else if (key == "baseline")
             o.baseline = parse_choice<baseline_kind>("baseline", v,
                                                      {{"raw", baseline_kind::raw}, {"none", baseline_kind::none}});

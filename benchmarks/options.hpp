@@ -4,6 +4,7 @@
 // few settings the initiator hands to the target over the control socket.
 
 #include <ferry/desc.hpp>
+#include <ferry/xfer_path.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -21,7 +22,11 @@ enum class mode_kind { bw, lat, both };
 enum class baseline_kind { none, raw };
 // One enumerator per ferry policy that exists; main.cpp maps each to its type.
 enum class progress_kind { inline_poll, thread };
-enum class memory_kind { host };
+enum class memory_kind { host, cuda };
+// Where a side's buffer lives.
+enum class buffer_kind { host, cuda };
+// --path: what the ferry transfer is prepared on.
+enum class path_kind { automatic, ucx, cuda_ipc };
 
 std::string_view to_string(mem_kind m) noexcept;
 std::string_view to_string(pattern_kind p) noexcept;
@@ -29,6 +34,20 @@ std::string_view to_string(mode_kind m) noexcept;
 std::string_view to_string(baseline_kind b) noexcept;
 std::string_view to_string(progress_kind p) noexcept;
 std::string_view to_string(memory_kind m) noexcept;
+std::string_view to_string(buffer_kind b) noexcept;
+std::string_view to_string(path_kind p) noexcept;
+
+/// Whether this ferry-bench was built with ferry::cuda (--memory cuda).
+bool built_with_cuda() noexcept;
+
+[[nodiscard]] constexpr ferry::xfer_path to_xfer_path(path_kind p) noexcept {
+    switch (p) {
+        case path_kind::automatic: return ferry::xfer_path::automatic;
+        case path_kind::ucx: return ferry::xfer_path::ucx;
+        case path_kind::cuda_ipc: return ferry::xfer_path::cuda_ipc;
+    }
+    return ferry::xfer_path::automatic;
+}
 
 /// Concatenates strings. (GCC 12 warns, wrongly, under -Wrestrict about
 /// chains of std::string operator+ that start with a literal.)
@@ -66,7 +85,10 @@ struct options {
     std::string tls;  // empty: UCX's own choice
     bool peer_error_handling = true;  // --error-handling peer|none
     progress_kind progress = progress_kind::inline_poll;
-    memory_kind memory = memory_kind::host;
+    memory_kind memory = memory_kind::host;  // cuda when either buffer is
+    buffer_kind initiator_buffer = buffer_kind::host;
+    buffer_kind target_buffer = buffer_kind::host;
+    path_kind path = path_kind::automatic;
     std::size_t buffer_size = std::size_t{64} << 20;
     std::uint64_t seed = 1;
     double timeout = 30;

@@ -67,28 +67,30 @@ std::string ucx_version() {
 void table_printer::header(const options& o, std::size_t buffer) {
     std::fprintf(out_,
                  "# ferry-bench: op %s, mem %s, pattern %s, tls %s, notif %s, mode %s, baseline %s, progress %s, "
-                 "memory %s\n"
+                 "memory %s, path %s\n"
                  "# %s posts per measurement, %zu repetitions (raw, ferry, raw, ..., ferry, raw), %s per side, UCX %s\n",
                  std::string(ferry::to_string(o.op)).c_str(), std::string(to_string(o.mem)).c_str(),
                  std::string(to_string(o.pattern)).c_str(), o.tls.empty() ? "(UCX default)" : o.tls.c_str(),
                  o.notif ? "on" : "off", std::string(to_string(o.mode)).c_str(),
                  std::string(to_string(o.baseline)).c_str(), std::string(to_string(o.progress)).c_str(),
-                 std::string(to_string(o.memory)).c_str(),
-                 o.iters ? std::to_string(o.iters).c_str() : ("auto (" + fixed(o.time, 3) + " s)").c_str(), o.reps,
+                 (std::string(to_string(o.initiator_buffer)) + "," + std::string(to_string(o.target_buffer))).c_str(),
+                 std::string(to_string(o.path)).c_str(), o.iters ? std::to_string(o.iters).c_str() : ("auto (" + fixed(o.time, 3) + " s)").c_str(), o.reps,
                  format_size(buffer).c_str(), ucx_version().c_str());
-    std::fprintf(out_, "%6s %6s %8s %8s %8s %8s %8s %9s %6s %8s %8s %9s\n", "block", "batch", "GB/s", "Mdesc/s",
-                 "ns/desc", "p50 us", "p99 us", "raw GB/s", "ratio", "raw p50", "raw p99", "lat ratio");
+    std::fprintf(out_, "%6s %6s %8s %8s %8s %8s %8s %9s %6s %8s %8s %9s %8s %9s %7s\n", "block", "batch", "GB/s",
+                 "Mdesc/s", "ns/desc", "p50 us", "p99 us", "raw GB/s", "ratio", "raw p50", "raw p99", "lat ratio",
+                 "path", "copy GB/s", "vs copy");
     std::fflush(out_);
 }
 
 void table_printer::row(const row_result& r) {
     std::optional<double> mdesc;
     if (r.desc_per_s) mdesc = *r.desc_per_s / 1e6;
-    std::fprintf(out_, "%6s %6zu %8s %8s %8s %8s %8s %9s %6s %8s %8s %9s\n", format_size(r.block).c_str(), r.batch,
-                 fixed(r.gbps, 3).c_str(), fixed(mdesc, 3).c_str(), fixed(r.post_ns, 1).c_str(),
+    std::fprintf(out_, "%6s %6zu %8s %8s %8s %8s %8s %9s %6s %8s %8s %9s %8s %9s %7s\n", format_size(r.block).c_str(),
+                 r.batch, fixed(r.gbps, 3).c_str(), fixed(mdesc, 3).c_str(), fixed(r.post_ns, 1).c_str(),
                  micros(r.lat_p50_us).c_str(), micros(r.lat_p99_us).c_str(), fixed(r.raw_gbps, 3).c_str(),
                  fixed(r.ratio, 3).c_str(), micros(r.raw_p50_us).c_str(), micros(r.raw_p99_us).c_str(),
-                 fixed(r.lat_ratio, 3).c_str());
+                 fixed(r.lat_ratio, 3).c_str(), r.path.c_str(), fixed(r.copy_gbps, 2).c_str(),
+                 fixed(r.copy_ratio, 3).c_str());
     std::fflush(out_);
 }
 
@@ -122,7 +124,9 @@ void write_json(const std::string& path, const std::vector<row_result>& rows) {
           << to_string(r.pattern) << "\", \"gbps\": " << number(r.gbps)
           << ", \"desc_per_s\": " << number(r.desc_per_s) << ", \"lat_p50_us\": " << number(r.lat_p50_us)
           << ", \"lat_p99_us\": " << number(r.lat_p99_us) << ", \"raw_gbps\": " << number(r.raw_gbps)
-          << ", \"ratio\": " << number(r.ratio) << "}";
+          << ", \"ratio\": " << number(r.ratio) << ", \"memory\": \"" << r.memory << "\", \"path\": \""
+          << r.path << "\", \"copy_gbps\": " << number(r.copy_gbps) << ", \"copy_ratio\": " << number(r.copy_ratio)
+          << "}";
     }
     f << (rows.empty() ? "]\n" : "\n]\n");
     close_out("--json", path, f);
@@ -131,11 +135,13 @@ void write_json(const std::string& path, const std::vector<row_result>& rows) {
 void write_csv(const std::string& path, const std::vector<row_result>& rows) {
     auto f = open_out("--csv", path);
     auto cell = [](const std::optional<double>& v) { return v && std::isfinite(*v) ? number(v) : std::string(); };
-    f << "op,block_size,batch,mem,pattern,gbps,desc_per_s,lat_p50_us,lat_p99_us,raw_gbps,ratio\n";
+    f << "op,block_size,batch,mem,pattern,gbps,desc_per_s,lat_p50_us,lat_p99_us,raw_gbps,ratio,memory,path,copy_gbps,"
+         "copy_ratio\n";
     for (const auto& r : rows)
         f << ferry::to_string(r.op) << "," << r.block << "," << r.batch << "," << to_string(r.mem) << ","
           << to_string(r.pattern) << "," << cell(r.gbps) << "," << cell(r.desc_per_s) << "," << cell(r.lat_p50_us)
-          << "," << cell(r.lat_p99_us) << "," << cell(r.raw_gbps) << "," << cell(r.ratio) << "\n";
+          << "," << cell(r.lat_p99_us) << "," << cell(r.raw_gbps) << "," << cell(r.ratio) << ",\"" << r.memory
+          << "\"," << r.path << "," << cell(r.copy_gbps) << "," << cell(r.copy_ratio) << "\n";
     close_out("--csv", path, f);
 }
 

@@ -31,6 +31,10 @@ struct row_result {
     std::optional<double> raw_p50_us;   // raw ping-pong half round trip
     std::optional<double> raw_p99_us;
     std::optional<double> lat_ratio;    // ferry p50 / raw p50
+    std::string memory = "host,host";   // initiator's and target's buffers
+    std::string path = "ucx";           // what ferry's transfer moved on
+    std::optional<double> copy_gbps;    // one cudaMemcpy of the same bytes (--memory cuda)
+    std::optional<double> copy_ratio;   // ferry GB/s / copy GB/s
 };
 
 class table_printer {

@@ -17,11 +17,15 @@ void check(ucs_status_t s, const char* what) {
 }
 
 // Maps [base, base + len), or with base == nullptr allocates len bytes.
-ucp_mem_h map(ucp_context_h ctx, void* base, std::size_t len) {
+ucp_mem_h map(ucp_context_h ctx, void* base, std::size_t len, bool device = false) {
     ucp_mem_map_params_t mp{};
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
     mp.address = base;
     mp.length = len;
+    if (device) {
+        mp.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+        mp.memory_type = UCS_MEMORY_TYPE_CUDA;
+    }
     if (base == nullptr) {
         mp.field_mask |= UCP_MEM_MAP_PARAM_FIELD_FLAGS;
         mp.flags = UCP_MEM_MAP_ALLOCATE;
@@ -57,9 +61,9 @@ std::size_t allocated_key_size(ucp_context_h ctx) {
 }  // namespace
 
 raw_runner::raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated,
-                       double timeout)
+                       double timeout, bool device)
     : ctx_(ctx), worker_(worker), base_(base), len_(len), timeout_(timeout) {
-    memh_ = map(ctx_, base, len);
+    memh_ = map(ctx_, base, len, device);
     if (allocated && packed_size(ctx_, memh_) < allocated_key_size(ctx_)) {
         ucp_mem_unmap(ctx_, memh_);
         memh_ = map(ctx_, nullptr, len);

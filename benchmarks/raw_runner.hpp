@@ -33,7 +33,9 @@ public:
     /// cache is off (UCX_RCACHE_ENABLE=n, or under valgrind) the new mapping
     /// would lack that key and the raw loop would be emulated; the baseline
     /// then allocates its own buffer of the same size the same way, and says so.
-    raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated, double timeout);
+    /// `device`: the buffer is CUDA device memory, mapped as such.
+    raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated, double timeout,
+               bool device = false);
     ~raw_runner();
     raw_runner(const raw_runner&) = delete;
     raw_runner& operator=(const raw_runner&) = delete;

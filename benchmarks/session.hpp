@@ -7,6 +7,9 @@
 
 #include "backends.hpp"
 #include "control.hpp"
+#if defined(FERRY_BENCH_CUDA)
+#include "cuda_buffers.hpp"
+#endif
 #include "ferry_runner.hpp"
 #include "measure.hpp"
 #include "options.hpp"
@@ -31,20 +34,34 @@ namespace bench {
 template <bench_backend B>
 class side {
 public:
-    side(const std::string& name, const options& o, std::size_t buffer) : opts_(o), buffer_(buffer) {
-        if (o.mem == mem_kind::user) {
+    /// `mine` and `theirs`: where this side's and the peer's buffers live.
+    side(const std::string& name, const options& o, std::size_t buffer, buffer_kind mine, buffer_kind theirs)
+        : opts_(o), buffer_(buffer) {
+        const bool cuda = o.memory == memory_kind::cuda;
+        if (!cuda && o.mem == mem_kind::user) {
             user_.reset(static_cast<std::byte*>(std::aligned_alloc(4096, buffer)));
             if (!user_) throw std::runtime_error("cannot allocate " + format_size(buffer) + " of user memory");
         }
         backend_ = backend_factory<B>::make(name, o);
-        if (o.mem == mem_kind::user) region_.emplace(backend_->register_memory(user_.get(), buffer, 0));
-        else region_.emplace(backend_->allocate(buffer));
-        // Fault every page in now, not inside a timed loop.
-        std::memset(region_->data(), 0x5A, buffer);
+        if (cuda) {
+#if defined(FERRY_BENCH_CUDA)
+            // Device memory, or page-locked host memory, which the copy
+            // engine and UCX's CUDA transports reach directly.
+            gpu_mem_ = cuda_alloc(buffer, mine == buffer_kind::cuda, 0x5A);
+            region_.emplace(backend_->register_memory(gpu_mem_.get(), buffer, 0));
+            if (name == "bench-initiator")
+                copy_.emplace(gpu_mem_.get(), mine == buffer_kind::cuda, theirs == buffer_kind::cuda, buffer);
+#endif
+        } else {
+            if (o.mem == mem_kind::user) region_.emplace(backend_->register_memory(user_.get(), buffer, 0));
+            else region_.emplace(backend_->allocate(buffer));
+            // Fault every page in now, not inside a timed loop.
+            std::memset(region_->data(), 0x5A, buffer);
+        }
         if (o.baseline == baseline_kind::raw) {
             if constexpr (raw_capable<B>)
                 raw_.emplace(backend_->ucx_context(), backend_->ucx_worker(), region_->data(), buffer,
-                             o.mem == mem_kind::ucx, o.timeout);
+                             !cuda && o.mem == mem_kind::ucx, o.timeout, cuda && mine == buffer_kind::cuda);
             else
                 throw usage_error("--baseline raw: this backend does not let the baseline drive its UCX worker "
                                   "(a progress thread owns it, or it exposes no UCX handles); use --baseline none");
@@ -67,7 +84,7 @@ public:
         if (remote_size != buffer_) throw peer_error("the peer registered a buffer of a different size");
         if (remote_raw != raw_.has_value()) throw peer_error("the peer disagrees about --baseline raw");
         peer_ = backend_->load_remote(blob);
-        ferry_.emplace(*backend_, peer_, base(), remote_base, opts_.timeout);
+        ferry_.emplace(*backend_, peer_, base(), remote_base, opts_.timeout, to_xfer_path(opts_.path));
         if (remote_raw) {
             auto rkey = r.bytes();
             const auto raw_base = r.u64();
@@ -81,6 +98,16 @@ public:
     ferry_runner<B>& ferry() { return *ferry_; }
     [[nodiscard]] bool has_raw() const { return raw_.has_value(); }
     raw_runner& raw() { return *raw_; }
+    /// GB/s of `iters` cudaMemcpys of `bytes` between the kinds of memory
+    /// this row moves between; nothing without --memory cuda, or when the
+    /// row moves more than the buffer holds (its blocks wrap around).
+    std::optional<double> copy_gbps(std::size_t bytes, std::size_t iters, bool write) {
+#if defined(FERRY_BENCH_CUDA)
+        if (copy_ && bytes <= buffer_) return copy_->gbps(bytes, iters, write);
+#endif
+        static_cast<void>(bytes), static_cast<void>(iters), static_cast<void>(write);
+        return std::nullopt;
+    }
 
 private:
     struct free_deleter {
@@ -90,6 +117,10 @@ private:
     options opts_;
     std::size_t buffer_;
     std::unique_ptr<std::byte, free_deleter> user_;
+#if defined(FERRY_BENCH_CUDA)
+    cuda_buffer gpu_mem_{nullptr, cuda_free{true}};
+    std::optional<copy_reference> copy_;
+#endif
     std::unique_ptr<B> backend_;
     std::optional<typename B::region_type> region_;
     std::optional<raw_runner> raw_;
@@ -126,6 +157,8 @@ public:
         await(msg::row_ok, "the row's answer transfers");
 
         row_result out;
+        out.memory = std::string(to_string(o_.initiator_buffer)) + "," + std::string(to_string(o_.target_buffer));
+        out.path = std::string(ferry::to_string(me_.ferry().path()));
         out.op = o_.op;
         out.block = spec.block;
         out.batch = spec.batch;
@@ -174,6 +207,10 @@ public:
             out.gbps = median(f_gbps);
             out.desc_per_s = median(f_dps);
             out.post_ns = median(f_post);
+            if (auto copy = me_.copy_gbps(static_cast<std::size_t>(bytes), iters, o_.op == ferry::xfer_op::write)) {
+                out.copy_gbps = *copy;
+                out.copy_ratio = *out.gbps / *copy;
+            }
             if (raw) {
                 out.raw_gbps = median(r_gbps);
                 out.ratio = median(ratios);
@@ -318,7 +355,7 @@ template <bench_backend B>
 std::vector<row_result> run_initiator(control& ctl, const options& o, table_printer& table) {
     const std::size_t buffer = buffer_bytes(o);
     ctl.send(msg::settings, wire_writer().str(encode_target_settings(o)).u64(buffer));
-    side<B> me("bench-initiator", o, buffer);
+    side<B> me("bench-initiator", o, buffer, o.initiator_buffer, o.target_buffer);
     handshake(ctl, me, o.timeout);
 
     table.header(o, buffer);
@@ -346,7 +383,7 @@ std::vector<row_result> run_initiator(control& ctl, const options& o, table_prin
 
 template <bench_backend B>
 void run_target(control& ctl, const options& settings, std::size_t buffer) {
-    side<B> me("bench-target", settings, buffer);
+    side<B> me("bench-target", settings, buffer, settings.target_buffer, settings.initiator_buffer);
     handshake(ctl, me, settings.timeout);
     const bool raw = me.has_raw();
     auto serve = [&] {
