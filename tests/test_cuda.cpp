@@ -113,23 +113,43 @@ bool gpu_ready() {
 constexpr std::size_t device_bytes = std::size_t{160} << 20;
 constexpr std::size_t host_bytes = std::size_t{40} << 20;
 
-enum class kind { host, device };
+// Device memory, pageable host memory, page-locked host memory.
+enum class kind { host, device, pinned };
 
-std::string name_of(kind k) { return k == kind::host ? "host" : "device"; }
+std::string name_of(kind k) { return k == kind::host ? "host" : k == kind::device ? "device" : "page-locked host"; }
 
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) fail(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
-// One device region and one host region, with a host staging copy for
-// filling and checking device memory.
+struct pinned_buffer {
+    explicit pinned_buffer(std::size_t len) {
+        check(cudaMallocHost(&p, len), "cudaMallocHost");
+        std::memset(p, 0, len);
+    }
+    ~pinned_buffer() { cudaFreeHost(p); }
+    pinned_buffer(const pinned_buffer&) = delete;
+    pinned_buffer& operator=(const pinned_buffer&) = delete;
+    void* p = nullptr;
+};
+
+// One region of each kind, with a host staging copy for filling and
+// checking device memory.
 template <class Backend>
 struct memory_pair {
     explicit memory_pair(Backend& b)
-        : host_mem(host_bytes), dev(b.allocate(device_bytes, 0)), host(b.register_memory(host_mem.data(), host_bytes)) {}
+        : host_mem(host_bytes),
+          pinned_mem(host_bytes),
+          dev(b.allocate(device_bytes, 0)),
+          host(b.register_memory(host_mem.data(), host_bytes)),
+          pinned(b.register_memory(pinned_mem.p, host_bytes)) {}
 
+    [[nodiscard]] std::byte* host_bytes_of(kind k) {
+        return k == kind::host ? host_mem.data() : static_cast<std::byte*>(pinned_mem.p);
+    }
     [[nodiscard]] std::uintptr_t base(kind k) const {
-        return reinterpret_cast<std::uintptr_t>(k == kind::host ? host.data() : dev.data());
+        return reinterpret_cast<std::uintptr_t>(k == kind::host ? host.data() : k == kind::pinned ? pinned.data()
+                                                                                                   : dev.data());
     }
 
     // Sets [0, extent) to `untouched`, then the blocks to their pattern.
@@ -145,19 +165,21 @@ struct memory_pair {
     [[nodiscard]] std::string verify(kind k, const blocks& where, const blocks& keyed_by, std::uint64_t seed,
                                      std::size_t extent) {
         staging.resize(extent);
-        if (k == kind::host) std::memcpy(staging.data(), host_mem.data(), extent);
+        if (k != kind::device) std::memcpy(staging.data(), host_bytes_of(k), extent);
         else check(cudaMemcpy(staging.data(), dev.data(), extent, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
         return ferry_test::verify_blocks(staging.data(), where, keyed_by, seed, extent);
     }
 
     std::vector<std::byte> host_mem;
+    pinned_buffer pinned_mem;
     ferry::region dev;
     ferry::region host;
+    ferry::region pinned;
     std::vector<std::byte> staging;
 
 private:
     void put(kind k, std::size_t extent) {
-        if (k == kind::host) std::memcpy(host_mem.data(), staging.data(), extent);
+        if (k != kind::device) std::memcpy(host_bytes_of(k), staging.data(), extent);
         else check(cudaMemcpy(dev.data(), staging.data(), extent, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
     }
 };
@@ -200,7 +222,7 @@ struct gpu_case {
 
 std::vector<gpu_case> cases_for(bool full) {
     std::vector<gpu_case> out;
-    const kind D = kind::device, H = kind::host;
+    const kind D = kind::device, H = kind::host, P = kind::pinned;
     for (xfer_op op : {xfer_op::write, xfer_op::read}) {
         // cuda_ipc: device to device, 1 to 10 000 descriptors of 256 B to 64 MiB.
         struct shape {
@@ -232,6 +254,10 @@ std::vector<gpu_case> cases_for(bool full) {
         for (const auto& s : mixed) {
             out.push_back({op, H, D, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::ucx});
             out.push_back({op, D, H, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::ucx});
+            out.push_back({op, D, P, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::ucx});
+            // Our page-locked host memory and the peer's device memory: the
+            // copy kernel reaches both.
+            out.push_back({op, P, D, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::cuda_ipc});
         }
     }
     return out;
@@ -246,7 +272,8 @@ bool starts_with(const char* what, std::string_view prefix) { return std::string
 struct target_bases {
     std::uint64_t dev = 0;
     std::uint64_t host = 0;
-    [[nodiscard]] std::uint64_t of(kind k) const { return k == kind::host ? host : dev; }
+    std::uint64_t pinned = 0;
+    [[nodiscard]] std::uint64_t of(kind k) const { return k == kind::host ? host : k == kind::pinned ? pinned : dev; }
 };
 
 template <class Backend>
@@ -281,8 +308,8 @@ void run_cases(const std::vector<gpu_case>& cases) {
         memory_pair<Backend> m(b);
         const ferry::peer p = b.load_remote(s.ch.recv_bytes());
         const auto addrs = s.ch.recv_u64s();
-        expect(addrs.size() == 2, "the target sent " + std::to_string(addrs.size()) + " addresses");
-        const target_bases t{addrs[0], addrs[1]};
+        expect(addrs.size() == 3, "the target sent " + std::to_string(addrs.size()) + " addresses");
+        const target_bases t{addrs[0], addrs[1], addrs[2]};
         for (std::size_t i = 0; i < cases.size(); ++i) {
             const gpu_case& c = cases[i];
             const std::string what = c.describe(i);
@@ -313,7 +340,7 @@ void run_cases(const std::vector<gpu_case>& cases) {
         Backend b(s.config("target"));
         memory_pair<Backend> m(b);
         s.ch.send(b.local_metadata());
-        const std::array<std::uint64_t, 2> addrs{m.base(kind::device), m.base(kind::host)};
+        const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
         s.ch.send_u64s(addrs);
         for (std::size_t i = 0; i < cases.size(); ++i) {
             const gpu_case& c = cases[i];
@@ -357,7 +384,7 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
         memory_pair<inline_cuda> m(b);
         const ferry::peer p = b.load_remote(s.ch.recv_bytes());
         const auto addrs = s.ch.recv_u64s();
-        const target_bases t{addrs.at(0), addrs.at(1)};
+        const target_bases t{addrs.at(0), addrs.at(1), addrs.at(2)};
         const std::vector<ferry::desc> dev_dev_l = {{m.base(kind::device), 4096, 0}, {m.base(kind::device) + 8192, 64, 0}};
         const std::vector<ferry::desc> mixed_r = {{t.dev, 4096, 0}, {t.host, 64, 0}};
         auto e = ferry_test::error_from(
@@ -371,7 +398,8 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
         e = ferry_test::error_from(
             [&] { static_cast<void>(b.prepare(xfer_op::read, host_l, dev_r, p, xfer_path::cuda_ipc)); });
         expect(e.has_value() &&
-                   starts_with(e->what(), "prepare: path cuda_ipc: descriptor 0: the local block is not CUDA device memory"),
+                   starts_with(e->what(), "prepare: path cuda_ipc: descriptor 0: the local block is neither CUDA "
+                                          "device memory nor page-locked host memory"),
                "message for a local host block: " + std::string(e ? e->what() : "(none)"));
         // automatic falls back to UCX for the same lists; ucx is always ucx.
         auto x = b.prepare(xfer_op::write, dev_dev_l, mixed_r, p);
@@ -403,7 +431,7 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
         inline_cuda b(s.config("target"));
         memory_pair<inline_cuda> m(b);
         s.ch.send(b.local_metadata());
-        const std::array<std::uint64_t, 2> addrs{m.base(kind::device), m.base(kind::host)};
+        const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
         s.ch.send_u64s(addrs);
         serve_until(b, s.ch);
         s.ch.expect_message("bye");
@@ -457,7 +485,7 @@ TEST_CASE("memory::cuda: a peer that exits while its memory is mapped fails tran
         inline_cuda b(s.config("target"));
         memory_pair<inline_cuda> m(b);
         s.ch.send(b.local_metadata());
-        const std::array<std::uint64_t, 2> addrs{m.base(kind::device), m.base(kind::host)};
+        const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
         s.ch.send_u64s(addrs);
         serve_until(b, s.ch);
         s.ch.expect_message("die");

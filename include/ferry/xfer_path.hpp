@@ -13,8 +13,9 @@ enum class xfer_path : std::uint8_t {
     automatic,
     /// One UCX RMA operation per descriptor (ucp_put_nbx / ucp_get_nbx).
     ucx,
-    /// memory::cuda, both sides GPU memory on one host: the whole list as
-    /// one copy kernel over the peer's memory, mapped through CUDA IPC.
+    /// memory::cuda, the peer's blocks in GPU memory on this host and ours in
+    /// GPU or page-locked host memory: the whole list as one copy kernel over
+    /// the peer's memory, mapped through CUDA IPC.
     cuda_ipc,
 };
 

@@ -30,7 +30,10 @@ inline constexpr unsigned copy_block_threads = 256;
 
 // The kernel, compiled at run time (NVRTC) for the device it runs on, so
 // that a header-only library needs no CUDA compiler at the user's build.
-// One block per chunk; 16-byte accesses when the chunk allows them.
+// One block per chunk; 16-byte accesses where the chunk allows them, bytes
+// otherwise. (Issuing several loads per thread before storing, for reads of
+// the peer's memory, measured no faster on an H200: 1.45-1.50 TB/s either
+// way for 1024 x 64 KiB.)
 inline constexpr const char* copy_kernel_source = R"(
 struct copy_chunk { unsigned long long src, dst, len; };
 extern "C" __global__ void ferry_copy_chunks(const copy_chunk* chunks) {

@@ -32,7 +32,7 @@ struct copy_pair {
 inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int multiprocessors) {
     std::uint64_t total = 0;
     for (const auto& p : pairs) total += p.len;
-    const std::uint64_t want = total / static_cast<std::uint64_t>(std::max(1, multiprocessors) * 8);
+    const std::uint64_t want = total / (static_cast<std::uint64_t>(std::max(1, multiprocessors)) * 8);
     std::uint64_t chunk = 4096;
     while (chunk < 65536 && chunk * 2 <= want) chunk *= 2;
     std::vector<copy_chunk> out;

@@ -98,20 +98,27 @@ struct memory_traits<memory::cuda> {
     static memory_facts classify(const backend_state& b, const char* what, const void* ptr, std::size_t len,
                                  std::uint32_t dev) {
         memory_facts facts;
-        CUmemorytype type = CU_MEMORYTYPE_HOST;
+        // For memory CUDA never saw, every attribute stays 0 (type included).
+        auto type = static_cast<CUmemorytype>(0);
         int ordinal = -1;
         int managed = 0;
-        void* values[] = {&type, &ordinal, &managed};
+        CUdeviceptr device_pointer = 0;
+        void* values[] = {&type, &ordinal, &managed, &device_pointer};
         CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-                                            CU_POINTER_ATTRIBUTE_IS_MANAGED};
+                                            CU_POINTER_ATTRIBUTE_IS_MANAGED, CU_POINTER_ATTRIBUTE_DEVICE_POINTER};
         const auto& d = cuda::checked_driver();
         const bool known =
-            d.pointer_get_attributes(3, attributes, values, reinterpret_cast<CUdeviceptr>(ptr)) == CUDA_SUCCESS;
+            d.pointer_get_attributes(4, attributes, values, reinterpret_cast<CUdeviceptr>(ptr)) == CUDA_SUCCESS;
         if (!known || type != CU_MEMORYTYPE_DEVICE) {
-            // Plain host memory, or page-locked host memory from cudaMallocHost.
             if (dev != 0)
                 throw error(status::invalid_argument, std::string(what) + ": dev " + std::to_string(dev) +
                                                           " given, but the memory is host memory (dev 0)");
+            // Page-locked host memory (cudaMallocHost, cudaHostRegister) is
+            // reachable from the GPU: the cuda_ipc copy can read or write it.
+            if (known && type == CU_MEMORYTYPE_HOST && device_pointer != 0) {
+                facts.gpu_reachable = true;
+                facts.gpu_offset = static_cast<std::int64_t>(device_pointer - reinterpret_cast<CUdeviceptr>(ptr));
+            }
             return facts;
         }
         if (static_cast<int>(dev) != ordinal)
@@ -129,6 +136,7 @@ struct memory_traits<memory::cuda> {
                                                       std::to_string(size) + " bytes");
         facts.kind = memory_kind_code::cuda;
         facts.ucx_type = managed ? UCS_MEMORY_TYPE_CUDA_MANAGED : UCS_MEMORY_TYPE_CUDA;
+        facts.gpu_reachable = !managed;
         if (!managed) {
             cuda::device_scope on(ordinal);
             cuda::export_ipc(facts, ptr);
@@ -160,9 +168,9 @@ struct memory_traits<memory::cuda> {
     /// the peer's IPC mapping on first use.
     static std::string ipc_refusal(const backend_state& b, const local_region& l, remote_region& r,
                                    const std::string& peer_host) {
-        if (l.facts.kind != memory_kind_code::cuda || l.facts.ucx_type != UCS_MEMORY_TYPE_CUDA)
-            return "the local block is not CUDA device memory";
-        if (static_cast<int>(l.dev) != b.device)
+        if (!l.facts.gpu_reachable)
+            return "the local block is neither CUDA device memory nor page-locked host memory";
+        if (l.facts.kind == memory_kind_code::cuda && static_cast<int>(l.dev) != b.device)
             return "the local block is on CUDA device " + std::to_string(l.dev) + ", the backend's is " +
                    std::to_string(b.device) + " (ucx_config::cuda_device)";
         if (r.kind != memory_kind_code::cuda) return "the remote block is not CUDA device memory";
@@ -175,6 +183,11 @@ struct memory_traits<memory::cuda> {
     /// The device address, in this process, of `addr` in a mapped remote region.
     static std::uint64_t mapped_address(const remote_region& r, std::uint64_t addr) noexcept {
         return r.ipc_base + r.ipc_offset + (addr - r.addr);
+    }
+
+    /// The address at which the backend's GPU reaches `addr` in a local region.
+    static std::uint64_t gpu_address(const local_region& l, std::uint64_t addr) noexcept {
+        return addr + static_cast<std::uint64_t>(l.facts.gpu_offset);
     }
 };
 

@@ -667,7 +667,7 @@ private:
         pairs.reserve(local.size());
         std::vector<std::shared_ptr<void>> mappings;
         for (std::size_t i = 0; i < local.size(); ++i) {
-            const std::uint64_t here = local[i].addr;
+            const std::uint64_t here = traits::gpu_address(*lrs[i], local[i].addr);
             const std::uint64_t there = traits::mapped_address(*rrs[i], remote[i].addr);
             if (st.op == xfer_op::write) pairs.push_back({here, there, local[i].len});
             else pairs.push_back({there, here, local[i].len});

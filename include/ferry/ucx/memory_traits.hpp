@@ -27,6 +27,11 @@ struct memory_facts {
     std::vector<std::byte> ipc_handle;
     std::uint64_t ipc_offset = 0;
     std::uint64_t ipc_alloc_size = 0;
+    // Whether the backend's GPU can load and store this memory itself
+    // (device memory, or page-locked host memory), and at what address:
+    // the block's address plus gpu_offset.
+    bool gpu_reachable = false;
+    std::int64_t gpu_offset = 0;
 };
 
 /// What a memory kind adds to ucx_backend: how memory is told apart and
