@@ -34,6 +34,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -207,7 +208,10 @@ netns::link_counters counters_or_fail(const netns::end& e) {
 class target_side {
 public:
     target_side(side& s, const netns::end& e, const plan& pl)
-        : s_(s), pl_(pl), b_(config_on(e, "target")), mem_(pl.bytes()),
+        : s_(s),
+          pl_(pl),
+          b_(config_on(e, "target")),
+          mem_(pl.bytes()),
           region_(b_.register_memory(mem_.data(), mem_.size())) {
         std::memset(mem_.data(), static_cast<int>(untouched), mem_.size());
         s_.ch.send(b_.local_metadata());
@@ -274,8 +278,10 @@ private:
         auto [verb, i, round] = parse(msg);
         const planned& p = pl_[i];
         auto* base = static_cast<std::byte*>(region_.data());
-        if (p.op == xfer_op::read) fill_blocks(base, p, p.remote_at, seed_of(i, round));
-        else clear_slab(base, p);
+        if (p.op == xfer_op::read)
+            fill_blocks(base, p, p.remote_at, seed_of(i, round));
+        else
+            clear_slab(base, p);
         s_.ch.send("filled");
         return true;
     }
@@ -293,8 +299,7 @@ private:
 class initiator_side {
 public:
     initiator_side(side& s, const plan& pl, ferry::ucx_config cfg)
-        : s_(s), pl_(pl), b_(std::move(cfg)), mem_(pl.bytes()),
-          region_(b_.register_memory(mem_.data(), mem_.size())) {
+        : s_(s), pl_(pl), b_(std::move(cfg)), mem_(pl.bytes()), region_(b_.register_memory(mem_.data(), mem_.size())) {
         std::memset(mem_.data(), static_cast<int>(untouched), mem_.size());
         blob_ = s_.ch.recv_bytes();
         const auto addrs = s_.ch.recv_u64s();
@@ -319,8 +324,10 @@ public:
     // Makes transfer i ready for `round` on both sides.
     void stage(std::size_t i, int round) {
         const planned& p = pl_[i];
-        if (p.op == xfer_op::write) fill_blocks(base(), p, p.local_at, seed_of(i, round));
-        else clear_slab(base(), p);
+        if (p.op == xfer_op::write)
+            fill_blocks(base(), p, p.local_at, seed_of(i, round));
+        else
+            clear_slab(base(), p);
         s_.ch.send("fill " + std::to_string(i) + " " + std::to_string(round));
         s_.ch.expect_message("filled");
     }
@@ -443,15 +450,15 @@ void run_delivery(const netns::veth_pair& pair, const std::string& label, int ro
             const auto before = counters_or_fail(me);
             for (int round = 0; round < rounds; ++round) {
                 const double ms = in.round_trip(all, round);
-                notes.write(label + ": round " + std::to_string(round) + ": 6 transfers at once, " +
-                            fmt_mib(written) + " WRITE + " + fmt_mib(read) +
-                            " READ with notifications, all ok and verified, in " + fmt_ms(ms));
+                notes.write(label + ": round " + std::to_string(round) + ": 6 transfers at once, " + fmt_mib(written) +
+                            " WRITE + " + fmt_mib(read) + " READ with notifications, all ok and verified, in " +
+                            fmt_ms(ms));
             }
             const auto after = counters_or_fail(me);
             const std::uint64_t tx = after.tx_bytes - before.tx_bytes, rx = after.rx_bytes - before.rx_bytes;
             notes.write(label + ": the initiator's " + me.dev + " sent " + fmt_mib(tx) + " in " +
-                        std::to_string(after.tx_packets - before.tx_packets) + " packets and received " +
-                        fmt_mib(rx) + " in " + std::to_string(after.rx_packets - before.rx_packets) + " packets");
+                        std::to_string(after.tx_packets - before.tx_packets) + " packets and received " + fmt_mib(rx) +
+                        " in " + std::to_string(after.rx_packets - before.rx_packets) + " packets");
             const std::uint64_t n = static_cast<std::uint64_t>(rounds);
             expect(tx >= written * n, "the veth sent " + std::to_string(tx) + " bytes, fewer than the " +
                                           std::to_string(written * n) + " written: the WRITEs went another way");
@@ -462,9 +469,15 @@ void run_delivery(const netns::veth_pair& pair, const std::string& label, int ro
     });
 }
 
-void print_retransmits(const netns::veth_pair& pair, const std::string& label) {
+// Prints the TCP segments each side retransmitted; with `lossy`, checks
+// that some were: the impairment did drop packets on the wire.
+void report_retransmits(const netns::veth_pair& pair, const std::string& label, bool lossy) {
+    const auto target = pair.tcp_retransmits(pair.a());
+    const auto initiator = pair.tcp_retransmits(pair.b());
+    auto text = [](const std::optional<std::uint64_t>& n) { return n ? std::to_string(*n) : std::string("?"); };
     std::printf("%s: TCP segments retransmitted: %s by the target, %s by the initiator\n", label.c_str(),
-                pair.tcp_retransmits(pair.a()).c_str(), pair.tcp_retransmits(pair.b()).c_str());
+                text(target).c_str(), text(initiator).c_str());
+    if (lossy && target && initiator) CHECK(*target + *initiator > 0);
 }
 
 // ---- the link goes down --------------------------------------------------------
@@ -477,28 +490,36 @@ constexpr auto down_margin = std::chrono::milliseconds(1500);
 enum class reconnect { same_peer, reload };
 
 // Streams four 1 MiB transfers (2 WRITE, 2 READ, 16 x 64 KiB), reposting
-// each as it completes, then takes the target's end of the veth down. To
-// know exactly which transfers were in flight at the cut, the target stops
-// progressing just before it (so nothing in flight can be acknowledged any
-// more) and resumes right after; transfers that complete in between are
-// verified and left out. Two more transfers are posted after the cut. Every
-// transfer in flight at the cut or posted after must end with timed_out or
-// peer_failed within its deadline plus a margin.
+// each as it completes and verifying every byte, then takes the target's
+// end of the veth down (ip link set down). To know exactly which transfers
+// are in flight at the cut, the target stops progressing just before it, so
+// that nothing in flight can be acknowledged any more, and resumes right
+// after: stream transfers that still complete in between (their
+// acknowledgements were on the way) are verified and left out, and two more
+// (WRITE and READ, 8 x 64 KiB) are posted during the hold, so that some are
+// in flight for certain. Two more (4 x 64 KiB) are posted after the cut.
+// Every transfer in flight at the cut or posted after must end with
+// timed_out or peer_failed within its deadline plus a margin, and reposting
+// one is refused (busy, or peer_failed).
 //
-// Then the link comes back, and either the same peer is used again (its
-// abandoned operations complete once TCP retransmits; reposts are busy
-// until then), or it is unloaded (which force-closes its endpoint, as
-// transfers to it expired) and loaded again from the same metadata, and
-// new transfers over fresh slabs complete. Fresh slabs, because the data of
-// a cancelled WRITE may still be in the old connection's socket buffer, and
-// it lands at the target when TCP delivers it, after the reconnect too.
+// Then the link comes back (ip link set up), and either
+//  - the same peer is used again: nothing needs doing, the TCP connections
+//    survived, their retransmissions get through, and UCX completes the
+//    abandoned operations; reposts are busy until then and succeed after; or
+//  - the peer is unloaded (which force-closes its endpoint, as transfers to
+//    it expired) and loaded again from the same metadata blob, and new
+//    transfers to it complete. They use slabs of their own: the old
+//    endpoint's abandoned WRITEs may still land (ferry says they may), and
+//    nothing orders them against the new endpoint's transfers.
 void run_link_down(const netns::veth_pair& pair, reconnect how) {
     plan pl;
     std::vector<std::size_t> stream, held, after, fresh;
-    for (xfer_op op : {xfer_op::write, xfer_op::read})
-        for (int k = 0; k < 2; ++k) stream.push_back(pl.add("stream " + std::to_string(k) + " (16 x 64 KiB)", op, 16, 64 * KiB));
-    for (xfer_op op : {xfer_op::write, xfer_op::read}) held.push_back(pl.add("posted during the hold (8 x 64 KiB)", op, 8, 64 * KiB));
-    for (xfer_op op : {xfer_op::write, xfer_op::read}) after.push_back(pl.add("posted after the cut (4 x 64 KiB)", op, 4, 64 * KiB));
+    for (xfer_op op : {xfer_op::write, xfer_op::read}) {
+        for (int k = 0; k < 2; ++k)
+            stream.push_back(pl.add("stream " + std::to_string(k) + " (16 x 64 KiB)", op, 16, 64 * KiB));
+        held.push_back(pl.add("posted during the hold (8 x 64 KiB)", op, 8, 64 * KiB));
+        after.push_back(pl.add("posted after the cut (4 x 64 KiB)", op, 4, 64 * KiB));
+    }
     for (xfer_op op : {xfer_op::write, xfer_op::read}) {
         fresh.push_back(pl.add("after reload (64 x 4 KiB)", op, 64, 4 * KiB));
         fresh.push_back(pl.add("after reload (1 x 1 MiB)", op, 1, MiB));
@@ -691,14 +712,14 @@ void run_link_down(const netns::veth_pair& pair, reconnect how) {
 
 }  // namespace
 
-TEST_CASE("between two network namespaces over a veth pair, WRITE and READ lists and notifications arrive intact") {
+TEST_CASE("between two network namespaces over a veth pair WRITE and READ lists and notifications arrive intact") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     run_delivery(*pair, "veth", 2);
-    print_retransmits(*pair, "veth");
+    report_retransmits(*pair, "veth", false);
 }
 
-TEST_CASE("with netem delay 5ms loss 1% on both ends of the veth, transfers still arrive intact") {
+TEST_CASE("with netem delay 5ms loss 1% on both ends of the veth transfers still arrive intact") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     try {
@@ -709,12 +730,13 @@ TEST_CASE("with netem delay 5ms loss 1% on both ends of the veth, transfers stil
         return;
     }
     run_delivery(*pair, "netem", 2);
-    print_retransmits(*pair, "netem");
+    report_retransmits(*pair, "netem", true);
     for (const netns::end* e : {&pair->a(), &pair->b()})
         std::printf("netem: %s: %s\n", e->dev.c_str(), pair->qdisc_stats(*e).c_str());
 }
 
-TEST_CASE("with 1% random loss on both ends of the veth (tc bpf filter, no netem), transfers still arrive intact") {
+TEST_CASE(
+    "with 1% random loss on both ends of the veth from a tc bpf filter (no netem) transfers still arrive intact") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     try {
@@ -725,18 +747,20 @@ TEST_CASE("with 1% random loss on both ends of the veth (tc bpf filter, no netem
         return;
     }
     run_delivery(*pair, "1% loss", 4);
-    print_retransmits(*pair, "1% loss");
+    report_retransmits(*pair, "1% loss", true);
     for (const netns::end* e : {&pair->a(), &pair->b()})
         std::printf("1%% loss: %s: %s\n", e->dev.c_str(), pair->filter_stats(*e).c_str());
 }
 
-TEST_CASE("taking the veth down mid-stream ends every transfer with an error by its deadline; the same peer works once it is back up") {
+TEST_CASE(
+    "taking the veth down mid-stream ends every transfer by its deadline and the same peer works once it is back") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     run_link_down(*pair, reconnect::same_peer);
 }
 
-TEST_CASE("taking the veth down mid-stream ends every transfer with an error by its deadline; unload and load the peer once it is back up") {
+TEST_CASE(
+    "taking the veth down mid-stream ends every transfer by its deadline and a reloaded peer works once it is back") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     run_link_down(*pair, reconnect::reload);
@@ -784,8 +808,8 @@ TEST_CASE("load_remote of a peer behind a link that is down returns at once", "[
             expect(ms < 500, "load_remote blocked for " + fmt_ms(ms) + " and " + outcome);
             expect(pair->wait_running(pair->a(), std::chrono::seconds(5)).empty(), "the link does not come back");
             const ferry::peer p = b.load_remote(blob);
-            const ferry::xfer x = b.prepare(xfer_op::write, pl[w].local_descs(region.data()),
-                                            pl[w].remote_descs(addrs.at(0)), p);
+            const ferry::xfer x =
+                b.prepare(xfer_op::write, pl[w].local_descs(region.data()), pl[w].remote_descs(addrs.at(0)), p);
             ferry_test::post_and_wait(b, x, {}, "a WRITE once the link is back");
             expect_status(b.release(x), status::ok, "release");
         }

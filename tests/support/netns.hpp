@@ -105,8 +105,10 @@ struct command_result {
     char buf[1024];
     for (;;) {
         const ssize_t n = ::read(out[0], buf, sizeof buf);
-        if (n > 0) result.output.append(buf, static_cast<std::size_t>(n));
-        else if (n == 0 || errno != EINTR) break;
+        if (n > 0)
+            result.output.append(buf, static_cast<std::size_t>(n));
+        else if (n == 0 || errno != EINTR)
+            break;
     }
     ::close(out[0]);
     int wstatus = 0;
@@ -130,8 +132,7 @@ struct command_result {
 inline void run_or_throw(const std::vector<std::string>& argv) {
     auto r = run(argv);
     if (!r.ok())
-        throw std::runtime_error("'" + joined(argv) + "' exited with " + std::to_string(r.exit_code) + ": " +
-                                 r.output);
+        throw std::runtime_error("'" + joined(argv) + "' exited with " + std::to_string(r.exit_code) + ": " + r.output);
 }
 
 /// Moves the calling process into network namespace `name` (made with `ip
@@ -266,13 +267,12 @@ public:
             auto r = run({ip_, "netns", "add", e->ns});
             if (!r.ok()) {
                 teardown();
-                throw unavailable("cannot create a network namespace ('ip netns add " + e->ns + "': " + r.output +
-                                  ")");
+                throw unavailable("cannot create a network namespace ('ip netns add " + e->ns + "': " + r.output + ")");
             }
             made_.push_back(e->ns);
         }
-        auto r = run({ip_, "link", "add", a_.dev, "netns", a_.ns, "type", "veth", "peer", "name", b_.dev, "netns",
-                      b_.ns});
+        auto r =
+            run({ip_, "link", "add", a_.dev, "netns", a_.ns, "type", "veth", "peer", "name", b_.dev, "netns", b_.ns});
         if (!r.ok()) {
             teardown();
             throw unavailable("cannot create a veth pair (" + r.output + ")");
@@ -332,12 +332,14 @@ public:
         if (!r.ok()) throw unavailable("'" + joined(argv) + "' failed: " + r.output);
     }
 
-    /// Drops `percent` % of the packets leaving one end, at random, without
-    /// netem: a classic-BPF filter on the clsact egress hook picks a packet
-    /// when a random number is below percent % of 2^32 and redirects it to a
-    /// device that is down, which drops it. Needs sch_ingress (clsact),
-    /// cls_bpf and act_mirred; throws `unavailable` with tc's answer where
-    /// one is missing.
+    /// Drops `percent` % of the packets arriving at one end, at random,
+    /// without netem: a classic-BPF filter on the clsact ingress hook picks a
+    /// packet when a random number is below percent % of 2^32 and redirects
+    /// it to a device that is down, which drops it. On ingress, so that the
+    /// sender is not told (a drop on its own egress hook is reported to its
+    /// TCP as a local drop, not lost on the wire). Needs sch_ingress
+    /// (clsact), cls_bpf and act_mirred; throws `unavailable` with tc's
+    /// answer where one is missing.
     void add_random_loss(const end& e, unsigned percent) const {
         auto tc = find_program("tc");
         if (!tc) throw unavailable("the 'tc' program (iproute2) is not installed");
@@ -349,28 +351,28 @@ public:
         if (r = run(clsact); !r.ok()) throw unavailable("'" + joined(clsact) + "' failed: " + r.output);
         const auto threshold = static_cast<std::uint64_t>(percent) * ((std::uint64_t{1} << 32) / 100);
         // A = random; if A >= threshold return 0 (no match), else return -1 (match).
-        const std::string program = "4,32 0 0 4294963256,53 1 0 " + std::to_string(threshold) +
-                                    ",6 0 0 4294967295,6 0 0 0";
-        std::vector<std::string> filter{*tc,     "-n",     e.ns,   "filter", "add",      "dev",
-                                        e.dev,   "egress", "bpf",  "bytecode", program, "action",
-                                        "mirred", "egress", "redirect", "dev", sink};
+        const std::string program =
+            "4,32 0 0 4294963256,53 1 0 " + std::to_string(threshold) + ",6 0 0 4294967295,6 0 0 0";
+        std::vector<std::string> filter{*tc,      "-n",      e.ns,       "filter",   "add",   "dev",
+                                        e.dev,    "ingress", "bpf",      "bytecode", program, "action",
+                                        "mirred", "egress",  "redirect", "dev",      sink};
         if (r = run(filter); !r.ok()) throw unavailable("'" + joined(filter) + "' failed: " + r.output);
     }
 
-    /// `tc -s filter show dev <dev> egress` for one end: the loss filter's
+    /// `tc -s filter show dev <dev> ingress` for one end: the loss filter's
     /// counters.
     [[nodiscard]] std::string filter_stats(const end& e) const {
         auto tc = find_program("tc");
         if (!tc) return "(no tc)";
-        return run({*tc, "-n", e.ns, "-s", "filter", "show", "dev", e.dev, "egress"}).output;
+        return run({*tc, "-n", e.ns, "-s", "filter", "show", "dev", e.dev, "ingress"}).output;
     }
 
-    /// TCP segments retransmitted in one end's namespace since it was made.
-    [[nodiscard]] std::string tcp_retransmits(const end& e) const {
+    /// TCP segments retransmitted in one end's namespace since it was made
+    /// (RetransSegs of its /proc/net/snmp); nothing if that cannot be read.
+    [[nodiscard]] std::optional<std::uint64_t> tcp_retransmits(const end& e) const {
         auto r = run({ip_, "netns", "exec", e.ns, "cat", "/proc/net/snmp"});
-        if (!r.ok()) return "unknown (" + r.output + ")";
-        auto n = tcp_counter(r.output, "RetransSegs");
-        return n ? std::to_string(*n) : std::string("unknown");
+        if (!r.ok()) return std::nullopt;
+        return tcp_counter(r.output, "RetransSegs");
     }
 
     /// `tc -s qdisc show dev <dev>` for one end, for the report.
@@ -428,9 +430,12 @@ public:
         char buf[4096];
         for (;;) {
             const ssize_t n = ::read(fds_[0], buf, sizeof buf);
-            if (n > 0) out.append(buf, static_cast<std::size_t>(n));
-            else if (n < 0 && errno == EINTR) continue;
-            else break;
+            if (n > 0)
+                out.append(buf, static_cast<std::size_t>(n));
+            else if (n < 0 && errno == EINTR)
+                continue;
+            else
+                break;
         }
         return out;
     }
