@@ -14,7 +14,9 @@
 //  - Once the link is back, the same peer works again by itself, and so does
 //    the peer unloaded and loaded again.
 //
-// Two hidden cases ([netns-bug]) reproduce issues of ferry's.
+// Two more cases guard against issues this test found in ferry: load_remote
+// of a peer that cannot be reached must not block for the kernel's SYN
+// retries, and check() alone must let an expired transfer be reposted.
 //
 // Every case prints its timings. Needs root, iproute2 and network
 // namespaces; the netem case needs sch_netem, the loss case clsact, cls_bpf
@@ -774,15 +776,12 @@ TEST_CASE(
     run_link_down(*pair, reconnect::reload);
 }
 
-// Reproduces a ferry issue, hence hidden ([.]: not registered with ctest):
-// load_remote to a peer that cannot be reached blocks the caller for the
-// kernel's whole SYN retry time (UCX 1.13 connects tcp endpoints with a
-// blocking connect() inside ucp_ep_create unless UCX_TCP_CONN_NB=y), about
-// 127 s with Linux's default net.ipv4.tcp_syn_retries of 6, and then throws
-// peer_failed with a hint about transport selection that does not apply.
-// Here the initiator's namespace retries a SYN once (1 s + 2 s). Run it with
-//   test_two_hosts "[netns-bug]"
-TEST_CASE("load_remote of a peer behind a link that is down returns at once", "[.][netns-bug]") {
+// load_remote to a peer that cannot be reached must not block the caller for
+// the kernel's whole SYN retry time: UCX 1.13 connects tcp endpoints with a
+// blocking connect() inside ucp_ep_create unless CONN_NB is set, which ferry
+// does (about 127 s with Linux's default net.ipv4.tcp_syn_retries of 6; here
+// the initiator's namespace retries a SYN once, 1 s + 2 s).
+TEST_CASE("load_remote of a peer behind a link that is down returns at once") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     plan pl;
@@ -825,13 +824,11 @@ TEST_CASE("load_remote of a peer behind a link that is down returns at once", "[
     });
 }
 
-// Reproduces a ferry issue, hence hidden: under inline progress, neither
-// check() nor post() of a transfer that expired drives the worker, so an
-// application that waits for UCX to let go of it by checking and reposting
-// (without calling progress()) sees busy forever, though the link is back
-// and UCX would complete the abandoned operations within a second.
-//   test_two_hosts "[netns-bug]"
-TEST_CASE("after the link comes back check() alone lets a reposted transfer past busy", "[.][netns-bug]") {
+// Under inline progress, check() of a transfer that expired drives the
+// worker, so an application that waits for UCX to let go of it by checking
+// and reposting (without calling progress()) gets past busy once the link
+// is back and UCX completes the abandoned operations.
+TEST_CASE("after the link comes back check() alone lets a reposted transfer past busy") {
     auto pair = make_pair_or_skip();
     if (!pair) return;
     run_link_down(*pair, reconnect::same_peer_by_check);

@@ -949,7 +949,8 @@ TEST_CASE("over shm with UCX's shared-memory error handling off, load_remote is 
         expect(e->ucx_status() == UCS_ERR_UNREACHABLE, "ucx_status() is " + std::to_string(e->ucx_status()));
         const std::string what = e->what();
         expect(what.rfind("load_remote: cannot connect to 'target': ucp_ep_create: ", 0) == 0 &&
-                   what.find("error_mode::peer") != std::string::npos,
+                   what.find("with error_mode::peer, which uses only transports that detect a dead peer") !=
+                       std::string::npos,
                "message: " + what);
         expect(!b.find_peer("target").has_value(), "the refused peer was loaded anyway");
         s.ch.send("bye");

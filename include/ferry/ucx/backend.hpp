@@ -235,8 +235,8 @@ public:
             } catch (const error& e) {
                 std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
                 if (e.ucx_status() == UCS_ERR_UNREACHABLE && config_.error_handling == error_mode::peer)
-                    what += " (with error_mode::peer only transports that detect a dead peer are used; "
-                            "none of this context's reaches that peer)";
+                    what += " (the peer did not answer, or, with error_mode::peer, which uses only transports "
+                            "that detect a dead peer, none of this context's reaches it)";
                 throw error(e.code_status(), what, e.ucx_status());
             }
             std::lock_guard lock(setup_mutex_);
@@ -379,7 +379,11 @@ public:
         auto* st = xfers_.get(x.ref);
         if (!st) return status::invalid_argument;
         if constexpr (!threaded) {
-            if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
+            const auto phase = st->phase.load(std::memory_order_relaxed);
+            if (phase == xfer_state::busy || phase == xfer_state::expired) {
+                // An expired transfer still reports timed_out, but UCX must
+                // be driven to let go of it, or a caller that checks and
+                // reposts never gets past busy.
                 if constexpr (has_device_path) {
                     if (st->path == xfer_path::cuda_ipc) poll_device(*st);
                 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <iterator>
 #include <memory>
 #include <string>
@@ -42,9 +43,9 @@ private:
     ucp_config_t* config_ = nullptr;
 };
 
-/// Whether the transports this context may use include a shared-memory one:
-/// setting a transport's option when it is not loaded makes UCX warn.
-inline bool may_use_shared_memory(const ucx_config& cfg) {
+/// Whether the transports this context may use include one named in
+/// `names`: setting a transport's option when it is not loaded makes UCX warn.
+inline bool may_use(const ucx_config& cfg, std::initializer_list<std::string_view> names) {
     std::string tls;
     if (const char* env = std::getenv("UCX_TLS")) tls = env;
     for (const auto& [key, value] : cfg.ucx_options)
@@ -55,8 +56,9 @@ inline bool may_use_shared_memory(const ucx_config& cfg) {
         auto end = tls.find(',', start);
         if (end == std::string::npos) end = tls.size();
         const std::string_view name(tls.data() + start, end - start);
-        for (std::string_view shm : {"all", "sm", "shm", "mm", "posix", "sysv"})
-            if (name == shm) return true;
+        if (name == "all") return true;
+        for (std::string_view n : names)
+            if (name == n) return true;
         start = end + 1;
     }
     return false;
@@ -83,8 +85,21 @@ public:
             const bool set_elsewhere = std::any_of(std::begin(keys), std::end(keys), [&](const char* key) {
                 return user_sets(key) || std::getenv((std::string("UCX_") + key).c_str()) != nullptr;
             });
-            if (!set_elsewhere && may_use_shared_memory(cfg)) config.try_modify("MM_ERROR_HANDLING", "y");
+            if (!set_elsewhere && may_use(cfg, {"sm", "shm", "mm", "posix", "sysv"}))
+                config.try_modify("MM_ERROR_HANDLING", "y");
         }
+        // UCX 1.13 connects a tcp endpoint with a blocking connect() inside
+        // ucp_ep_create unless told otherwise, so load_remote of a peer that
+        // cannot be reached held its caller (under the thread policy, the
+        // progress thread) for the kernel's whole SYN retry time, about two
+        // minutes. Connecting in the background instead, a transfer to such
+        // a peer ends with peer_failed, or timed_out at its deadline. The
+        // key has no transport prefix: UCX matches a key it does not know
+        // against each transport's own field names, so "TCP_CONN_NB" would
+        // be accepted and ignored.
+        if (!user_sets("CONN_NB") && !user_sets("TCP_CONN_NB") && std::getenv("UCX_TCP_CONN_NB") == nullptr &&
+            may_use(cfg, {"tcp"}))
+            config.try_modify("CONN_NB", "y");
         for (const auto& [key, value] : cfg.ucx_options) config.modify(key, value);
         ucp_params_t params{};
         params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
