@@ -1,7 +1,7 @@
 #pragma once
 
 #define FERRY_VERSION_MAJOR 0
-#define FERRY_VERSION_MINOR 1
+#define FERRY_VERSION_MINOR 2
 #define FERRY_VERSION_PATCH 0
 
 // Every public name lives in an inline namespace tagged with the version, so
