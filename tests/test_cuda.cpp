@@ -30,6 +30,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 using ferry::status;
@@ -276,6 +277,23 @@ struct target_bases {
     [[nodiscard]] std::uint64_t of(kind k) const { return k == kind::host ? host : k == kind::pinned ? pinned : dev; }
 };
 
+// The target's half of the set-up: its metadata, then where its regions start.
+template <class Backend>
+void publish(Backend& b, const memory_pair<Backend>& m, ferry_test::channel& ch) {
+    ch.send(b.local_metadata());
+    const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
+    ch.send_u64s(addrs);
+}
+
+// The initiator's half: the target loaded, and where its regions start.
+template <class Backend>
+std::pair<ferry::peer, target_bases> load_target(Backend& b, ferry_test::channel& ch) {
+    const ferry::peer p = b.load_remote(ch.recv_bytes());
+    const auto addrs = ch.recv_u64s();
+    expect(addrs.size() == 3, "the target sent " + std::to_string(addrs.size()) + " addresses");
+    return {p, target_bases{addrs[0], addrs[1], addrs[2]}};
+}
+
 template <class Backend>
 void serve_until(Backend& b, ferry_test::channel& ch) {
     while (!ch.readable())
@@ -306,10 +324,9 @@ void run_cases(const std::vector<gpu_case>& cases) {
     auto initiator = [&](side& s) {
         Backend b(s.config("initiator"));
         memory_pair<Backend> m(b);
-        const ferry::peer p = b.load_remote(s.ch.recv_bytes());
-        const auto addrs = s.ch.recv_u64s();
-        expect(addrs.size() == 3, "the target sent " + std::to_string(addrs.size()) + " addresses");
-        const target_bases t{addrs[0], addrs[1], addrs[2]};
+        const auto loaded = load_target(b, s.ch);
+        const ferry::peer p = loaded.first;
+        const target_bases t = loaded.second;
         for (std::size_t i = 0; i < cases.size(); ++i) {
             const gpu_case& c = cases[i];
             const std::string what = c.describe(i);
@@ -339,9 +356,7 @@ void run_cases(const std::vector<gpu_case>& cases) {
     auto target = [&](side& s) {
         Backend b(s.config("target"));
         memory_pair<Backend> m(b);
-        s.ch.send(b.local_metadata());
-        const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
-        s.ch.send_u64s(addrs);
+        publish(b, m, s.ch);
         for (std::size_t i = 0; i < cases.size(); ++i) {
             const gpu_case& c = cases[i];
             const blocks lb = c.local_blocks(), rb = c.remote_blocks();
@@ -382,9 +397,9 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
     auto initiator = [](side& s) {
         inline_cuda b(s.config("initiator"));
         memory_pair<inline_cuda> m(b);
-        const ferry::peer p = b.load_remote(s.ch.recv_bytes());
-        const auto addrs = s.ch.recv_u64s();
-        const target_bases t{addrs.at(0), addrs.at(1), addrs.at(2)};
+        const auto loaded = load_target(b, s.ch);
+        const ferry::peer p = loaded.first;
+        const target_bases t = loaded.second;
         const std::vector<ferry::desc> dev_dev_l = {{m.base(kind::device), 4096, 0}, {m.base(kind::device) + 8192, 64, 0}};
         const std::vector<ferry::desc> mixed_r = {{t.dev, 4096, 0}, {t.host, 64, 0}};
         auto e = ferry_test::error_from(
@@ -430,9 +445,7 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
     auto target = [](side& s) {
         inline_cuda b(s.config("target"));
         memory_pair<inline_cuda> m(b);
-        s.ch.send(b.local_metadata());
-        const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
-        s.ch.send_u64s(addrs);
+        publish(b, m, s.ch);
         serve_until(b, s.ch);
         s.ch.expect_message("bye");
     };
@@ -444,12 +457,13 @@ TEST_CASE("memory::cuda: a peer that exits while its memory is mapped fails tran
     auto initiator = [](side& s) {
         inline_cuda b(s.config("initiator"));
         memory_pair<inline_cuda> m(b);
-        const ferry::peer p = b.load_remote(s.ch.recv_bytes());
-        const auto addrs = s.ch.recv_u64s();
+        const auto loaded = load_target(b, s.ch);
+        const ferry::peer p = loaded.first;
+        const target_bases t = loaded.second;
         const blocks lb = ferry_test::packed(64, 4096), rb = ferry_test::scattered(64, 4096, 64, 4096);
         m.fill(kind::device, lb, rb, 11, extent_of(lb));
-        const ferry::xfer w = b.prepare(xfer_op::write, lb.descs(m.base(kind::device)), rb.descs(addrs.at(0)), p);
-        const ferry::xfer r = b.prepare(xfer_op::read, lb.descs(m.base(kind::device)), rb.descs(addrs.at(0)), p);
+        const ferry::xfer w = b.prepare(xfer_op::write, lb.descs(m.base(kind::device)), rb.descs(t.dev), p);
+        const ferry::xfer r = b.prepare(xfer_op::read, lb.descs(m.base(kind::device)), rb.descs(t.dev), p);
         expect(b.path_of(w) == xfer_path::cuda_ipc && b.path_of(r) == xfer_path::cuda_ipc, "not on cuda_ipc");
         ferry_test::post_and_wait(b, w, "alive", "a WRITE while the target lives");
         s.ch.send("die");
@@ -484,9 +498,7 @@ TEST_CASE("memory::cuda: a peer that exits while its memory is mapped fails tran
     auto target = [](side& s) {
         inline_cuda b(s.config("target"));
         memory_pair<inline_cuda> m(b);
-        s.ch.send(b.local_metadata());
-        const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
-        s.ch.send_u64s(addrs);
+        publish(b, m, s.ch);
         serve_until(b, s.ch);
         s.ch.expect_message("die");
         ::_exit(0);  // without closing anything, as a crash would
