@@ -176,20 +176,11 @@ public:
             throw error(status::invalid_argument, "deregister_memory: the region was registered with another backend");
         auto* lr = r.region_.get();
         registry_->remove(lr);
-        // remove() cleared the flag that a post checks after its phase
-        // changed; both are sequentially consistent, so a post racing with
-        // this either fails with not_registered or is seen busy here.
-        std::size_t in_use = 0;
-        xfers_.for_each_locked([&](xfer_state& st) {
-            const auto phase = st.phase.load(std::memory_order_seq_cst);
-            if (phase != xfer_state::busy && phase != xfer_state::expired) return;
-            for (const auto& used : st.regions)
-                if (used.get() == lr) {
-                    ++in_use;
-                    return;
-                }
-        });
-        if (in_use > 0) {
+        // remove() cleared the flag that a post checks after it counted
+        // itself in; both are sequentially consistent, so a post racing with
+        // this either fails with not_registered or is counted here. Released
+        // transfers that UCX still holds count too.
+        if (const std::size_t in_use = lr->users.load(std::memory_order_seq_cst); in_use > 0) {
             registry_->restore(r.region_);
             throw error(status::busy, "deregister_memory: region " + detail::hex(lr->begin()) + " (+" +
                                           std::to_string(lr->mem.size()) + ") is used by " + std::to_string(in_use) +
@@ -231,7 +222,8 @@ public:
         return on_worker([&] {
             std::shared_ptr<detail::remote_peer> p;
             try {
-                p = std::make_shared<detail::remote_peer>(worker_.get(), md, config_.error_handling);
+                p = std::make_shared<detail::remote_peer>(worker_.get(), md, config_.error_handling,
+                                                          &peer_failures_);
             } catch (const error& e) {
                 std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
                 if (e.ucx_status() == UCS_ERR_UNREACHABLE && config_.error_handling == error_mode::peer)
@@ -239,11 +231,16 @@ public:
                             "that detect a dead peer, none of this context's reaches it)";
                 throw error(e.code_status(), what, e.ucx_status());
             }
-            std::lock_guard lock(setup_mutex_);
-            if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) retire(it->second);
-            auto ref = peers_.insert(std::make_unique<peer_entry>(peer_entry{p}));
-            peers_by_name_[p->name()] = ref;
-            return peer{ref};
+            peer result;
+            {
+                std::lock_guard lock(setup_mutex_);
+                if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) retire(it->second);
+                auto ref = peers_.insert(std::make_unique<peer_entry>(peer_entry{p}));
+                peers_by_name_[p->name()] = ref;
+                result = peer{ref};
+            }
+            reap();  // closing a peer takes setup_mutex_ itself
+            return result;
         });
     }
 
@@ -251,10 +248,13 @@ public:
     /// its endpoint closes once transfers already in flight to it complete.
     void unload_remote(peer p) {
         on_worker([&] {
-            std::lock_guard lock(setup_mutex_);
-            if (!peers_.get(p.ref))
-                throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
-            retire(p.ref);
+            {
+                std::lock_guard lock(setup_mutex_);
+                if (!peers_.get(p.ref))
+                    throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
+                retire(p.ref);
+            }
+            reap();  // closing a peer takes setup_mutex_ itself
         });
     }
 
@@ -335,7 +335,9 @@ public:
             if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
                 return status::busy;
             // From here until it is queued, the state belongs to this thread alone.
+            st->hold_regions();
             auto s = admissible(*st);
+            if (s == status::ok && st->target->failed()) s = status::peer_failed;
             if (s == status::ok) {
                 try {
                     st->notif_storage.assign(notif);
@@ -344,6 +346,7 @@ public:
                 }
             }
             if (s != status::ok) {
+                st->let_go_regions();
                 st->phase.store(xfer_state::idle, std::memory_order_release);
                 return s;
             }
@@ -355,20 +358,22 @@ public:
             if (auto s = admissible(*st); s != status::ok) return s;
             if (st->target->failed()) return status::peer_failed;
             st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            st->phase.store(xfer_state::busy, std::memory_order_relaxed);
             if constexpr (has_device_path) {
                 if (st->path == xfer_path::cuda_ipc) {
                     if (st->notif_storage.data() != notif.data()) {
                         try {
                             st->notif_storage.assign(notif);
                         } catch (const std::bad_alloc&) {
-                            st->phase.store(xfer_state::idle, std::memory_order_relaxed);
                             return status::no_memory;
                         }
                     }
+                    st->hold_regions();
+                    st->phase.store(xfer_state::busy, std::memory_order_relaxed);
                     return start_device(*st);
                 }
             }
+            st->hold_regions();
+            st->phase.store(xfer_state::busy, std::memory_order_relaxed);
             return st->start(worker_.get(), config_.name, notif);
         }
     }
@@ -388,9 +393,14 @@ public:
                     if (st->path == xfer_path::cuda_ipc) poll_device(*st);
                 }
                 worker_.progress();
-                if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy && st->deadline != no_deadline &&
-                    std::chrono::steady_clock::now() >= st->deadline)
-                    st->expire();
+                if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
+                    // A failed peer's operations may never be purged: UCX
+                    // 1.13's shared memory cannot flush to a dead peer whose
+                    // receive queue is full.
+                    if (st->target->failed()) st->expire(status::peer_failed);
+                    else if (st->deadline != no_deadline && std::chrono::steady_clock::now() >= st->deadline)
+                        st->expire();
+                }
             }
         }
         if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
@@ -488,7 +498,9 @@ public:
     /// Sends `msg` to a loaded peer; unordered with respect to transfers.
     status send_notif(peer p, std::string_view msg) noexcept {
         if (msg.size() > config_.max_notif_size) return status::invalid_argument;
-        if (!peers_.get(p.ref)) return status::no_such_peer;
+        auto* e = peers_.get(p.ref);
+        if (!e) return status::no_such_peer;
+        if (e->p->failed()) return status::peer_failed;
         auto* buf = send_pool_.acquire();
         if (!buf) return status::no_memory;
         buf->to = p.ref;
@@ -801,6 +813,16 @@ private:
                 }
             }
             reap();
+            if (const auto n = peer_failures_.load(std::memory_order_relaxed); n != failures_swept_) {
+                // Transfers in flight to a peer that failed end now, whether
+                // or not UCX ever purges their operations.
+                failures_swept_ = n;
+                xfers_.for_each_locked([](xfer_state& st) {
+                    if (st.phase.load(std::memory_order_acquire) == xfer_state::busy && st.target->failed() &&
+                        st.pending > 0)
+                        st.expire(status::peer_failed);
+                });
+            }
             const auto next_deadline = expire_due(clock::now());
             if (worked) {
                 idle = false;
@@ -839,8 +861,10 @@ private:
         if (!op.launch()) {
             st.device_failed = true;
             st.pending = 0;
-            if (threaded) st.finish(status::device_error);
-            else {
+            if (threaded) {
+                st.finish(status::device_error);
+            } else {
+                st.let_go_regions();
                 st.result.store(status::device_error, std::memory_order_relaxed);
                 st.phase.store(xfer_state::idle, std::memory_order_relaxed);
             }
@@ -892,15 +916,18 @@ private:
 
     // Takes a peer out of the table; its endpoint closes once nothing is in
     // flight to it, or at once, cancelling what is, when the peer failed or
-    // transfers to it expired. Caller holds setup_mutex_ and runs where the
-    // worker may be touched.
+    // transfers to it expired. Caller holds setup_mutex_, runs where the
+    // worker may be touched, and calls reap() once it has let go of the lock
+    // (close_peer takes it). The entry itself is kept until the backend
+    // goes: under the thread policy a send_notif or peer_status may still be
+    // reading it, having looked it up just before.
     void retire(detail::slot_ref ref) {
         auto e = peers_.take(ref);
         e->p->retired.store(true, std::memory_order_release);
         peers_by_name_.erase(e->p->name());
-        retiring_.push_back(std::move(e->p));
+        retiring_.push_back(e->p);
         closing_.reserve(closing_.size() + retiring_.size());
-        reap();
+        retired_entries_.push_back(std::move(e));
     }
 
     // Closes retired peers once nothing is in flight to them (or by force,
@@ -986,6 +1013,7 @@ private:
     mutable mutex_type setup_mutex_;  // peers_by_name_, peer insertion and removal, closing peers
     detail::slot_table<peer_entry, mutex_type> peers_;
     std::map<std::string, detail::slot_ref, std::less<>> peers_by_name_;
+    std::vector<std::unique_ptr<peer_entry>> retired_entries_;  // under setup_mutex_
     // Owned by whichever thread drives the worker.
     std::vector<std::shared_ptr<detail::remote_peer>> retiring_;
     std::vector<void*> closing_;
@@ -993,6 +1021,8 @@ private:
     std::optional<detail::wakeup> wakeup_;
     detail::mpsc_queue queue_;
     std::atomic<bool> sleeping_{false};
+    std::atomic<std::uint64_t> peer_failures_{0};  // bumped by every peer's error handler
+    std::uint64_t failures_swept_ = 0;
     std::atomic<bool> stop_{false};
     std::thread thread_;
 };

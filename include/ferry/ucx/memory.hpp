@@ -104,6 +104,9 @@ struct local_region {
     // Cleared when the application deregisters the region; transfers over
     // it then refuse to post, though their in-flight data keeps it mapped.
     std::atomic<bool> registered{true};
+    // Posts over it that UCX has not let go of yet, released ones included:
+    // what deregister_memory must wait for.
+    std::atomic<std::uint32_t> users{0};
 };
 
 /// The backend's registered regions, sorted by address, and an epoch that

@@ -51,10 +51,13 @@ struct remote_region {
 /// it published, with their rkeys unpacked, sorted by address.
 class remote_peer {
 public:
-    remote_peer(ucp_worker_h worker, const metadata_view& md, error_mode mode)
+    /// `failures`, if given, is bumped when UCX reports the endpoint failed.
+    remote_peer(ucp_worker_h worker, const metadata_view& md, error_mode mode,
+                std::atomic<std::uint64_t>* failures = nullptr)
         : name_(md.name),
           host_id_(md.host_id),
           mode_(mode),
+          failures_(failures),
           ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this) {
         regions_.reserve(md.regions.size());
         for (const auto& r : md.regions) {
@@ -142,13 +145,15 @@ public:
 
 private:
     static void on_error(void* arg, ucp_ep_h, ucs_status_t s) noexcept {
-        static_cast<remote_peer*>(arg)->failure_.store(s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s,
-                                                       std::memory_order_release);
+        auto* self = static_cast<remote_peer*>(arg);
+        self->failure_.store(s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s, std::memory_order_release);
+        if (self->failures_) self->failures_->fetch_add(1, std::memory_order_relaxed);
     }
 
     std::string name_;
     std::string host_id_;
     error_mode mode_;
+    std::atomic<std::uint64_t>* failures_;  // before ep_, whose error handler uses it
     endpoint ep_;
     std::vector<remote_region> regions_;
     std::atomic<ucs_status_t> failure_{UCS_OK};

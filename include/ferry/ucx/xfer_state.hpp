@@ -119,9 +119,29 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         return true;
     }
 
+    /// Counts a post in on every local region it uses, before the post
+    /// checks that they are still registered, and out again once UCX is done
+    /// with it: deregister_memory refuses while the count is not zero. With
+    /// threads the count is sequentially consistent, as deregister_memory's
+    /// look at it; under inline progress nothing else runs meanwhile, and a
+    /// plain load and store keep the lock prefix off the post.
+    void hold_regions() noexcept {
+        for (const auto& r : regions) {
+            if (threaded) r->users.fetch_add(1, std::memory_order_seq_cst);
+            else r->users.store(r->users.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        }
+    }
+    void let_go_regions() noexcept {
+        for (const auto& r : regions) {
+            if (threaded) r->users.fetch_sub(1, std::memory_order_release);
+            else r->users.store(r->users.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+        }
+    }
+
     /// Ends the transfer with `s`, or, when it already expired, with the
-    /// timed_out it reported. Runs on the thread that drives the worker.
+    /// status it reported then. Runs on the thread that drives the worker.
     void finish(status s) noexcept {
+        let_go_regions();
         if (deadlines) deadlines->unlink(*this);
         if (abandoned) {
             abandoned = false;
@@ -145,14 +165,16 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         if (wake) wake->notify();
     }
 
-    /// The deadline passed while UCX still holds the transfer's operations:
-    /// report timed_out now and let them finish (or be cancelled) in the
-    /// background. Runs on the thread that drives the worker.
-    void expire() noexcept {
+    /// The deadline passed (`why` timed_out) or the peer failed (`why`
+    /// peer_failed) while UCX still holds the transfer's operations: report
+    /// `why` now and let them finish (or be cancelled) in the background.
+    /// Runs on the thread that drives the worker.
+    void expire(status why = status::timed_out) noexcept {
+        if (abandoned) return;
         if (deadlines) deadlines->unlink(*this);
         abandoned = true;
         ++target->abandoned;
-        result.store(status::timed_out, std::memory_order_relaxed);
+        result.store(why, std::memory_order_relaxed);
         completion_signal* const wake = signal;
         std::uint8_t expected = busy;
         if (threaded) {
@@ -172,11 +194,19 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         if (s != UCS_OK && first_error == UCS_OK) first_error = s;
         if (--pending > 0) return;
         --target->in_flight;
-        // Operations that UCX purged from a failed endpoint report CANCELED
-        // or a transport error; either way the peer is what failed.
-        if (device_failed) finish(status::device_error);
-        else if (first_error == UCS_OK) finish(status::ok);
-        else finish(target->failed() ? status::peer_failed : from_ucs(first_error));
+        finish(outcome());
+    }
+
+    /// The transfer's status once UCX is done with it. Operations that UCX
+    /// purged from a failed endpoint report CANCELED or a transport error;
+    /// either way the peer is what failed. And UCX 1.13 completes a flush
+    /// that waits for remote completions with UCS_OK when it purges a failed
+    /// endpoint (ucp_ep_reqs_purge emulates the missing completions), so an
+    /// OK that comes after the failure proves nothing: that is peer_failed too.
+    [[nodiscard]] status outcome() const noexcept {
+        if (device_failed) return status::device_error;
+        if (target->failed()) return status::peer_failed;
+        return first_error == UCS_OK ? status::ok : from_ucs(first_error);
     }
 
     /// Adds one UCX operation's outcome to the transfer.
@@ -247,10 +277,14 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
             return status::in_progress;
         }
         pending = 0;
-        auto s = first_error == UCS_OK ? status::ok : target->failed() ? status::peer_failed : from_ucs(first_error);
+        auto s = outcome();
         result.store(s, std::memory_order_relaxed);
-        if (threaded) finish(s);
-        else phase.store(idle, std::memory_order_relaxed);
+        if (threaded) {
+            finish(s);
+        } else {
+            let_go_regions();
+            phase.store(idle, std::memory_order_relaxed);
+        }
         return s;
     }
 };
