@@ -1,0 +1,32 @@
+# The sanitize.* tests (FERRY_TEST_SANITIZERS): configure, build and test a
+# sub-build of ferry with FERRY_SANITIZE=<SANITIZE>.
+#   -DSOURCE_DIR= -DBINARY_DIR= -DGENERATOR= -DCXX= -DBUILD_TYPE= -DSANITIZE= -DJOBS=
+foreach(var IN ITEMS SOURCE_DIR BINARY_DIR GENERATOR CXX BUILD_TYPE SANITIZE JOBS)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "sanitize_suite.cmake: -D${var}= is missing")
+  endif()
+endforeach()
+
+# The example is not built: no test runs it (consume.* build their own).
+# The sub-build registers no sub-builds of its own.
+execute_process(
+  COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${BINARY_DIR} -G ${GENERATOR}
+    -DCMAKE_CXX_COMPILER=${CXX}
+    -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+    -DFERRY_SANITIZE=${SANITIZE}
+    -DFERRY_BUILD_EXAMPLES=OFF
+    -DFERRY_TEST_SANITIZERS=
+    -DFERRY_FUZZ_SECONDS=0
+  COMMAND_ECHO STDOUT
+  COMMAND_ERROR_IS_FATAL ANY)
+execute_process(
+  COMMAND ${CMAKE_COMMAND} --build ${BINARY_DIR} -j ${JOBS}
+  COMMAND_ECHO STDOUT
+  COMMAND_ERROR_IS_FATAL ANY)
+# consume.* build the demo as a user would, without ferry's flags: nothing
+# there is instrumented, and the plain build runs them already.
+execute_process(
+  COMMAND ${CMAKE_CTEST_COMMAND} --test-dir ${BINARY_DIR} --output-on-failure -j ${JOBS}
+    --exclude-regex "^consume\\."
+  COMMAND_ECHO STDOUT
+  COMMAND_ERROR_IS_FATAL ANY)
