@@ -3,8 +3,7 @@
 // region over TCP; two user regions and one allocated region over shared
 // memory), and notification inputs in ferry-fuzz-notif's format.
 //
-//   cmake --build build-fuzz --target ferry-fuzz-seeds
-//   ./build-fuzz/tests/fuzz/ferry-fuzz-seeds tests/fuzz/corpus
+// tests/fuzz/corpus/README.md has the commands that build and run it.
 #include <ferry/detail/metadata.hpp>
 #include <ferry/ferry.hpp>
 
