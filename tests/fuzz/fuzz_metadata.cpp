@@ -1,12 +1,19 @@
 // libFuzzer target: decode_metadata on arbitrary bytes must either return a
 // view whose every span lies inside the input or throw ferry::error; it must
 // never read or write out of bounds (ASan) or trip UB (UBSan).
+//
+// Each input is decoded twice: as it is, and with its total length and
+// CRC-32 made to agree with it. A mutation almost never keeps the CRC right,
+// so without the second decode the fuzzer would stop at the checksum and
+// never reach the name, address and region records behind it.
+#include <ferry/detail/crc32.hpp>
 #include <ferry/detail/metadata.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <span>
+#include <vector>
 
 namespace {
 
@@ -14,10 +21,7 @@ bool inside(std::span<const std::byte> part, std::span<const std::byte> whole) {
     return part.empty() || (part.data() >= whole.data() && part.data() + part.size() <= whole.data() + whole.size());
 }
 
-}  // namespace
-
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    const std::span<const std::byte> blob(reinterpret_cast<const std::byte*>(data), size);
+void check(std::span<const std::byte> blob) {
     try {
         const auto md = ferry::detail::decode_metadata(blob);
         const auto name = std::as_bytes(std::span(md.name.data(), md.name.size()));
@@ -28,5 +32,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (!ok) std::abort();
     } catch (const ferry::error&) {
     }
+}
+
+// The input with bytes [8, 16) rewritten: total length and CRC-32 of [16, end).
+std::vector<std::byte> resealed(std::span<const std::byte> blob) {
+    std::vector<std::byte> out(blob.begin(), blob.end());
+    const auto put = [&](std::size_t at, std::uint32_t v) {
+        for (std::size_t i = 0; i < 4; ++i) out[at + i] = static_cast<std::byte>((v >> (8 * i)) & 0xFFU);
+    };
+    put(8, static_cast<std::uint32_t>(out.size()));
+    put(12, ferry::detail::crc32(std::span(out).subspan(16)));
+    return out;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    const std::span<const std::byte> blob(reinterpret_cast<const std::byte*>(data), size);
+    check(blob);
+    if (size >= 16) check(resealed(blob));
     return 0;
 }

@@ -1,0 +1,40 @@
+# The sanitize.* tests (FERRY_TEST_SANITIZERS): configure, build and test a
+# sub-build of ferry with FERRY_SANITIZE=<SANITIZE>.
+#   -DSOURCE_DIR= -DBINARY_DIR= -DGENERATOR= -DCXX= -DBUILD_TYPE= -DSANITIZE= -DJOBS=
+foreach(var IN ITEMS SOURCE_DIR BINARY_DIR GENERATOR CXX BUILD_TYPE SANITIZE JOBS)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "sanitize_suite.cmake: -D${var}= is missing")
+  endif()
+endforeach()
+string(TOUPPER "${BUILD_TYPE}" BUILD_TYPE_UPPER)
+
+# -O1 -g, as ASan's documentation recommends: at -O2 GCC takes half as long
+# again to compile the instrumented tests. Asserts stay on (no NDEBUG).
+# The example is not built: no test runs it (consume.* build their own).
+# Neither is the benchmark: instrumented, its six units cost about a sixth
+# of this sub-build's compile time, and its smoke tests drive the same
+# transfer and notification paths that the test programs check.
+# The sub-build registers no sub-builds of its own.
+execute_process(
+  COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${BINARY_DIR} -G ${GENERATOR}
+    -DCMAKE_CXX_COMPILER=${CXX}
+    -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+    "-DCMAKE_CXX_FLAGS_${BUILD_TYPE_UPPER}=-O1 -g"
+    -DFERRY_SANITIZE=${SANITIZE}
+    -DFERRY_BUILD_EXAMPLES=OFF
+    -DFERRY_BUILD_BENCHMARKS=OFF
+    -DFERRY_TEST_SANITIZERS=
+    -DFERRY_FUZZ_SECONDS=0
+  COMMAND_ECHO STDOUT
+  COMMAND_ERROR_IS_FATAL ANY)
+execute_process(
+  COMMAND ${CMAKE_COMMAND} --build ${BINARY_DIR} -j ${JOBS}
+  COMMAND_ECHO STDOUT
+  COMMAND_ERROR_IS_FATAL ANY)
+# consume.* build the demo as a user would, without ferry's flags: nothing
+# there is instrumented, and the plain build runs them already.
+execute_process(
+  COMMAND ${CMAKE_CTEST_COMMAND} --test-dir ${BINARY_DIR} --output-on-failure -j ${JOBS}
+    --exclude-regex "^consume\\."
+  COMMAND_ECHO STDOUT
+  COMMAND_ERROR_IS_FATAL ANY)
