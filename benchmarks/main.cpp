@@ -13,6 +13,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <thread>
@@ -97,6 +98,15 @@ int reap(pid_t child, double grace) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    // As in tests/support/catch_main.cpp: UCX's memory hooks and the
+    // sanitizers' interceptors fight (under TSan, UCX's madvise hook crashes
+    // glibc's thread exit on UCX's async thread).
+    setenv("UCX_MEM_MALLOC_HOOKS", "no", 0);
+    setenv("UCX_MEM_MMAP_HOOK_MODE", "none", 0);
+    setenv("UCX_MEM_EVENTS", "no", 0);
+    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 0);
+#endif
     options o;
     try {
         auto parsed = parse_options(argc, argv);

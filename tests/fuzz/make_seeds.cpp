@@ -1,7 +1,8 @@
 // Writes the fuzzers' seed corpus (tests/fuzz/corpus/) from the real encoder:
-// three metadata blobs that real backends publish (no region; one user
-// region over TCP; two user regions and one allocated region over shared
-// memory), and notification inputs in ferry-fuzz-notif's format.
+// the metadata blobs that real backends publish (no region; one user region
+// over TCP; two user regions and one allocated region over shared memory; a
+// CUDA region with its IPC export), and notification inputs in
+// ferry-fuzz-notif's format.
 //
 // tests/fuzz/corpus/README.md has the commands that build and run it.
 #include <ferry/detail/metadata.hpp>
@@ -78,6 +79,27 @@ int main(int argc, char** argv) try {
         ferry::region c = b.register_memory(user_b.data(), user_b.size());
         ferry::region d = b.allocate(64 * 1024);
         write_blob(dir / "metadata" / "three-regions-shm", b.local_metadata());
+    }
+
+    {
+        // What a memory::cuda backend publishes for GPU memory: a CUDA region
+        // with an IPC handle, where it sits in its allocation, and how large
+        // that is. Written with the encoder, since no GPU is needed for it.
+        ferry::ucx_backend<> b(config("decode-gpu-0", "shm"));
+        const auto real = b.local_metadata();
+        auto md = ferry::detail::decode_metadata(real);
+        const std::vector<std::byte> rkey(40, std::byte{0x5C}), handle(64, std::byte{0xC3});
+        ferry::detail::region_record gpu;
+        gpu.addr = 0x7F2000001000;
+        gpu.len = 1 << 20;
+        gpu.dev = 0;
+        gpu.rkey = rkey;
+        gpu.kind = ferry::detail::memory_kind_code::cuda;
+        gpu.ipc_handle = handle;
+        gpu.ipc_offset = 4096;
+        gpu.ipc_alloc_size = 2 << 20;
+        md.regions.push_back(gpu);
+        write_blob(dir / "metadata" / "cuda-region", ferry::detail::encode_metadata(md));
     }
 
     const std::string with_message = notif_input("prefill-0", "layer 7 ready", 1);
