@@ -11,6 +11,7 @@ string(TOUPPER "${BUILD_TYPE}" BUILD_TYPE_UPPER)
 # -O1 -g, as ASan's documentation recommends: at -O2 GCC takes half as long
 # again to compile the instrumented tests. Asserts stay on (no NDEBUG).
 # The example is not built: no test runs it (consume.* build their own).
+# Nor is memory::cuda: its tests need a GPU, and without one they only skip.
 # Neither is the benchmark: instrumented, its six units cost about a sixth
 # of this sub-build's compile time, and its smoke tests drive the same
 # transfer and notification paths that the test programs check.
@@ -23,6 +24,7 @@ execute_process(
     -DFERRY_SANITIZE=${SANITIZE}
     -DFERRY_BUILD_EXAMPLES=OFF
     -DFERRY_BUILD_BENCHMARKS=OFF
+    -DFERRY_CUDA=OFF
     -DFERRY_TEST_SANITIZERS=
     -DFERRY_FUZZ_SECONDS=0
   COMMAND_ECHO STDOUT

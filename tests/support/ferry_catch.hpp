@@ -50,6 +50,15 @@ std::optional<ferry::error> error_from(F&& f) {
 
 namespace ferry_test {
 
+/// True in a build instrumented by AddressSanitizer or ThreadSanitizer.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool sanitized = true;
+#elif defined(__has_feature)
+inline constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
+#else
+inline constexpr bool sanitized = false;
+#endif
+
 /// Marks the running test case skipped: ctest reports it so, with `why`.
 /// Call it, then return from the test case.
 inline void skip(const std::string& why) {
