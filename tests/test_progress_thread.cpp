@@ -299,11 +299,13 @@ TEST_CASE("a backend with transfers in flight starts and stops 100 times (25 und
             s.ch.expect_message("stopped");
             if (last) {
                 bool seen = false;
+                const std::string expected = "round " + std::to_string(round);
                 while (!seen && b.wait_notifs(10s))
-                    b.poll_notifs([&](std::string_view, std::string_view msg) { seen = msg == "round 99"; });
+                    b.poll_notifs([&](std::string_view, std::string_view msg) { seen = msg == expected; });
                 ferry_test::expect(seen, "the last round's notification did not arrive");
                 for (std::size_t i = 0; i < blocks; ++i) {
-                    auto bad = ferry_test::check_pattern(memory.data() + (blocks - 1 - i) * block_size, block_size, 99,
+                    auto bad = ferry_test::check_pattern(memory.data() + (blocks - 1 - i) * block_size, block_size,
+                                                         static_cast<std::uint64_t>(round),
                                                          i * block_size);
                     ferry_test::expect(bad.empty(), "block " + std::to_string(i) + ": " + bad);
                 }
