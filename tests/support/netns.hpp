@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -62,15 +63,16 @@ struct unavailable : std::runtime_error {
 }
 
 struct command_result {
-    int exit_code = -1;  // -1: did not run to an exit (killed, or fork failed)
+    int exit_code = -1;  // -1: did not run to an exit (killed, or could not be started)
     std::string output;  // stdout and stderr together
 
     [[nodiscard]] bool ok() const noexcept { return exit_code == 0; }
 };
 
 /// Runs argv[0] (looked up with find_program) with its stdout and stderr
-/// captured, and waits for it. No shell. Safe in a forked child that has
-/// threads: nothing but async-signal-safe calls runs between fork and exec.
+/// captured, and waits for it. No shell. posix_spawn rather than fork: it is
+/// called from test processes whose UCX threads are running, where fork runs
+/// every library's atfork handlers in a copy of a multithreaded process.
 [[nodiscard]] inline command_result run(const std::vector<std::string>& argv) {
     command_result result;
     auto program = find_program(argv.at(0));
@@ -87,19 +89,19 @@ struct command_result {
         result.output = std::string("pipe2: ") + std::strerror(errno);
         return result;
     }
+    posix_spawn_file_actions_t actions;
+    ::posix_spawn_file_actions_init(&actions);
+    ::posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    ::posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
     std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) {
+    pid_t pid = -1;
+    const int spawned = ::posix_spawn(&pid, program->c_str(), &actions, nullptr, args.data(), environ);
+    ::posix_spawn_file_actions_destroy(&actions);
+    if (spawned != 0) {
         ::close(out[0]);
         ::close(out[1]);
-        result.output = std::string("fork: ") + std::strerror(errno);
+        result.output = "posix_spawn " + *program + ": " + std::strerror(spawned);
         return result;
-    }
-    if (pid == 0) {
-        ::dup2(out[1], STDOUT_FILENO);
-        ::dup2(out[1], STDERR_FILENO);
-        ::execv(program->c_str(), args.data());
-        ::_exit(127);
     }
     ::close(out[1]);
     char buf[1024];
