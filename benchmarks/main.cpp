@@ -95,17 +95,27 @@ int reap(pid_t child, double grace) {
     return 1;
 }
 
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+// As in tests/support/catch_main.cpp: UCX's memory hooks and the sanitizers'
+// interceptors fight (under TSan, UCX's madvise hook crashes glibc's thread
+// exit on UCX's async thread). UCX reads these settings when its libraries
+// load, before main, so they must be in the environment the program starts
+// with: set them and start again, unless the user has chosen.
+void restart_without_ucx_memory_hooks(char** argv) {
+    if (std::getenv("UCX_MEM_MALLOC_HOOKS") != nullptr) return;
+    setenv("UCX_MEM_MALLOC_HOOKS", "no", 0);
+    setenv("UCX_MEM_MMAP_HOOK_MODE", "none", 0);
+    setenv("UCX_MEM_EVENTS", "no", 0);
+    ::execv("/proc/self/exe", argv);
+    std::perror("ferry-bench: restarting without UCX's memory hooks: execv /proc/self/exe");
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-    // As in tests/support/catch_main.cpp: UCX's memory hooks and the
-    // sanitizers' interceptors fight (under TSan, UCX's madvise hook crashes
-    // glibc's thread exit on UCX's async thread).
-    setenv("UCX_MEM_MALLOC_HOOKS", "no", 0);
-    setenv("UCX_MEM_MMAP_HOOK_MODE", "none", 0);
-    setenv("UCX_MEM_EVENTS", "no", 0);
-    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 0);
+    restart_without_ucx_memory_hooks(argv);
 #endif
     options o;
     try {
