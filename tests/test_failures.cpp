@@ -164,18 +164,10 @@ public:
             for (int fd : close_in_child) ::close(fd);
             ferry_test::detail::role_name() = role_;
             ::alarm(60);
-            try {
+            ferry_test::detail::end_child_after([&] {
                 channel ch(sv[1]);
                 fn(ch);
-            } catch (const std::exception& e) {
-                fail(std::string("uncaught exception: ") + e.what());
-            } catch (...) {
-                fail("uncaught exception of unknown type");
-            }
-#if defined(__SANITIZE_ADDRESS__)
-            if (__lsan_do_recoverable_leak_check() != 0) fail("LeakSanitizer found leaks (reported above)");
-#endif
-            ::_exit(0);
+            });
         }
         ::close(sv[1]);
         fd_ = sv[0];

@@ -246,6 +246,24 @@ struct child {
     int exit_rank = 0;
 };
 
+/// Runs a forked child's body and ends the child: an exception fails it,
+/// and it exits with _exit, which skips Catch2's and the parent's exit-time
+/// work (not the child's) and LeakSanitizer's exit-time check (run here).
+template <class Body>
+[[noreturn]] void end_child_after(Body&& body) {
+    try {
+        body();
+    } catch (const std::exception& e) {
+        fail(std::string("uncaught exception: ") + e.what());
+    } catch (...) {
+        fail("uncaught exception of unknown type");
+    }
+#if defined(__SANITIZE_ADDRESS__)
+    if (__lsan_do_recoverable_leak_check() != 0) fail("LeakSanitizer found leaks (reported above)");
+#endif
+    ::_exit(0);
+}
+
 inline void reset_signals_in_child() {
     // Catch2's fatal-signal handlers report into the parent's reporter, which
     // the child must not use; a crash should simply end the child.
@@ -271,21 +289,11 @@ inline void spawn(child& c, int my_end, int other_end, const role_fn& fn, const 
         reset_signals_in_child();
         role_name() = c.role;
         ::alarm(static_cast<unsigned>(limit.count()));
-        try {
+        end_child_after([&] {
             channel ch(my_end);
             side s{ch, tls};
             fn(s);
-        } catch (const std::exception& e) {
-            fail(std::string("uncaught exception: ") + e.what());
-        } catch (...) {
-            fail("uncaught exception of unknown type");
-        }
-#if defined(__SANITIZE_ADDRESS__)
-        // _exit skips LeakSanitizer's exit-time check: run it here.
-        if (__lsan_do_recoverable_leak_check() != 0) fail("LeakSanitizer found leaks (reported above)");
-#endif
-        // Skip Catch2's and the parent's exit-time work, which is not ours.
-        ::_exit(0);
+        });
     }
     ::close(out[1]);
     c.pid = pid;
