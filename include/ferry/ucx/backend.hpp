@@ -79,11 +79,25 @@ inline std::string describe(const desc& d) {
 /// descriptor-list READ/WRITE over UCX RMA and notifications over UCX active
 /// messages. Not copyable or movable: UCX callbacks hold its address.
 ///
-/// With `progress::inline_poll` the calling thread drives the worker inside
-/// check/progress/take_notifs/poll_notifs; the backend is for one thread.
-/// With `progress::thread` a progress thread owns the worker and every call
-/// may come from any thread; a given transfer handle must not be released
-/// while another thread still uses it.
+/// Threads. ferry's worker is UCS_THREAD_MODE_SINGLE, and UCX's contract for
+/// it is that one thread, its owner, makes every call on the worker, its
+/// endpoints and their rkeys, from creation to destruction:
+/// - `progress::inline_poll`: the owner is the thread that constructed the
+///   backend, and every member function is called from it (the worker is
+///   driven inside check/progress/take_notifs/poll_notifs/wait). The backend
+///   is for that one thread; its destructor runs there too.
+/// - `progress::thread`: the owner is the progress thread. It creates the
+///   worker (the constructor waits for it and rethrows its errors), runs every
+///   call on it — posts and notifications are handed to it through a queue,
+///   set-up calls (load_remote, unload_remote, prepare, estimate) hand it
+///   their work and wait — and destroys it when the backend is destroyed.
+///   Any thread may call any member function; a given transfer handle must
+///   not be released while another thread still uses it.
+/// Registration and deregistration are calls on the UCX context, not the
+/// worker: under the thread policy the context is created for several
+/// threads (UCX locks it), so they may come from any thread too.
+/// With FERRY_ASSERTIONS (on unless NDEBUG) every call that touches the
+/// worker checks that it runs on the owner, and aborts naming the call.
 template <class Policy = default_policy>
 class ucx_backend {
     static_assert(is_policy<Policy>::value, "ucx_backend<Policy>: Policy must be ferry::policy<Progress, Memory>");
@@ -115,13 +129,21 @@ public:
               config_, UCP_FEATURE_RMA | UCP_FEATURE_AM | (threaded ? UCP_FEATURE_WAKEUP : 0), threaded)),
           memory_(config_, *context_),
           inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
-          worker_(context_->get(), UCS_THREAD_MODE_SINGLE),
           registry_(std::make_shared<detail::registry>()) {
-        inbox_.attach(worker_.get());
-        worker_address_ = worker_.address();
         if constexpr (threaded) {
-            wakeup_.emplace(worker_.event_fd());
-            thread_ = std::thread([this] { run(); });
+            // The progress thread creates the worker, so that it owns it
+            // from the first call to the last; its set-up errors come back here.
+            std::promise<void> ready;
+            auto started = ready.get_future();
+            thread_ = std::thread([this, &ready] { run(ready); });
+            try {
+                started.get();
+            } catch (...) {
+                thread_.join();
+                throw;
+            }
+        } else {
+            open_worker();
         }
     }
 
@@ -130,11 +152,13 @@ public:
 
     ~ucx_backend() {
         if constexpr (threaded) {
+            // The progress thread shuts the worker down itself, as it set it up.
             stop_.store(true, std::memory_order_seq_cst);
             wakeup_->signal();
             thread_.join();
+        } else {
+            shut_down();
         }
-        shut_down();
     }
 
     [[nodiscard]] const std::string& name() const noexcept { return config_.name; }
@@ -219,10 +243,10 @@ public:
     /// restarted agent); handles to the old one become stale.
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
-        return on_worker([&] {
+        return on_worker("load_remote", [&] {
             std::shared_ptr<detail::remote_peer> p;
             try {
-                p = std::make_shared<detail::remote_peer>(worker_.get(), md, config_.error_handling,
+                p = std::make_shared<detail::remote_peer>(worker_->get(), md, config_.error_handling,
                                                           &peer_failures_);
             } catch (const error& e) {
                 std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
@@ -247,7 +271,7 @@ public:
     /// Forgets a peer. Transfers prepared for it then fail with no_such_peer;
     /// its endpoint closes once transfers already in flight to it complete.
     void unload_remote(peer p) {
-        on_worker([&] {
+        on_worker("unload_remote", [&] {
             {
                 std::lock_guard lock(setup_mutex_);
                 if (!peers_.get(p.ref))
@@ -311,7 +335,7 @@ public:
                                                       " local descriptors but " + std::to_string(remote.size()) +
                                                       " remote descriptors");
         // Resolving remote blocks may unpack rkeys, which touches the worker.
-        return on_worker([&] { return resolve(op, local, remote, p, path); });
+        return on_worker("prepare", [&] { return resolve(op, local, remote, p, path); });
     }
 
     /// Starts a prepared transfer, with an optional notification that reaches
@@ -354,6 +378,7 @@ public:
             submit(st);
             return status::in_progress;
         } else {
+            touch("post");
             if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
             if (auto s = admissible(*st); s != status::ok) return s;
             if (st->target->failed()) return status::peer_failed;
@@ -374,7 +399,7 @@ public:
             }
             st->hold_regions();
             st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-            return st->start(worker_.get(), config_.name, notif);
+            return st->start(worker_->get(), config_.name, notif);
         }
     }
 
@@ -392,7 +417,7 @@ public:
                 if constexpr (has_device_path) {
                     if (st->path == xfer_path::cuda_ipc) poll_device(*st);
                 }
-                worker_.progress();
+                worker_->progress();
                 if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
                     // A failed peer's operations may never be purged: UCX
                     // 1.13's shared memory cannot flush to a dead peer whose
@@ -456,7 +481,7 @@ public:
                 static_cast<std::int64_t>((launch_s + static_cast<double>(st->total_bytes) / bytes_per_s) * 1e9));
             return {d, d / 2, cost_method::cuda_ipc_model};
         }
-        return on_worker([&]() -> xfer_cost {
+        return on_worker("estimate", [&]() -> xfer_cost {
             if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
             double seconds = 0;
             std::size_t last_len = 0;
@@ -564,22 +589,35 @@ public:
         } else {
             unsigned n = 0;
             if constexpr (has_device_path) n += poll_devices();
-            while (unsigned k = worker_.progress()) n += k;
+            while (unsigned k = worker_->progress()) n += k;
             reap();
             return n;
         }
     }
 
     /// The underlying UCX objects, for callers who need to go below ferry.
-    /// Under the thread policy the worker belongs to the progress thread.
+    /// The worker and endpoints belong to their owner thread (see the class
+    /// comment): under the thread policy, that is the progress thread, and
+    /// no application thread may call UCX on them.
     [[nodiscard]] ucp_context_h ucx_context() const noexcept { return context_->get(); }
-    [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_.get(); }
+    [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_->get(); }
     [[nodiscard]] ucp_ep_h ucx_endpoint(peer p) const noexcept {
         auto* e = peers_.get(p.ref);
         return e ? e->p->ep() : nullptr;
     }
 
 private:
+    // Creates the worker on the calling thread, which then owns it, and
+    // registers what the worker serves.
+    void open_worker() {
+        worker_.emplace(context_->get());
+        inbox_.attach(worker_->get());
+        worker_address_ = worker_->address();
+    }
+
+    // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
+    void touch(const char* what) const noexcept { worker_->owner().check(what); }
+
     static ucx_config validated(ucx_config cfg) {
         if (cfg.name.empty() || cfg.name.size() > detail::max_agent_name)
             throw error(status::invalid_argument,
@@ -708,8 +746,9 @@ private:
     // Runs f where the worker may be touched: here under inline progress, on
     // the progress thread (waiting for it) under the thread policy.
     template <class F>
-    auto on_worker(F&& f) -> std::invoke_result_t<F&> {
+    auto on_worker([[maybe_unused]] const char* what, F&& f) -> std::invoke_result_t<F&> {
         if constexpr (!threaded) {
+            touch(what);
             return f();
         } else {
             if (std::this_thread::get_id() == thread_.get_id()) return f();
@@ -761,9 +800,9 @@ private:
         status started;
         if constexpr (has_device_path) {
             started = st.path == xfer_path::cuda_ipc ? b.start_device(st)
-                                                     : st.start(b.worker_.get(), b.config_.name, st.notif_storage);
+                                                     : st.start(b.worker_->get(), b.config_.name, st.notif_storage);
         } else {
-            started = st.start(b.worker_.get(), b.config_.name, st.notif_storage);
+            started = st.start(b.worker_->get(), b.config_.name, st.notif_storage);
         }
         if (started == status::in_progress && st.deadline != no_deadline) b.deadlines_.link(st);
     }
@@ -774,6 +813,7 @@ private:
     }
 
     status send_now(send_buffer& buf, std::string_view msg) noexcept {
+        touch("send_notif");
         auto* e = peers_.get(buf.to);
         if (!e || e->p->failed()) {
             send_pool_.release(&buf);
@@ -791,8 +831,24 @@ private:
     // The progress thread: run commands, drive the worker, and when there has
     // been nothing to do for `progress_spin`, arm the worker and sleep until
     // the network or an application thread has something.
-    void run() noexcept {
+    void run(std::promise<void>& ready) noexcept {
         memory_.bind_thread();
+        try {
+            open_worker();
+            wakeup_.emplace(worker_->event_fd());
+        } catch (...) {
+            worker_.reset();
+            ready.set_exception(std::current_exception());
+            return;
+        }
+        ready.set_value();
+        drive();
+        shut_down();
+        worker_.reset();
+    }
+
+    // The progress thread's loop, until the backend is destroyed.
+    void drive() noexcept {
         using clock = std::chrono::steady_clock;
         auto idle_since = clock::now();
         bool idle = false;
@@ -803,7 +859,7 @@ private:
                 c->execute(*c, this);
                 worked = true;
             }
-            while (worker_.progress()) worked = true;
+            while (worker_->progress()) worked = true;
             if constexpr (has_device_path) {
                 // GPU work completes without telling the worker: poll it
                 // rather than sleep while any is in flight.
@@ -840,8 +896,7 @@ private:
             if (now - idle_since < config_.progress_spin) continue;
 
             sleeping_.store(true, std::memory_order_seq_cst);
-            if (!queue_.empty() || stop_.load(std::memory_order_acquire) ||
-                ucp_worker_arm(worker_.get()) != UCS_OK) {
+            if (!queue_.empty() || stop_.load(std::memory_order_acquire) || worker_->arm() != UCS_OK) {
                 sleeping_.store(false, std::memory_order_relaxed);
                 continue;
             }
@@ -881,6 +936,7 @@ private:
     // handed to UCX. Returns whether it moved on.
     bool poll_device(xfer_state& st) noexcept {
         if (!devices_in_flight_.contains(st)) return false;
+        touch("a cuda_ipc transfer's completion");
         const int done = static_cast<typename traits::device_op*>(st.device_op)->poll();
         if (done == 0) return false;
         devices_in_flight_.unlink(st);
@@ -934,6 +990,7 @@ private:
     // see retire), and frees close requests that UCX has finished.
     void reap() noexcept {
         if (retiring_.empty() && closing_.empty()) return;
+        touch("closing an unloaded peer");
         for (auto it = retiring_.begin(); it != retiring_.end();) {
             const bool force = (*it)->close_by_force();
             if ((*it)->in_flight > 0 && !force) {
@@ -953,6 +1010,7 @@ private:
     // The caller holds a reference to p: a forced close completes the
     // transfers in flight to it, which may free the last other reference.
     void close_peer(detail::remote_peer& p, bool force) noexcept {
+        touch("ucp_ep_close_nbx");
         ucs_status_ptr_t r;
         {
             std::lock_guard lock(setup_mutex_);  // prepare may be reading its regions
@@ -972,7 +1030,7 @@ private:
         };
         while (busy() && clock::now() < deadline) {
             if constexpr (has_device_path) poll_devices();
-            worker_.progress();
+            worker_->progress();
         }
         reap();
         // Every endpoint and rkey goes before the worker. Transfer states
@@ -988,7 +1046,7 @@ private:
         for (auto& p : retiring_) close_for_good(p);
         retiring_.clear();
         while (!closing_.empty() && clock::now() < deadline) {
-            worker_.progress();
+            worker_->progress();
             reap();
         }
         // Whatever is still open is cancelled when the worker is destroyed.
@@ -1007,7 +1065,9 @@ private:
     detail::intrusive_list<xfer_state, detail::device_tag> devices_in_flight_;  // cuda_ipc transfers
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
-    detail::worker worker_;
+    // Created and destroyed by its owner: the constructing thread under
+    // inline progress, the progress thread under the thread policy.
+    std::optional<detail::worker> worker_;
     std::shared_ptr<detail::registry> registry_;
     std::vector<std::byte> worker_address_;
     mutable mutex_type setup_mutex_;  // peers_by_name_, peer insertion and removal, closing peers
