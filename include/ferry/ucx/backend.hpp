@@ -397,9 +397,19 @@ public:
                     return start_device(*st);
                 }
             }
+            // The notification may leave after this call returns (see
+            // xfer_state::start), so it is kept; prepare reserved room for
+            // the usual sizes, and a larger one grows the room once.
+            if (!notif.empty()) {
+                try {
+                    st->notif_storage.assign(notif);
+                } catch (const std::bad_alloc&) {
+                    return status::no_memory;
+                }
+            }
             st->hold_regions();
             st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-            return st->start(worker_->get(), config_.name, notif);
+            return st->start(!notif.empty());
         }
     }
 
@@ -647,6 +657,7 @@ private:
         st->op = op;
         st->peer_ref = p.ref;
         st->threaded = threaded;
+        st->sender = &config_.name;
         st->signal = threaded ? &signal_ : nullptr;
         st->deadlines = threaded ? &deadlines_ : nullptr;
         st->execute = &execute_post;
@@ -799,10 +810,9 @@ private:
         if (st.target->failed()) return st.finish(status::peer_failed);
         status started;
         if constexpr (has_device_path) {
-            started = st.path == xfer_path::cuda_ipc ? b.start_device(st)
-                                                     : st.start(b.worker_->get(), b.config_.name, st.notif_storage);
+            started = st.path == xfer_path::cuda_ipc ? b.start_device(st) : st.start(!st.notif_storage.empty());
         } else {
-            started = st.start(b.worker_->get(), b.config_.name, st.notif_storage);
+            started = st.start(!st.notif_storage.empty());
         }
         if (started == status::in_progress && st.deadline != no_deadline) b.deadlines_.link(st);
     }
@@ -945,8 +955,7 @@ private:
         } else if (st.target->failed()) {
             st.first_error = st.target->failure();
         } else if (!st.notif_storage.empty()) {
-            st.track(detail::send_notif_am(st.target->ep(), config_.name, st.notif_storage, st.notif_storage,
-                                           &xfer_state::on_complete, &st));
+            st.send_notif();
         }
         st.complete_one(UCS_OK);  // the event's share; may free a released state
         return true;

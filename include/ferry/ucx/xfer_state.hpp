@@ -73,9 +73,12 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     std::uint64_t registry_epoch = 0;
     std::uint64_t total_bytes = 0;
     std::string notif_storage;
+    // The agent name notifications carry; the backend's, which outlives this state.
+    const std::string* sender = nullptr;
     // Built once at prepare, so that a post fills in nothing but each memh.
     ucp_request_param_t rma_param{};
     ucp_request_param_t flush_param{};
+    ucp_request_param_t notify_param{};  // a flush whose completion sends notif_storage
 
     // Touched only by the thread that drives the worker: `pending` UCX
     // callbacks are outstanding; at zero the transfer is over, and
@@ -103,6 +106,9 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
         flush_param.cb.send = &on_complete;
         flush_param.user_data = this;
+        notify_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        notify_param.cb.send = &on_flushed;
+        notify_param.user_data = this;
     }
     ~xfer_state() {
         if (destroy_device_op) destroy_device_op(device_op);
@@ -190,6 +196,21 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         st->complete_one(s);
     }
 
+    // The flush of a post with a notification: every put/get of the post is
+    // complete at the target, so the notification may leave now.
+    static void on_flushed(void* request, ucs_status_t s, void* user_data) noexcept {
+        auto* st = static_cast<xfer_state*>(user_data);
+        if (request) ucp_request_free(request);
+        // A flushing close (the backend going away) completes this flush
+        // after the endpoint handle is gone: nothing can be sent then.
+        if (s == UCS_OK && !st->target->failed() && st->target->ep() != nullptr) st->send_notif();
+        st->complete_one(s);
+    }
+
+    void send_notif() noexcept {
+        track(send_notif_am(target->ep(), *sender, notif_storage, notif_storage, &on_complete, this));
+    }
+
     void complete_one(ucs_status_t s) noexcept {
         if (s != UCS_OK && first_error == UCS_OK) first_error = s;
         if (--pending > 0) return;
@@ -219,9 +240,10 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         ++pending;
     }
 
-    /// Starts every operation of the transfer. Returns ok when all completed
-    /// inline, in_progress when callbacks are outstanding, or the error.
-    status start(ucp_worker_h worker, std::string_view sender, std::string_view notif) noexcept {
+    /// Starts every operation of the transfer, and its notification when
+    /// `with_notif` (the message is in notif_storage). Returns ok when all
+    /// completed inline, in_progress when callbacks are outstanding, or the error.
+    status start(bool with_notif) noexcept {
         first_error = UCS_OK;
         pending = 1;  // held until every operation is issued, so no callback can finish early
         const ucp_ep_h ep = target->ep();
@@ -261,15 +283,21 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
             else issue_all(&ucp_get_nbx, many{});
         }
 
-        if (!notif.empty() && first_error == UCS_OK) {
-            // The fence orders the message after every put/get above, so the
-            // target sees it only once the data is in place, and nobody has to
-            // poll the initiator again for it to be sent.
-            if (auto s = ucp_worker_fence(worker); s != UCS_OK) first_error = s;
-            else track(send_notif_am(ep, sender, notif, notif_storage, &on_complete, this));
+        if (with_notif && first_error == UCS_OK) {
+            // The notification follows a flush of the endpoint, which
+            // completes once every put/get above is complete at the target:
+            // at once when they already are (memory the peer mapped), else in
+            // a callback that sends it from the worker's progress. Not
+            // ucp_worker_fence: since UCX 1.16 it defaults to a strong fence
+            // that waits, inside this call, for every operation of the worker
+            // to complete remotely, so a post to a target that does not
+            // progress would never return.
+            auto r = ucp_ep_flush_nbx(ep, &notify_param);
+            if (r == nullptr) send_notif();
+            else track(r);
+        } else {
+            track(ucp_ep_flush_nbx(ep, &flush_param));
         }
-
-        track(ucp_ep_flush_nbx(ep, &flush_param));
 
         if (pending > 1) {
             --pending;  // drop the hold taken above; callbacks finish the transfer
