@@ -96,10 +96,11 @@ public:
         // a peer ends with peer_failed, or timed_out at its deadline. The
         // key has no transport prefix: UCX matches a key it does not know
         // against each transport's own field names, so "TCP_CONN_NB" would
-        // be accepted and ignored.
+        // be accepted and ignored; UCX 1.22 refuses "CONN_NB" and takes
+        // "TCP_CONN_NB". The first key this UCX accepts is the one it reads.
         if (!user_sets("CONN_NB") && !user_sets("TCP_CONN_NB") && std::getenv("UCX_TCP_CONN_NB") == nullptr &&
-            may_use(cfg, {"tcp"}))
-            config.try_modify("CONN_NB", "y");
+            may_use(cfg, {"tcp"}) && !config.try_modify("CONN_NB", "y"))
+            config.try_modify("TCP_CONN_NB", "y");
         for (const auto& [key, value] : cfg.ucx_options) config.modify(key, value);
         ucp_params_t params{};
         params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
