@@ -536,6 +536,13 @@ public:
         return !t.pending.empty();
     }
 
+    // Polls both, whether or not the first has transfers in flight.
+    bool poll_both(stream_peer& a, stream_peer& b) {
+        const bool a_busy = poll(a);
+        const bool b_busy = poll(b);
+        return a_busy || b_busy;
+    }
+
     // Polls every target for `d` (or until nothing is in flight when d is zero).
     void poll_for(std::vector<stream_peer*> ts, std::chrono::nanoseconds d) {
         const auto end = steady::now() + d;
@@ -613,7 +620,7 @@ void stream_initiator(side& s, mem kind, bool large_fifo) {
         }
         {
             patience p(std::chrono::seconds(10));
-            while (st.poll(survivor) | st.poll(victim)) {
+            while (st.poll_both(survivor, victim)) {
                 p.check("the transfers to two live targets");
                 drive(b);
             }
@@ -660,7 +667,7 @@ void stream_initiator(side& s, mem kind, bool large_fifo) {
         const std::size_t in_flight_after_stream = victim.pending.size();
         {
             patience p(std::chrono::seconds(10));
-            while (st.poll(survivor) | st.poll(victim)) {
+            while (st.poll_both(survivor, victim)) {
                 p.check(std::to_string(victim.pending.size()) + " transfer(s) to the killed victim, " +
                         std::to_string(survivor.pending.size()) + " to the survivor, to end (victim step " +
                         (victim.pending.empty() ? std::string("-") : std::to_string(victim.pending.front())) +
