@@ -23,13 +23,11 @@ std::string_view to_string(pattern_kind p) noexcept {
     }
     return "?";
 }
-std::string_view to_string(mode_kind m) noexcept {
-    switch (m) {
-        case mode_kind::bw: return "bw";
-        case mode_kind::lat: return "lat";
-        case mode_kind::both: return "both";
-    }
-    return "?";
+std::string to_string(mode_set m) {
+    std::string out;
+    for (auto [on, name] : {std::pair{m.bw, "bw"}, std::pair{m.lat, "lat"}, std::pair{m.step, "step"}})
+        if (on) out += cat(out.empty() ? "" : ",", name);
+    return out;
 }
 std::string_view to_string(baseline_kind b) noexcept { return b == baseline_kind::raw ? "raw" : "none"; }
 std::string_view to_string(progress_kind p) noexcept { return p == progress_kind::thread ? "thread" : "inline"; }
@@ -123,6 +121,21 @@ bool on_path(const char* program) {
         if (access(candidate.c_str(), X_OK) == 0) return true;
     }
     return false;
+}
+
+// --mode bw|lat|step|both|all, or a list of bw, lat and step.
+mode_set parse_modes(std::string_view option, std::string_view v) {
+    if (v == "both") return {true, true, false};
+    if (v == "all") return {true, true, true};
+    mode_set m{false, false, false};
+    for (auto item : split(v, ',')) {
+        bool* on = item == "bw" ? &m.bw : item == "lat" ? &m.lat : item == "step" ? &m.step : nullptr;
+        if (on == nullptr) fail(option, "expected bw, lat, step, a list of them, both or all, got " + quoted(v));
+        if (*on) fail(option, quoted(item) + " appears twice in " + quoted(v));
+        *on = true;
+    }
+    m.bw = m.bw || m.step;
+    return m;
 }
 
 progress_kind parse_progress(std::string_view option, std::string_view v) {
@@ -356,8 +369,7 @@ parse_result parse_options(int argc, const char* const* argv) {
         } else if (name == "--batch") {
             batches = value();
         } else if (name == "--mode") {
-            o.mode = parse_choice<mode_kind>(name, value(),
-                                             {{"bw", mode_kind::bw}, {"lat", mode_kind::lat}, {"both", mode_kind::both}});
+            o.mode = parse_modes(name, value());
         } else if (name == "--mem") {
             o.mem = parse_choice<mem_kind>(name, value(), {{"user", mem_kind::user}, {"ucx", mem_kind::ucx}});
         } else if (name == "--pattern") {
@@ -365,6 +377,9 @@ parse_result parse_options(int argc, const char* const* argv) {
                                                    {{"contiguous", pattern_kind::contiguous},
                                                     {"strided", pattern_kind::strided},
                                                     {"random", pattern_kind::random}});
+        } else if (name == "--reload-peer") {
+            flag();
+            o.reload_peer = true;
         } else if (name == "--notif") {
             flag();
             o.notif = true;
@@ -436,6 +451,8 @@ parse_result parse_options(int argc, const char* const* argv) {
     if (o.listen_port && bench_option)
         fail("--listen", "the target takes every setting from the initiator; give the other options on the "
                          "--connect side");
+    if (o.mode.step && !o.connect_host.empty())
+        fail("--mode", "step compares the two processes' clocks, so both must run on one host: not with --connect");
     if (o.progress == progress_kind::thread && o.baseline == baseline_kind::raw) {
         // The raw loop drives the UCX worker itself; under this policy the
         // worker belongs to ferry's progress thread.
@@ -448,7 +465,7 @@ parse_result parse_options(int argc, const char* const* argv) {
     if (!o.csv_path.empty()) check_writable("--csv", o.csv_path);
     if (!o.plot_path.empty()) {
         check_writable("--plot", o.plot_path);
-        if (o.mode == mode_kind::lat) fail("--plot", "draws GB/s, which --mode lat does not measure");
+        if (!o.mode.bw) fail("--plot", "draws GB/s, which --mode lat does not measure");
         if (!ends_with(o.plot_path, ".png") && !ends_with(o.plot_path, ".svg"))
             fail("--plot", quoted(o.plot_path) + ": the file name must end in .png or .svg");
         if (!on_path("gnuplot"))
