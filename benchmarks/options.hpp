@@ -1,7 +1,8 @@
 #pragma once
 
-// Command-line options of ferry-bench: parsing, validation, --help, and the
-// few settings the initiator hands to the target over the control socket.
+// ferry-bench's settings: their types, the command line that sets them
+// (option_table.cpp: one entry per option, walked by cli.cpp), and the few
+// the initiator hands to the target over the control socket.
 
 #include <ferry/desc.hpp>
 #include <ferry/xfer_path.hpp>
