@@ -171,8 +171,8 @@ message control::await_asleep(msg expected, double timeout, std::string_view wha
     while (r < 0 && errno == EINTR);
     if (r < 0) throw peer_error(errno_text("control connection: poll"));
     if (r == 0)
-        throw peer_error("timed out after " + std::to_string(timeout) + " s waiting for the " + peer_ + " (" +
-                         std::string(what) + ")");
+        throw peer_error(std::string("timed out after ") + std::to_string(timeout) + " s waiting for the " + peer_ +
+                         " (" + std::string(what) + ")");
     return expect(recv(), expected, what);
 }
 

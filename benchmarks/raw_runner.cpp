@@ -60,7 +60,7 @@ std::size_t allocated_key_size(ucp_context_h ctx) {
 std::string own_buffer_note(std::size_t mapped, std::size_t wanted) {
     unsigned major = 0, minor = 0, release = 0;
     ucp_get_version(&major, &minor, &release);
-    return "ucp_mem_map over ferry's allocate()d buffer packed an rkey of " + std::to_string(mapped) +
+    return std::string("ucp_mem_map over ferry's allocate()d buffer packed an rkey of ") + std::to_string(mapped) +
            " bytes, against " + std::to_string(wanted) + " for memory that UCX allocates: the mapping lacks the " +
            "allocation's shared-memory key, and the raw loop would be emulated where ferry stores directly. So it " +
            "runs on a UCP_MEM_MAP_ALLOCATE buffer of its own, of the same size, at the same offsets. (Seen with UCX " +

@@ -61,7 +61,7 @@ void run_steps(Runner& runner, control& ctl, std::size_t n, double timeout, step
         const clock::time_point held{std::chrono::duration_cast<clock::duration>(std::chrono::nanoseconds(r.u64()))};
         r.expect_end();
         if (count != 1)
-            throw std::runtime_error("step: the target held " + std::to_string(count) +
+            throw std::runtime_error(std::string("step: the target held ") + std::to_string(count) +
                                      " step notifications at once, expected 1");
         if (held < t.start)
             throw std::runtime_error("step: the target held the notification before it was posted; are the "
