@@ -7,9 +7,13 @@ import json
 import math
 import sys
 
-KEYS = ["op", "block_size", "batch", "mem", "pattern", "gbps", "desc_per_s",
-        "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
-        "copy_gbps", "copy_ratio"]
+STEP = ["p50_us", "p99_us", "min_us", "mean_us", "post_us", "complete_us"]
+KEYS = (["op", "block_size", "batch", "mem", "pattern", "gbps", "desc_per_s",
+         "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
+         "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
+         "first_after_load", "xfer_us", "raw_buffer"]
+        + ["step_" + k for k in STEP] + ["raw_step_" + k for k in STEP]
+        + ["step_gbps", "step_vs_bw", "raw_step_vs_bw", "step_ratio"])
 
 
 def fail(msg):
@@ -23,6 +27,45 @@ def positive(row, i, key):
         fail(f"row {i}: {key} should be a positive number, got {v!r}")
 
 
+def check_first(row, i, a):
+    positive(row, i, "first_us")
+    if row["first_after_load"] is not (i == 0 or a.reload):
+        fail(f"row {i}: first_after_load is {row['first_after_load']!r}")
+    if a.no_raw:
+        if row["raw_first_us"] is not None or row["raw_buffer"] is not None:
+            fail(f"row {i}: raw_first_us and raw_buffer should be null without a baseline")
+    else:
+        positive(row, i, "raw_first_us")
+        if row["raw_buffer"] not in ("same", "own"):
+            fail(f"row {i}: raw_buffer is {row['raw_buffer']!r}")
+    if row["gbps"] is None:
+        if row["xfer_us"] is not None:
+            fail(f"row {i}: xfer_us without a bandwidth measurement")
+    else:
+        positive(row, i, "xfer_us")
+
+
+def check_step(row, i, a):
+    for side in ("step_", "raw_step_"):
+        keys = [side + k for k in STEP]
+        if not a.step or (side == "raw_step_" and a.no_raw):
+            for key in keys:
+                if row[key] is not None:
+                    fail(f"row {i}: {key} was not measured, so it should be null")
+            continue
+        for key in keys:
+            positive(row, i, key)
+        if not row[side + "min_us"] <= row[side + "p50_us"] <= row[side + "p99_us"]:
+            fail(f"row {i}: {side}min/p50/p99 are out of order")
+        if row[side + "mean_us"] < row[side + "min_us"]:
+            fail(f"row {i}: {side}mean_us is below {side}min_us")
+    for key, raw in (("step_gbps", False), ("step_vs_bw", False), ("raw_step_vs_bw", True), ("step_ratio", True)):
+        if a.step and not (raw and a.no_raw):
+            positive(row, i, key)
+        elif row[key] is not None:
+            fail(f"row {i}: {key} was not measured, so it should be null")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("json")
@@ -33,6 +76,8 @@ def main():
     p.add_argument("--latency", action="store_true", help="ping-pong columns must be set")
     p.add_argument("--csv", help="a --csv file that must hold the same rows")
     p.add_argument("--no-raw", action="store_true", help="run with --baseline none: raw columns must be null")
+    p.add_argument("--step", action="store_true", help="run with --mode step: step columns must be set")
+    p.add_argument("--reload", action="store_true", help="run with --reload-peer: every first transfer follows a load")
     a = p.parse_args()
 
     with open(a.json) as f:
@@ -76,6 +121,9 @@ def main():
         elif row["lat_p50_us"] is not None or row["lat_p99_us"] is not None:
             fail(f"row {i}: latency was not measured, so it should be null")
 
+        check_first(row, i, a)
+        check_step(row, i, a)
+
     if a.csv:
         with open(a.csv, newline="") as f:
             table = list(csv.reader(f))
@@ -84,7 +132,8 @@ def main():
         if len(table) - 1 != len(rows):
             fail(f"{a.csv}: {len(table) - 1} rows, the JSON has {len(rows)}")
         for i, (line, row) in enumerate(zip(table[1:], rows)):
-            if int(line[1]) != row["block_size"] or int(line[2]) != row["batch"] or line[12] != row["path"]:
+            if (int(line[1]) != row["block_size"] or int(line[2]) != row["batch"] or line[12] != row["path"]
+                    or line[11] != row["memory"]):
                 fail(f"{a.csv}: row {i} does not match the JSON")
     print(f"check_json: {a.json}: {len(rows)} rows, well-formed")
 

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -160,6 +161,19 @@ message control::recv() {
         throw peer_error("the " + peer_ + " failed: " +
                          std::string(reinterpret_cast<const char*>(m.body.data()), m.body.size()));
     return m;
+}
+
+message control::await_asleep(msg expected, double timeout, std::string_view what) {
+    pollfd p{fd_, POLLIN, 0};
+    const int ms = static_cast<int>(std::min(timeout * 1000, 2e9));
+    int r;
+    do r = ::poll(&p, 1, ms);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) throw peer_error(errno_text("control connection: poll"));
+    if (r == 0)
+        throw peer_error(std::string("timed out after ") + std::to_string(timeout) + " s waiting for the " + peer_ +
+                         " (" + std::string(what) + ")");
+    return expect(recv(), expected, what);
 }
 
 message control::expect(message m, msg expected, std::string_view what) const {

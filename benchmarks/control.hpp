@@ -30,6 +30,7 @@ enum class msg : std::uint32_t {
     quit,          // initiator -> target: tear down
     bye,           // both ways: torn down
     error,         // either way: a message, then the sender exits
+    step_held,     // target -> initiator: step notifications handed over, and when (steady clock, ns)
 };
 
 /// The peer side failed or went away; the message says how.
@@ -108,6 +109,9 @@ public:
             spin();
         }
     }
+    /// Sleeps until a message arrives (at most `timeout` seconds), which
+    /// must be of type `expected`; for waits that must leave the CPU to others.
+    message await_asleep(msg expected, double timeout, std::string_view what);
     message expect(message m, msg expected, std::string_view what) const;
 
     [[nodiscard]] const std::string& peer() const noexcept { return peer_; }

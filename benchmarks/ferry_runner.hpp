@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bench {
@@ -74,6 +75,13 @@ public:
             x_ = b_.prepare(op, local, remote, peer_);
     }
 
+    /// Moves to another handle of the peer (after it was loaded again); the
+    /// current transfer, prepared for the old handle, is released.
+    void set_peer(ferry::peer peer) noexcept {
+        release();
+        peer_ = peer;
+    }
+
     /// The path the current row's transfer moves on.
     [[nodiscard]] ferry::xfer_path path() const {
         if constexpr (requires { b_.path_of(x_); }) return b_.path_of(x_);
@@ -115,6 +123,20 @@ public:
         return {seconds, iters, timed ? post_seconds / static_cast<double>(timed) : 0};
     }
 
+    /// One post with `note` (none if empty), waited for, with the times
+    /// around post() and of the completion. Out of line, as bw().
+    [[gnu::noinline]] post_times timed_post(std::string_view note) {
+        post_times t;
+        t.start = clock::now();
+        ferry::status s = b_.post(x_, note);
+        t.posted = clock::now();
+        if (s == ferry::status::in_progress) s = wait();
+        t.completed = clock::now();
+        if (s != ferry::status::ok) fail("post/check", s);
+        if (!note.empty()) ++sent_;
+        return t;
+    }
+
     /// `iters` ping-pongs: post with a ping, wait for the transfer and for
     /// the target's answer; appends each half round trip in seconds.
     [[gnu::noinline]] void pingpong(std::size_t iters, std::vector<double>& half_rtt) {
@@ -141,14 +163,20 @@ public:
         if (unexpected_) throw std::runtime_error("ferry ping-pong: unexpected notifications arrived");
     }
 
-    /// Target side: drive progress, count notifications, answer pings with
-    /// this side's own transfer and a pong.
+    /// Target side: drive progress, count notifications, note when a step
+    /// arrived, answer pings with this side's own transfer and a pong.
     void poll() {
         if constexpr (sleeps) b_.wait_notifs(std::chrono::microseconds(200));
         b_.poll_notifs([this](std::string_view, std::string_view m) noexcept {
             ++received_;
-            if (m == note_ping) ++pings_;
-            else if (m != note_bw) ++unexpected_;
+            if (m == note_step) {
+                step_held_ = clock::now();
+                ++steps_;
+            } else if (m == note_ping) {
+                ++pings_;
+            } else if (m != note_bw) {
+                ++unexpected_;
+            }
         });
         if (in_flight_) {
             auto s = b_.check(x_);
@@ -163,6 +191,13 @@ public:
             if (ferry::is_error(s)) fail("answer post", s);
             in_flight_ = s == ferry::status::in_progress;
         }
+    }
+
+    /// Target side: step notifications that arrived since the last call
+    /// (one, in a step run), and when the last of them was handed over.
+    std::uint64_t take_steps(clock::time_point& held) noexcept {
+        held = step_held_;
+        return std::exchange(steps_, 0);
     }
 
     /// Notifications this side sent with its transfers / counted arriving.
@@ -214,6 +249,8 @@ private:
     std::uint64_t pongs_ = 0;
     std::uint64_t pings_ = 0;
     std::uint64_t unexpected_ = 0;
+    std::uint64_t steps_ = 0;
+    clock::time_point step_held_{};
 };
 
 }  // namespace bench

@@ -28,11 +28,21 @@ struct bw_sample {
                               // add two clock reads to each iteration)
 };
 
-/// Notification payloads: a bandwidth post, a ping, and its answer. One byte
-/// each, so ferry and the raw loop carry the same payload.
+/// Notification payloads: a bandwidth post, a ping, its answer, and a step
+/// (the target answers it with the time it held it). One byte each, so ferry
+/// and the raw loop carry the same payload.
 inline constexpr std::string_view note_bw = "n";
 inline constexpr std::string_view note_ping = "p";
 inline constexpr std::string_view note_pong = "q";
+inline constexpr std::string_view note_step = "s";
+
+/// One post, timed: just before post(), when post() returned, and when the
+/// initiator saw the transfer complete.
+struct post_times {
+    clock::time_point start;
+    clock::time_point posted;
+    clock::time_point completed;
+};
 
 /// Throws once `timeout` seconds pass; cheap to call in a spin loop because
 /// it reads the clock only every 64K calls.
@@ -73,6 +83,13 @@ inline double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     auto n = v.size();
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+inline double mean(const std::vector<double>& v) {
+    if (v.empty()) return 0;
+    double sum = 0;
+    for (double x : v) sum += x;
+    return sum / static_cast<double>(v.size());
 }
 
 /// Nearest-rank percentile, p in [0, 100]. Sorts `v`.

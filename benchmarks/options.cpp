@@ -1,5 +1,7 @@
 #include "options.hpp"
 
+#include "option_values.hpp"
+
 #include <unistd.h>
 
 #include <cctype>
@@ -9,7 +11,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <sstream>
 
 namespace bench {
@@ -23,13 +24,11 @@ std::string_view to_string(pattern_kind p) noexcept {
     }
     return "?";
 }
-std::string_view to_string(mode_kind m) noexcept {
-    switch (m) {
-        case mode_kind::bw: return "bw";
-        case mode_kind::lat: return "lat";
-        case mode_kind::both: return "both";
-    }
-    return "?";
+std::string to_string(mode_set m) {
+    std::string out;
+    for (auto [on, name] : {std::pair{m.bw, "bw"}, std::pair{m.lat, "lat"}, std::pair{m.step, "step"}})
+        if (on) out += cat(out.empty() ? "" : ",", name);
+    return out;
 }
 std::string_view to_string(baseline_kind b) noexcept { return b == baseline_kind::raw ? "raw" : "none"; }
 std::string_view to_string(progress_kind p) noexcept { return p == progress_kind::thread ? "thread" : "inline"; }
@@ -51,12 +50,6 @@ bool built_with_cuda() noexcept {
     return false;
 #endif
 }
-
-namespace {
-
-constexpr std::size_t max_block_size = std::size_t{1} << 30;
-constexpr std::size_t max_batch = std::size_t{1} << 20;
-constexpr std::size_t max_reps = 1000;
 
 [[noreturn]] void fail(std::string_view option, const std::string& problem) {
     throw usage_error(std::string(option) + ": " + problem);
@@ -89,17 +82,6 @@ double parse_seconds(std::string_view option, std::string_view text, double min,
     return v;
 }
 
-template <class E>
-E parse_choice(std::string_view option, std::string_view text, std::initializer_list<std::pair<const char*, E>> choices) {
-    std::string all;
-    for (const auto& [name, value] : choices) {
-        if (text == name) return value;
-        all += all.empty() ? "" : "|";
-        all += name;
-    }
-    fail(option, "expected " + all + ", got " + quoted(text));
-}
-
 std::vector<std::string_view> split(std::string_view text, char sep) {
     std::vector<std::string_view> out;
     std::size_t start = 0;
@@ -109,10 +91,6 @@ std::vector<std::string_view> split(std::string_view text, char sep) {
         if (at == std::string_view::npos) return out;
         start = at + 1;
     }
-}
-
-std::uint16_t parse_port(std::string_view option, std::string_view text) {
-    return static_cast<std::uint16_t>(parse_uint(option, text, 0, 65535));
 }
 
 bool on_path(const char* program) {
@@ -125,6 +103,37 @@ bool on_path(const char* program) {
     return false;
 }
 
+mode_set parse_modes(std::string_view option, std::string_view v) {
+    if (v == "both") return {true, true, false};
+    if (v == "all") return {true, true, true};
+    mode_set m{false, false, false};
+    for (auto item : split(v, ',')) {
+        bool* on = item == "bw" ? &m.bw : item == "lat" ? &m.lat : item == "step" ? &m.step : nullptr;
+        if (on == nullptr) fail(option, "expected bw, lat, step, a list of them, both or all, got " + quoted(v));
+        if (*on) fail(option, quoted(item) + " appears twice in " + quoted(v));
+        *on = true;
+    }
+    m.bw = m.bw || m.step;
+    return m;
+}
+
+path_kind parse_path(std::string_view option, std::string_view v) {
+    return parse_choice<path_kind>(option, v,
+                                   {{"auto", path_kind::automatic}, {"ucx", path_kind::ucx}, {"cuda_ipc", path_kind::cuda_ipc}});
+}
+
+baseline_kind parse_baseline(std::string_view option, std::string_view v) {
+    return parse_choice<baseline_kind>(option, v, {{"raw", baseline_kind::raw}, {"none", baseline_kind::none}});
+}
+
+mem_kind parse_mem(std::string_view option, std::string_view v) {
+    return parse_choice<mem_kind>(option, v, {{"user", mem_kind::user}, {"ucx", mem_kind::ucx}});
+}
+
+bool parse_error_handling(std::string_view option, std::string_view v) {
+    return parse_choice<bool>(option, v, {{"peer", true}, {"none", false}});
+}
+
 progress_kind parse_progress(std::string_view option, std::string_view v) {
     if (v == "inline") return progress_kind::inline_poll;
     if (v == "thread") return progress_kind::thread;
@@ -132,7 +141,6 @@ progress_kind parse_progress(std::string_view option, std::string_view v) {
                              "(ferry::progress::inline_poll) and 'thread' (ferry::progress::thread)");
 }
 
-// --memory host | cuda | cuda,host | host,cuda.
 void parse_memory(std::string_view option, std::string_view v, options& o) {
     auto parts = split(v, ',');
     if (parts.size() > 2) fail(option, quoted(v) + ": at most two kinds, the initiator's and the target's");
@@ -147,7 +155,6 @@ void parse_memory(std::string_view option, std::string_view v, options& o) {
     o.memory = cuda ? memory_kind::cuda : memory_kind::host;
 }
 
-// Fails now, not after a long sweep, when an output file cannot be created.
 void check_writable(std::string_view option, const std::string& path) {
     auto slash = path.rfind('/');
     std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
@@ -156,12 +163,6 @@ void check_writable(std::string_view option, const std::string& path) {
     if (access(path.c_str(), F_OK) == 0 && access(path.c_str(), W_OK) != 0)
         fail(option, "cannot write " + quoted(path) + ": " + std::strerror(errno));
 }
-
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
-}  // namespace
 
 std::size_t parse_size(std::string_view option, std::string_view text) {
     std::string_view digits = text;
@@ -213,251 +214,6 @@ std::string format_size(std::size_t n) {
     return std::to_string(n);
 }
 
-std::string help_text() {
-    return R"(usage: ferry-bench [OPTION]...
-
-Measures ferry's descriptor-list READ and WRITE between two processes and,
-in the same run, a raw UCX loop on the same registered buffers (raw, ferry,
-raw, ferry... per row), and prints ratio = ferry / raw for every row.
-By default one command forks the initiator and the target on this host.
-
-What to measure:
-  --op read|write          direction, seen from the initiator        [write]
-  --block-sizes LIST       block sizes: sizes and ranges, e.g. 4K,64K or
-                           64:64M (a range doubles); K, M, G are powers
-                           of 1024                                   [64:1M]
-  --batch LIST             descriptors per transfer, same syntax
-                                                           [1,16,256,1024]
-  --mode bw|lat|both       bw: back-to-back transfers, one in flight;
-                           lat: ping-pong, the op + a notification,
-                           answered by the target's own op + notification
-                           (half round trip, p50/p99); both: each row
-                           measures both                              [both]
-  --mem user|ucx           user: memory the program allocates and
-                           registers; ucx: memory from allocate()     [user]
-  --pattern contiguous|strided|random
-                           where the remote blocks lie: back to back,
-                           every other block, or scattered at random
-                           over the buffer                      [contiguous]
-  --notif                  a notification with every post; the target
-                           counts them and the run fails if one is
-                           missing                                     [off]
-  --baseline raw|none      raw: interleave the raw UCX loop (memh and rkey
-                           resolved up front, ucp_put_nbx/ucp_get_nbx per
-                           descriptor, one ucp_ep_flush_nbx per transfer;
-                           with --notif, ucp_worker_fence + an active
-                           message). Not with --progress thread, whose
-                           worker belongs to ferry's thread  [raw; none with
-                           --progress thread]
-
-How long:
-  --iters N|auto           posts per measurement; auto: as many as fit in
-                           --time                                     [auto]
-  --time SECONDS           length of one measurement with --iters auto
-                                                                      [0.02]
-  --warmup N               untimed posts per row and side before measuring
-                           (stops early after --time)                   [16]
-  --reps N                 ferry measurements per row, interleaved with raw
-                           ones (raw, ferry, raw, ..., ferry, raw); the
-                           table shows medians                           [5]
-  --retries N              measure again, up to N times, when another
-                           process preempted either side during a
-                           measurement (the count of measurements still
-                           disturbed is printed at the end)              [3]
-
-Transport and backend:
-  --tls LIST               UCX transports, as UCX_TLS takes them: shm, tcp,
-                           ...                                  [UCX's choice]
-  --error-handling peer|none
-                           UCX's peer error handling on the endpoints
-                           (ferry::error_mode), raw loop included  [peer]
-  --progress inline|thread ferry's progress policy: inline (the caller's
-                           thread drives UCX) or thread (a progress thread
-                           does)                                    [inline]
-  --memory KIND[,KIND]     where the initiator's and the target's buffers
-                           live: host or cuda (device 0); one value for
-                           both. Any cuda selects ferry::memory::cuda, and
-                           its host buffers are then page-locked
-                           (cudaMallocHost). Each row then also times one
-                           cudaMemcpy of the same total bytes between the
-                           same kinds of memory (copy GB/s)          [host]
-  --path auto|ucx|cuda_ipc what ferry's transfers are prepared on: auto
-                           lets prepare choose (cuda_ipc for device memory
-                           on both sides), or force one          [auto]
-  --buffer-size SIZE       memory registered per side; blocks that do not
-                           fit wrap around inside it                   [64M]
-  --seed N                 seed of --pattern random                      [1]
-  --timeout SECONDS        fail when the peer or a transfer makes no
-                           progress for this long                       [30]
-
-Two hosts (default: fork both sides on this host):
-  --listen PORT            be the target; wait for an initiator on PORT (0:
-                           any, printed). Every other setting comes from
-                           the initiator
-  --connect HOST:PORT      be the initiator, against a --listen target
-
-Output (a table on stdout always):
-  --json FILE              one object per row: op, block_size, batch, mem,
-                           pattern, gbps, desc_per_s, lat_p50_us,
-                           lat_p99_us, raw_gbps, ratio (null: not measured)
-  --csv FILE               the same columns as CSV
-  --plot FILE              GB/s against block size, ferry and raw, through
-                           gnuplot; PNG or SVG by the file's extension
-  --help                   this text
-
-Columns: GB/s and Mdesc/s are ferry's (1 GB = 1e9 bytes); ns/desc is the
-time spent inside post() per descriptor; p50/p99 are half round trips of the
-ping-pong in microseconds (raw p50/p99: the raw loop's). ratio is the median
-over repetitions of ferry's GB/s divided by the mean of the two raw
-measurements taken just before and just after it (1.00: no overhead, below
-1: ferry is slower); lat ratio is ferry p50 / raw p50 (1.00: no overhead, above
-1: ferry is slower).
-)";
-}
-
-parse_result parse_options(int argc, const char* const* argv) {
-    parse_result r;
-    options& o = r.opts;
-    std::string block_sizes = "64:1M";
-    std::string batches = "1,16,256,1024";
-    std::map<std::string, int, std::less<>> seen;
-    bool bench_option = false;  // anything a --listen target would ignore
-    bool baseline_given = false;
-
-    for (int i = 1; i < argc; ++i) {
-        std::string_view arg = argv[i];
-        if (arg == "--help" || arg == "-h") {
-            r.help = true;
-            return r;
-        }
-        if (arg.substr(0, 2) != "--") throw usage_error("unexpected argument " + quoted(arg) + " (try --help)");
-        std::string_view name = arg;
-        std::optional<std::string_view> inline_value;
-        if (auto eq = arg.find('='); eq != std::string_view::npos) {
-            name = arg.substr(0, eq);
-            inline_value = arg.substr(eq + 1);
-        }
-        if (seen[std::string(name)]++ > 0) fail(name, "given twice");
-        auto value = [&]() -> std::string_view {
-            if (inline_value) return *inline_value;
-            if (i + 1 >= argc) fail(name, "needs a value (try --help)");
-            return argv[++i];
-        };
-        auto flag = [&] {
-            if (inline_value) fail(name, "takes no value");
-        };
-        if (name != "--listen") bench_option = true;
-
-        if (name == "--op") {
-            o.op = parse_choice<ferry::xfer_op>(name, value(), {{"read", ferry::xfer_op::read},
-                                                                {"write", ferry::xfer_op::write}});
-        } else if (name == "--block-sizes") {
-            block_sizes = value();
-        } else if (name == "--batch") {
-            batches = value();
-        } else if (name == "--mode") {
-            o.mode = parse_choice<mode_kind>(name, value(),
-                                             {{"bw", mode_kind::bw}, {"lat", mode_kind::lat}, {"both", mode_kind::both}});
-        } else if (name == "--mem") {
-            o.mem = parse_choice<mem_kind>(name, value(), {{"user", mem_kind::user}, {"ucx", mem_kind::ucx}});
-        } else if (name == "--pattern") {
-            o.pattern = parse_choice<pattern_kind>(name, value(),
-                                                   {{"contiguous", pattern_kind::contiguous},
-                                                    {"strided", pattern_kind::strided},
-                                                    {"random", pattern_kind::random}});
-        } else if (name == "--notif") {
-            flag();
-            o.notif = true;
-        } else if (name == "--baseline") {
-            o.baseline = parse_choice<baseline_kind>(name, value(),
-                                                     {{"raw", baseline_kind::raw}, {"none", baseline_kind::none}});
-            baseline_given = true;
-        } else if (name == "--iters") {
-            auto v = value();
-            o.iters = v == "auto" ? 0 : parse_uint(name, v, 1, std::uint64_t{1} << 32);
-        } else if (name == "--time") {
-            o.time = parse_seconds(name, value(), 0.0001, 600);
-        } else if (name == "--warmup") {
-            o.warmup = parse_uint(name, value(), 0, std::uint64_t{1} << 32);
-        } else if (name == "--reps") {
-            o.reps = parse_uint(name, value(), 1, max_reps);
-        } else if (name == "--retries") {
-            o.retries = parse_uint(name, value(), 0, 100);
-        } else if (name == "--tls") {
-            auto v = value();
-            if (v.empty()) fail(name, "the transport list is empty");
-            for (char c : v)
-                if (!(std::isalnum(static_cast<unsigned char>(c)) || c == ',' || c == '_' || c == '^' || c == '-' ||
-                      c == ':' || c == '\\'))
-                    fail(name, quoted(v) + " is not a UCX transport list (e.g. shm, tcp, shm,tcp)");
-            o.tls = v;
-        } else if (name == "--error-handling") {
-            o.peer_error_handling =
-                parse_choice<bool>(name, value(), {{"peer", true}, {"none", false}});
-        } else if (name == "--progress") {
-            o.progress = parse_progress(name, value());
-        } else if (name == "--memory") {
-            parse_memory(name, value(), o);
-        } else if (name == "--path") {
-            o.path = parse_choice<path_kind>(
-                name, value(), {{"auto", path_kind::automatic}, {"ucx", path_kind::ucx}, {"cuda_ipc", path_kind::cuda_ipc}});
-        } else if (name == "--buffer-size") {
-            o.buffer_size = parse_size(name, value());
-            if (o.buffer_size > (std::size_t{16} << 30)) fail(name, "at most 16G");
-        } else if (name == "--seed") {
-            o.seed = parse_uint(name, value(), 0, UINT64_MAX);
-        } else if (name == "--timeout") {
-            o.timeout = parse_seconds(name, value(), 0.1, 86400);
-        } else if (name == "--listen") {
-            o.listen_port = parse_port(name, value());
-        } else if (name == "--connect") {
-            auto v = value();
-            auto colon = v.rfind(':');
-            if (colon == std::string_view::npos || colon == 0 || colon + 1 == v.size())
-                fail(name, "expected HOST:PORT, got " + quoted(v));
-            auto host = v.substr(0, colon);
-            if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);  // [::1]:port
-            o.connect_host = host;
-            o.connect_port = parse_port(name, v.substr(colon + 1));
-            if (o.connect_port == 0) fail(name, "port 0 cannot be connected to");
-        } else if (name == "--json" || name == "--csv" || name == "--plot") {
-            auto v = value();
-            if (v.empty()) fail(name, "the file name is empty");
-            (name == "--json" ? o.json_path : name == "--csv" ? o.csv_path : o.plot_path) = v;
-        } else {
-            throw usage_error("unknown option " + quoted(name) + " (try --help)");
-        }
-    }
-
-    o.block_sizes = parse_size_list("--block-sizes", block_sizes, max_block_size);
-    o.batches = parse_size_list("--batch", batches, max_batch);
-
-    if (o.listen_port && !o.connect_host.empty()) fail("--listen", "cannot be combined with --connect");
-    if (o.listen_port && bench_option)
-        fail("--listen", "the target takes every setting from the initiator; give the other options on the "
-                         "--connect side");
-    if (o.progress == progress_kind::thread && o.baseline == baseline_kind::raw) {
-        // The raw loop drives the UCX worker itself; under this policy the
-        // worker belongs to ferry's progress thread.
-        if (baseline_given)
-            fail("--baseline", "'raw' drives the UCX worker from the benchmark's thread, but under --progress thread "
-                               "the worker belongs to ferry's progress thread; use --baseline none");
-        o.baseline = baseline_kind::none;
-    }
-    if (!o.json_path.empty()) check_writable("--json", o.json_path);
-    if (!o.csv_path.empty()) check_writable("--csv", o.csv_path);
-    if (!o.plot_path.empty()) {
-        check_writable("--plot", o.plot_path);
-        if (o.mode == mode_kind::lat) fail("--plot", "draws GB/s, which --mode lat does not measure");
-        if (!ends_with(o.plot_path, ".png") && !ends_with(o.plot_path, ".svg"))
-            fail("--plot", quoted(o.plot_path) + ": the file name must end in .png or .svg");
-        if (!on_path("gnuplot"))
-            fail("--plot", "gnuplot is not installed (on Debian: apt-get install gnuplot-nox), so " +
-                               quoted(o.plot_path) + " cannot be drawn");
-    }
-    return r;
-}
-
 std::string encode_target_settings(const options& o) {
     std::ostringstream out;
     out << "mem=" << to_string(o.mem) << "\n"
@@ -479,19 +235,17 @@ options decode_target_settings(std::string_view text) {
         if (eq == std::string_view::npos) throw usage_error("settings from the initiator: bad line " + quoted(line));
         auto key = line.substr(0, eq);
         auto v = line.substr(eq + 1);
-        if (key == "mem") o.mem = parse_choice<mem_kind>("mem", v, {{"user", mem_kind::user}, {"ucx", mem_kind::ucx}});
+        if (key == "mem") o.mem = parse_mem("mem", v);
         else if (key == "tls") o.tls = v;
         else if (key == "error_handling")
-            o.peer_error_handling = parse_choice<bool>("--error-handling", v, {{"peer", true}, {"none", false}});
+            o.peer_error_handling = parse_error_handling("--error-handling", v);
         else if (key == "progress") o.progress = parse_progress("--progress", v);
         else if (key == "memory") {
             parse_memory("--memory", v, o);
         } else if (key == "path") {
-            o.path = parse_choice<path_kind>(
-                "--path", v, {{"auto", path_kind::automatic}, {"ucx", path_kind::ucx}, {"cuda_ipc", path_kind::cuda_ipc}});
+            o.path = parse_path("--path", v);
         } else if (key == "baseline")
-            o.baseline = parse_choice<baseline_kind>("baseline", v,
-                                                     {{"raw", baseline_kind::raw}, {"none", baseline_kind::none}});
+            o.baseline = parse_baseline("baseline", v);
         else if (key == "timeout") o.timeout = parse_seconds("timeout", v, 0.1, 86400);
         else throw usage_error("settings from the initiator: unknown key " + quoted(key) + " (version mismatch?)");
     }

@@ -1,7 +1,8 @@
 #pragma once
 
-// Command-line options of ferry-bench: parsing, validation, --help, and the
-// few settings the initiator hands to the target over the control socket.
+// ferry-bench's settings: their types, the command line that sets them
+// (option_table.cpp: one entry per option, walked by cli.cpp), and the few
+// the initiator hands to the target over the control socket.
 
 #include <ferry/desc.hpp>
 #include <ferry/xfer_path.hpp>
@@ -18,7 +19,13 @@ namespace bench {
 
 enum class mem_kind { user, ucx };
 enum class pattern_kind { contiguous, strided, random };
-enum class mode_kind { bw, lat, both };
+/// --mode: what each row measures. A step run measures bw too: the step's
+/// bandwidth is reported as a fraction of the back-to-back one.
+struct mode_set {
+    bool bw = true;     // back-to-back transfers, one in flight
+    bool lat = true;    // ping-pong
+    bool step = false;  // one post with a notification until the target holds it
+};
 enum class baseline_kind { none, raw };
 // One enumerator per ferry policy that exists; main.cpp maps each to its type.
 enum class progress_kind { inline_poll, thread };
@@ -30,7 +37,7 @@ enum class path_kind { automatic, ucx, cuda_ipc };
 
 std::string_view to_string(mem_kind m) noexcept;
 std::string_view to_string(pattern_kind p) noexcept;
-std::string_view to_string(mode_kind m) noexcept;
+std::string to_string(mode_set m);
 std::string_view to_string(baseline_kind b) noexcept;
 std::string_view to_string(progress_kind p) noexcept;
 std::string_view to_string(memory_kind m) noexcept;
@@ -68,7 +75,7 @@ struct options {
     ferry::xfer_op op = ferry::xfer_op::write;
     std::vector<std::size_t> block_sizes;  // parse() fills in the default
     std::vector<std::size_t> batches;      // parse() fills in the default
-    mode_kind mode = mode_kind::both;
+    mode_set mode;
     mem_kind mem = mem_kind::user;
     pattern_kind pattern = pattern_kind::contiguous;
     bool notif = false;
@@ -80,6 +87,7 @@ struct options {
     std::size_t warmup = 16;
     std::size_t reps = 5;
     std::size_t retries = 3;  // per measurement, while another process preempted a side
+    bool reload_peer = false;  // load the peer again before every row
 
     // Transport and backend.
     std::string tls;  // empty: UCX's own choice

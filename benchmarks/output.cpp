@@ -4,8 +4,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <ucp/api/ucp.h>
-
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -21,19 +19,6 @@ extern char** environ;
 namespace bench {
 
 namespace {
-
-std::string fixed(const std::optional<double>& v, int decimals) {
-    if (!v || !std::isfinite(*v)) return "-";
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, *v);
-    return buf;
-}
-
-// Microseconds: two decimals while they matter, fewer as values grow.
-std::string micros(const std::optional<double>& v) {
-    if (!v || !std::isfinite(*v)) return "-";
-    return fixed(v, *v < 100 ? 2 : *v < 10000 ? 1 : 0);
-}
 
 // Shortest text that reads back as the same double; null when unset.
 std::string number(const std::optional<double>& v) {
@@ -54,45 +39,7 @@ void close_out(const std::string& option, const std::string& path, std::ofstream
     if (!f) throw std::runtime_error(option + ": writing '" + path + "' failed");
 }
 
-std::string ucx_version() {
-    unsigned major = 0, minor = 0, release = 0;
-    ucp_get_version(&major, &minor, &release);
-    return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(release);
-}
-
 }  // namespace
-
-// ---- table ------------------------------------------------------------------
-
-void table_printer::header(const options& o, std::size_t buffer) {
-    std::fprintf(out_,
-                 "# ferry-bench: op %s, mem %s, pattern %s, tls %s, notif %s, mode %s, baseline %s, progress %s, "
-                 "memory %s, path %s\n"
-                 "# %s posts per measurement, %zu repetitions (raw, ferry, raw, ..., ferry, raw), %s per side, UCX %s\n",
-                 std::string(ferry::to_string(o.op)).c_str(), std::string(to_string(o.mem)).c_str(),
-                 std::string(to_string(o.pattern)).c_str(), o.tls.empty() ? "(UCX default)" : o.tls.c_str(),
-                 o.notif ? "on" : "off", std::string(to_string(o.mode)).c_str(),
-                 std::string(to_string(o.baseline)).c_str(), std::string(to_string(o.progress)).c_str(),
-                 (std::string(to_string(o.initiator_buffer)) + "," + std::string(to_string(o.target_buffer))).c_str(),
-                 std::string(to_string(o.path)).c_str(), o.iters ? std::to_string(o.iters).c_str() : ("auto (" + fixed(o.time, 3) + " s)").c_str(), o.reps,
-                 format_size(buffer).c_str(), ucx_version().c_str());
-    std::fprintf(out_, "%6s %6s %8s %8s %8s %8s %8s %9s %6s %8s %8s %9s %8s %9s %7s\n", "block", "batch", "GB/s",
-                 "Mdesc/s", "ns/desc", "p50 us", "p99 us", "raw GB/s", "ratio", "raw p50", "raw p99", "lat ratio",
-                 "path", "copy GB/s", "vs copy");
-    std::fflush(out_);
-}
-
-void table_printer::row(const row_result& r) {
-    std::optional<double> mdesc;
-    if (r.desc_per_s) mdesc = *r.desc_per_s / 1e6;
-    std::fprintf(out_, "%6s %6zu %8s %8s %8s %8s %8s %9s %6s %8s %8s %9s %8s %9s %7s\n", format_size(r.block).c_str(),
-                 r.batch, fixed(r.gbps, 3).c_str(), fixed(mdesc, 3).c_str(), fixed(r.post_ns, 1).c_str(),
-                 micros(r.lat_p50_us).c_str(), micros(r.lat_p99_us).c_str(), fixed(r.raw_gbps, 3).c_str(),
-                 fixed(r.ratio, 3).c_str(), micros(r.raw_p50_us).c_str(), micros(r.raw_p99_us).c_str(),
-                 fixed(r.lat_ratio, 3).c_str(), r.path.c_str(), fixed(r.copy_gbps, 2).c_str(),
-                 fixed(r.copy_ratio, 3).c_str());
-    std::fflush(out_);
-}
 
 // ---- progress line ------------------------------------------------------------
 
@@ -114,19 +61,64 @@ void progress_line::clear() {
 
 // ---- files --------------------------------------------------------------------
 
+std::vector<field> fields(const row_result& r) {
+    std::vector<field> out;
+    auto num = [&](const char* key, const std::optional<double>& v) {
+        out.push_back({key, number(v), v && std::isfinite(*v) ? number(v) : std::string()});
+    };
+    auto str = [&](const char* key, std::string_view v) {
+        out.push_back({key, cat("\"", v, "\""), std::string(v)});
+    };
+    auto step = [&](const char* key, const std::optional<step_summary>& s, double step_summary::*f) {
+        num(key, s ? std::optional((*s).*f) : std::nullopt);
+    };
+    str("op", ferry::to_string(r.op));
+    out.push_back({"block_size", std::to_string(r.block), std::to_string(r.block)});
+    out.push_back({"batch", std::to_string(r.batch), std::to_string(r.batch)});
+    str("mem", to_string(r.mem));
+    str("pattern", to_string(r.pattern));
+    num("gbps", r.gbps);
+    num("desc_per_s", r.desc_per_s);
+    num("lat_p50_us", r.lat_p50_us);
+    num("lat_p99_us", r.lat_p99_us);
+    num("raw_gbps", r.raw_gbps);
+    num("ratio", r.ratio);
+    str("memory", r.memory);
+    str("path", r.path);
+    num("copy_gbps", r.copy_gbps);
+    num("copy_ratio", r.copy_ratio);
+    num("first_us", r.first_us);
+    num("raw_first_us", r.raw_first_us);
+    out.push_back({"first_after_load", r.first_after_load ? "true" : "false", r.first_after_load ? "true" : "false"});
+    num("xfer_us", r.xfer_us);
+    if (r.raw_buffer.empty()) out.push_back({"raw_buffer", "null", ""});
+    else str("raw_buffer", r.raw_buffer);
+    for (auto [prefix, s] : {std::pair{"step_", &r.step}, std::pair{"raw_step_", &r.raw_step}}) {
+        step(cat(prefix, "p50_us").c_str(), *s, &step_summary::p50_us);
+        step(cat(prefix, "p99_us").c_str(), *s, &step_summary::p99_us);
+        step(cat(prefix, "min_us").c_str(), *s, &step_summary::min_us);
+        step(cat(prefix, "mean_us").c_str(), *s, &step_summary::mean_us);
+        step(cat(prefix, "post_us").c_str(), *s, &step_summary::post_us);
+        step(cat(prefix, "complete_us").c_str(), *s, &step_summary::complete_us);
+    }
+    num("step_gbps", r.step_gbps);
+    num("step_vs_bw", r.step_vs_bw);
+    num("raw_step_vs_bw", r.raw_step_vs_bw);
+    num("step_ratio", r.step_ratio);
+    return out;
+}
+
 void write_json(const std::string& path, const std::vector<row_result>& rows) {
     auto f = open_out("--json", path);
     f << "[";
     for (std::size_t i = 0; i < rows.size(); ++i) {
-        const auto& r = rows[i];
-        f << (i ? ",\n " : "\n ") << "{\"op\": \"" << ferry::to_string(r.op) << "\", \"block_size\": " << r.block
-          << ", \"batch\": " << r.batch << ", \"mem\": \"" << to_string(r.mem) << "\", \"pattern\": \""
-          << to_string(r.pattern) << "\", \"gbps\": " << number(r.gbps)
-          << ", \"desc_per_s\": " << number(r.desc_per_s) << ", \"lat_p50_us\": " << number(r.lat_p50_us)
-          << ", \"lat_p99_us\": " << number(r.lat_p99_us) << ", \"raw_gbps\": " << number(r.raw_gbps)
-          << ", \"ratio\": " << number(r.ratio) << ", \"memory\": \"" << r.memory << "\", \"path\": \""
-          << r.path << "\", \"copy_gbps\": " << number(r.copy_gbps) << ", \"copy_ratio\": " << number(r.copy_ratio)
-          << "}";
+        f << (i ? ",\n {" : "\n {");
+        bool first = true;
+        for (const auto& x : fields(rows[i])) {
+            f << (first ? "" : ", ") << "\"" << x.key << "\": " << x.json;
+            first = false;
+        }
+        f << "}";
     }
     f << (rows.empty() ? "]\n" : "\n]\n");
     close_out("--json", path, f);
@@ -134,14 +126,17 @@ void write_json(const std::string& path, const std::vector<row_result>& rows) {
 
 void write_csv(const std::string& path, const std::vector<row_result>& rows) {
     auto f = open_out("--csv", path);
-    auto cell = [](const std::optional<double>& v) { return v && std::isfinite(*v) ? number(v) : std::string(); };
-    f << "op,block_size,batch,mem,pattern,gbps,desc_per_s,lat_p50_us,lat_p99_us,raw_gbps,ratio,memory,path,copy_gbps,"
-         "copy_ratio\n";
-    for (const auto& r : rows)
-        f << ferry::to_string(r.op) << "," << r.block << "," << r.batch << "," << to_string(r.mem) << ","
-          << to_string(r.pattern) << "," << cell(r.gbps) << "," << cell(r.desc_per_s) << "," << cell(r.lat_p50_us)
-          << "," << cell(r.lat_p99_us) << "," << cell(r.raw_gbps) << "," << cell(r.ratio) << ",\"" << r.memory
-          << "\"," << r.path << "," << cell(r.copy_gbps) << "," << cell(r.copy_ratio) << "\n";
+    const auto heads = fields(row_result{});
+    for (std::size_t i = 0; i < heads.size(); ++i) f << (i ? "," : "") << heads[i].key;
+    f << "\n";
+    for (const auto& r : rows) {
+        const auto cells = fields(r);
+        for (std::size_t i = 0; i < cells.size(); ++i) {
+            const bool quote = cells[i].text.find(',') != std::string::npos;
+            f << (i ? "," : "") << (quote ? "\"" : "") << cells[i].text << (quote ? "\"" : "");
+        }
+        f << "\n";
+    }
     close_out("--csv", path, f);
 }
 

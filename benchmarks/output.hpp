@@ -13,6 +13,18 @@
 
 namespace bench {
 
+/// A step's times in microseconds (--mode step): from just before post()
+/// until the target held the notification (p50, p99, min, mean), and the
+/// medians of the time inside post() and until the initiator saw completion.
+struct step_summary {
+    double p50_us = 0;
+    double p99_us = 0;
+    double min_us = 0;
+    double mean_us = 0;
+    double post_us = 0;
+    double complete_us = 0;
+};
+
 /// One row of results. Unset fields were not measured (JSON null).
 struct row_result {
     ferry::xfer_op op = ferry::xfer_op::write;
@@ -35,17 +47,42 @@ struct row_result {
     std::string path = "ucx";           // what ferry's transfer moved on
     std::optional<double> copy_gbps;    // one cudaMemcpy of the same bytes (--memory cuda)
     std::optional<double> copy_ratio;   // ferry GB/s / copy GB/s
+
+    // The row's first post, prepared just before, post to completion: after
+    // load_remote on the first row (every row with --reload-peer).
+    std::optional<double> first_us;
+    std::optional<double> raw_first_us;  // the raw loop's, on the same endpoint, after ferry's
+    bool first_after_load = false;
+    std::optional<double> xfer_us;       // steady state: back-to-back post to completion, median
+    std::string raw_buffer;              // "same": ferry's buffers; "own": its own (see raw_runner); "": none
+
+    std::optional<step_summary> step;      // --mode step, ferry
+    std::optional<step_summary> raw_step;  // the same, raw UCX
+    std::optional<double> step_gbps;       // bytes / step p50
+    std::optional<double> step_vs_bw;      // step_gbps / gbps (back to back, same row, same run)
+    std::optional<double> raw_step_vs_bw;  // the same for the raw loop
+    std::optional<double> step_ratio;      // ferry step p50 / raw step p50
 };
 
+/// The table on stdout: its columns follow what the run measures.
 class table_printer {
 public:
     explicit table_printer(std::FILE* out) : out_(out) {}
-    /// Prints the settings line and the column heads.
+    /// Prints the settings line and chooses the columns.
     void header(const options& o, std::size_t buffer);
+    /// Prints the column heads.
+    void columns();
     void row(const row_result& r);
+
+    struct column {
+        const char* head;
+        int width;
+        std::string (*cell)(const row_result&);
+    };
 
 private:
     std::FILE* out_;
+    std::vector<column> columns_;
 };
 
 /// "\r[3/60] ..." on stderr while a sweep runs, only when stderr is a terminal.
@@ -60,6 +97,20 @@ private:
     bool enabled_;
     bool shown_ = false;
 };
+
+/// A row's fields, named and formatted as --json writes them (null for
+/// what was not measured), in the order --csv writes them.
+struct field {
+    std::string key;
+    std::string json;  // a JSON value
+    std::string text;  // the CSV cell: empty for null
+};
+std::vector<field> fields(const row_result& r);
+
+/// Numbers for humans: fixed decimals, "-" when unset.
+std::string fixed(const std::optional<double>& v, int decimals);
+/// Microseconds: two decimals while they matter, fewer as values grow.
+std::string micros(const std::optional<double>& v);
 
 void write_json(const std::string& path, const std::vector<row_result>& rows);
 void write_csv(const std::string& path, const std::vector<row_result>& rows);

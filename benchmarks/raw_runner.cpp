@@ -1,6 +1,5 @@
 #include "raw_runner.hpp"
 
-#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -58,27 +57,39 @@ std::size_t allocated_key_size(ucp_context_h ctx) {
     return n;
 }
 
+std::string own_buffer_note(std::size_t mapped, std::size_t wanted) {
+    unsigned major = 0, minor = 0, release = 0;
+    ucp_get_version(&major, &minor, &release);
+    return std::string("ucp_mem_map over ferry's allocate()d buffer packed an rkey of ") + std::to_string(mapped) +
+           " bytes, against " + std::to_string(wanted) + " for memory that UCX allocates: the mapping lacks the " +
+           "allocation's shared-memory key, and the raw loop would be emulated where ferry stores directly. So it " +
+           "runs on a UCP_MEM_MAP_ALLOCATE buffer of its own, of the same size, at the same offsets. (Seen with UCX " +
+           "1.22 whatever UCX_RCACHE_ENABLE says, and with UCX 1.13 only when its registration cache is off: " +
+           "UCX_RCACHE_ENABLE=n, or valgrind. This is UCX " + std::to_string(major) + "." + std::to_string(minor) +
+           "." + std::to_string(release) + ".)";
+}
+
 }  // namespace
 
 raw_runner::raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated,
                        double timeout, bool device)
     : ctx_(ctx), worker_(worker), base_(base), len_(len), timeout_(timeout) {
     memh_ = map(ctx_, base, len, device);
-    if (allocated && packed_size(ctx_, memh_) < allocated_key_size(ctx_)) {
-        ucp_mem_unmap(ctx_, memh_);
-        memh_ = map(ctx_, nullptr, len);
-        ucp_mem_attr_t attr{};
-        attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
-        if (auto s = ucp_mem_query(memh_, &attr); s != UCS_OK) {
+    if (allocated) {
+        const std::size_t mapped = packed_size(ctx_, memh_), wanted = allocated_key_size(ctx_);
+        if (mapped < wanted) {
             ucp_mem_unmap(ctx_, memh_);
-            check(s, "ucp_mem_query");
+            memh_ = map(ctx_, nullptr, len);
+            ucp_mem_attr_t attr{};
+            attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+            if (auto s = ucp_mem_query(memh_, &attr); s != UCS_OK) {
+                ucp_mem_unmap(ctx_, memh_);
+                check(s, "ucp_mem_query");
+            }
+            base_ = attr.address;
+            std::memset(base_, 0x5A, len_);
+            note_ = own_buffer_note(mapped, wanted);
         }
-        base_ = attr.address;
-        std::memset(base_, 0x5A, len_);
-        std::fprintf(stderr,
-                     "ferry-bench: note: UCX gave the raw baseline's mapping of allocate()d memory no shared-memory "
-                     "key (registration cache off: UCX_RCACHE_ENABLE=n or valgrind), so the raw loop uses its own "
-                     "UCP_MEM_MAP_ALLOCATE buffer of the same size\n");
     }
 
     ucp_am_handler_param_t hp{};
@@ -105,7 +116,7 @@ raw_runner::~raw_runner() {
     hp.id = raw_am_id;
     hp.cb = nullptr;
     ucp_worker_set_am_recv_handler(worker_, &hp);
-    if (rkey_) ucp_rkey_destroy(rkey_);
+    disconnect();
     ucp_mem_unmap(ctx_, memh_);
 }
 
@@ -126,6 +137,12 @@ void raw_runner::connect(ucp_ep_h ep, std::span<const std::byte> remote_rkey, st
     check(ucp_ep_rkey_unpack(ep_, remote_rkey.data(), &rkey_), "ucp_ep_rkey_unpack");
 }
 
+void raw_runner::disconnect() noexcept {
+    if (rkey_) ucp_rkey_destroy(rkey_);
+    rkey_ = nullptr;
+    ep_ = nullptr;
+}
+
 void raw_runner::prepare(ferry::xfer_op op, std::span<const std::uint64_t> local_off,
                          std::span<const std::uint64_t> remote_off, std::size_t block) {
     op_ = op;
@@ -140,9 +157,16 @@ ucs_status_t raw_runner::on_am(void* arg, const void*, std::size_t, void* data, 
                                const ucp_am_recv_param_t*) noexcept {
     auto& self = *static_cast<raw_runner*>(arg);
     const char c = len == 1 ? *static_cast<const char*>(data) : '\0';
-    if (c == note_ping[0]) ++self.pings_;
-    else if (c == note_pong[0]) ++self.pongs_;
-    else if (c != note_bw[0]) ++self.unexpected_;
+    if (c == note_step[0]) {
+        self.step_held_ = clock::now();
+        ++self.steps_;
+    } else if (c == note_ping[0]) {
+        ++self.pings_;
+    } else if (c == note_pong[0]) {
+        ++self.pongs_;
+    } else if (c != note_bw[0]) {
+        ++self.unexpected_;
+    }
     if (c != note_pong[0]) ++self.received_;
     return UCS_OK;
 }
@@ -216,6 +240,18 @@ bw_sample raw_runner::bw(std::size_t iters, bool notif) {
     const double seconds = seconds_since(t0);
     if (notif) sent_ += iters;
     return {seconds, iters, timed ? post_seconds / static_cast<double>(timed) : 0};
+}
+
+post_times raw_runner::timed_post(std::string_view note) {
+    const char* n = note.empty() ? nullptr : note.data();
+    post_times t;
+    t.start = clock::now();
+    ucs_status_ptr_t f = issue(n);
+    t.posted = clock::now();
+    wait(f);
+    t.completed = clock::now();
+    if (n != nullptr) ++sent_;
+    return t;
 }
 
 void raw_runner::pingpong(std::size_t iters, std::vector<double>& half_rtt) {

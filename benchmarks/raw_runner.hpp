@@ -19,6 +19,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bench {
@@ -27,12 +30,13 @@ class raw_runner {
 public:
     /// Maps [base, base + len) in `ctx` (the context the backend uses) and
     /// sets this side's active-message handler on `worker`. `allocated` says
-    /// the memory came from UCP_MEM_MAP_ALLOCATE (ferry's allocate()): UCX's
-    /// registration cache then hands this mapping the same shared-memory key,
-    /// so the raw loop stores into the peer's mapping as ferry does. Where the
-    /// cache is off (UCX_RCACHE_ENABLE=n, or under valgrind) the new mapping
-    /// would lack that key and the raw loop would be emulated; the baseline
-    /// then allocates its own buffer of the same size the same way, and says so.
+    /// the memory came from UCP_MEM_MAP_ALLOCATE (ferry's allocate()), whose
+    /// shared-memory key lets a put be a plain store into the peer's mapping.
+    /// A second ucp_mem_map of that memory does not always get the key (UCX
+    /// 1.22 never gives it; 1.13 does through its registration cache, unless
+    /// the cache is off); the raw loop would then be emulated where ferry
+    /// stores, so it allocates a buffer of its own instead, of the same size
+    /// and kind, and own_buffer() and buffer_note() say so.
     /// `device`: the buffer is CUDA device memory, mapped as such.
     raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated, double timeout,
                bool device = false);
@@ -40,21 +44,37 @@ public:
     raw_runner(const raw_runner&) = delete;
     raw_runner& operator=(const raw_runner&) = delete;
 
+    /// True when the raw loop runs on a buffer of its own, not on ferry's;
+    /// buffer_note() then says why, in a sentence.
+    [[nodiscard]] bool own_buffer() const noexcept { return !note_.empty(); }
+    [[nodiscard]] const std::string& buffer_note() const noexcept { return note_; }
+
     [[nodiscard]] std::vector<std::byte> packed_rkey() const;
     [[nodiscard]] std::uintptr_t base() const noexcept { return reinterpret_cast<std::uintptr_t>(base_); }
 
     /// Unpacks the peer's rkey on `ep` (ferry's endpoint to the peer).
     void connect(ucp_ep_h ep, std::span<const std::byte> remote_rkey, std::uint64_t remote_base);
+    /// Destroys the peer's rkey, before its endpoint goes away.
+    void disconnect() noexcept;
 
     void prepare(ferry::xfer_op op, std::span<const std::uint64_t> local_off, std::span<const std::uint64_t> remote_off,
                  std::size_t block);
 
     bw_sample bw(std::size_t iters, bool notif);
     void pingpong(std::size_t iters, std::vector<double>& half_rtt);
+    /// One transfer with `note` (none if empty), waited for, timed as
+    /// ferry_runner::timed_post times ferry's.
+    post_times timed_post(std::string_view note);
 
     /// Target side: answers pings (progress is driven by the caller's loop,
     /// which progresses the same worker).
     void poll();
+    /// Target side: step notifications since the last call, and when the
+    /// last of them reached the active-message handler.
+    std::uint64_t take_steps(clock::time_point& held) noexcept {
+        held = step_held_;
+        return std::exchange(steps_, 0);
+    }
 
     [[nodiscard]] std::uint64_t sent() const noexcept { return sent_; }
     [[nodiscard]] std::uint64_t received() const noexcept { return received_; }
@@ -90,6 +110,9 @@ private:
     std::uint64_t pings_ = 0;
     std::uint64_t pongs_ = 0;
     std::uint64_t unexpected_ = 0;
+    std::uint64_t steps_ = 0;
+    clock::time_point step_held_{};
+    std::string note_;
 };
 
 }  // namespace bench

@@ -1,0 +1,296 @@
+#pragma once
+
+// The initiator: drives the sweep and measures each row, ferry and the raw
+// loop alternating so that drift and noise hit both.
+
+#include "control.hpp"
+#include "measure.hpp"
+#include "options.hpp"
+#include "output.hpp"
+#include "plan.hpp"
+#include "side.hpp"
+#include "step.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+template <bench_backend B>
+class initiator {
+public:
+    initiator(control& ctl, const options& o, std::size_t buffer, side<B>& me)
+        : ctl_(ctl), o_(o), buffer_(buffer), me_(me) {}
+
+    /// Row `index` of the sweep.
+    row_result run_row(std::size_t index, const row_spec& spec, progress_line& progress, const std::string& label) {
+        if (index > 0 && o_.reload_peer) me_.reload();
+        const layout l = make_layout(o_.pattern, spec.block, spec.batch, buffer_, o_.seed);
+        const bool raw = me_.has_raw();
+        ctl_.send(msg::row, wire_writer()
+                                .u64(o_.op == ferry::xfer_op::read)
+                                .u64(spec.block)
+                                .u64(o_.mode.lat)
+                                .u64s(l.local)
+                                .u64s(l.remote));
+        me_.ferry().prepare(o_.op, l.local, l.remote, spec.block);
+        if (raw) me_.raw().prepare(o_.op, l.local, l.remote, spec.block);
+        await(msg::row_ok, "the row's answer transfers");
+
+        row_result out;
+        out.memory = cat(to_string(o_.initiator_buffer), ",", to_string(o_.target_buffer));
+        out.path = std::string(ferry::to_string(me_.ferry().path()));
+        out.op = o_.op;
+        out.block = spec.block;
+        out.batch = spec.batch;
+        out.mem = o_.mem;
+        out.pattern = o_.pattern;
+        if (raw) out.raw_buffer = me_.raw_note().empty() && me_.peer_raw_note().empty() ? "same" : "own";
+        const double bytes = static_cast<double>(spec.block) * static_cast<double>(spec.batch);
+
+        // Before any warm-up: the cost of a transfer's first post.
+        const std::string_view first_note = o_.notif || o_.mode.step ? note_bw : std::string_view{};
+        out.first_us = micros(me_.ferry().timed_post(first_note));
+        out.first_after_load = index == 0 || o_.reload_peer;
+        if (raw) out.raw_first_us = micros(me_.raw().timed_post(first_note));
+        sync();
+
+        if (o_.mode.bw) measure_bw(out, bytes, progress, label);
+        if (o_.mode.lat) measure_lat(out, progress, label);
+        if (o_.mode.step) measure_step(out, bytes, progress, label);
+
+        ctl_.send(msg::row_end);
+        await(msg::row_end_ok, "the end of the row");
+        me_.ferry().release();
+        return out;
+    }
+
+    void quit() {
+        ctl_.send(msg::quit);
+        await(msg::bye, "its goodbye");
+    }
+
+    /// Timed measurements, and those during which another process still
+    /// preempted either side after every retry.
+    [[nodiscard]] std::size_t measurements() const noexcept { return measurements_; }
+    [[nodiscard]] std::size_t disturbed() const noexcept { return disturbed_; }
+
+private:
+    static double micros(const post_times& t) {
+        return std::chrono::duration<double, std::micro>(t.completed - t.start).count();
+    }
+
+    void measure_bw(row_result& out, double bytes, progress_line& progress, const std::string& label) {
+        const bool raw = me_.has_raw();
+        progress.show(label + " warm-up");
+        double per = warm([&](std::size_t n) { return me_.ferry().bw(n, o_.notif).seconds; });
+        sync();
+        if (raw) {
+            per = std::max(per, warm([&](std::size_t n) { return me_.raw().bw(n, o_.notif).seconds; }));
+            sync();
+        }
+        const std::size_t iters = iterations(per);
+        // raw, ferry, raw, ferry, ..., raw: each ferry measurement is
+        // compared with the mean of the raw ones on either side of it, so
+        // that a linear drift cancels out.
+        auto gbps_of = [&](const bw_sample& s) { return bytes * static_cast<double>(s.iters) / s.seconds / 1e9; };
+        auto raw_once = [&] {
+            return gbps_of(clean([&] {
+                auto s = me_.raw().bw(iters, o_.notif);
+                sync();
+                return s;
+            }));
+        };
+        std::vector<double> f_gbps, f_dps, f_post, f_xfer, r_gbps, ratios;
+        if (raw) r_gbps.push_back(raw_once());
+        for (std::size_t rep = 0; rep < o_.reps; ++rep) {
+            progress.show(cat(label, " bw ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
+            auto s = clean([&] {
+                auto s = me_.ferry().bw(iters, o_.notif);
+                sync();
+                return s;
+            });
+            const double gbps = gbps_of(s);
+            f_gbps.push_back(gbps);
+            f_dps.push_back(static_cast<double>(s.iters * out.batch) / s.seconds);
+            f_post.push_back(s.post_seconds * 1e9 / static_cast<double>(out.batch));
+            f_xfer.push_back(s.seconds / static_cast<double>(s.iters) * 1e6);
+            if (raw) {
+                r_gbps.push_back(raw_once());
+                ratios.push_back(gbps / ((r_gbps[rep] + r_gbps[rep + 1]) / 2));
+            }
+        }
+        out.gbps = median(f_gbps);
+        out.desc_per_s = median(f_dps);
+        out.post_ns = median(f_post);
+        out.xfer_us = median(f_xfer);
+        if (auto copy = me_.copy_gbps(static_cast<std::size_t>(bytes), iters, o_.op == ferry::xfer_op::write)) {
+            out.copy_gbps = *copy;
+            out.copy_ratio = *out.gbps / *copy;
+        }
+        if (raw) {
+            out.raw_gbps = median(r_gbps);
+            out.ratio = median(ratios);
+        }
+    }
+
+    void measure_lat(row_result& out, progress_line& progress, const std::string& label) {
+        const bool raw = me_.has_raw();
+        std::vector<double> scratch, f_lat, r_lat;
+        progress.show(label + " ping-pong warm-up");
+        auto timed = [&](auto& runner, std::size_t n) {
+            scratch.clear();
+            auto t0 = clock::now();
+            runner.pingpong(n, scratch);
+            return seconds_since(t0);
+        };
+        double per = warm([&](std::size_t n) { return timed(me_.ferry(), n); });
+        sync();
+        if (raw) {
+            per = std::max(per, warm([&](std::size_t n) { return timed(me_.raw(), n); }));
+            sync();
+        }
+        const std::size_t iters = iterations(per);
+        auto pingpong = [&](auto& runner, std::vector<double>& into) {
+            auto samples = clean([&] {
+                std::vector<double> v;
+                runner.pingpong(iters, v);
+                sync();
+                return v;
+            });
+            into.insert(into.end(), samples.begin(), samples.end());
+        };
+        if (raw) pingpong(me_.raw(), r_lat);
+        for (std::size_t rep = 0; rep < o_.reps; ++rep) {
+            progress.show(cat(label, " ping-pong ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
+            pingpong(me_.ferry(), f_lat);
+            if (raw) pingpong(me_.raw(), r_lat);
+        }
+        out.lat_p50_us = percentile(f_lat, 50) * 1e6;
+        out.lat_p99_us = percentile(f_lat, 99) * 1e6;
+        if (raw) {
+            out.raw_p50_us = percentile(r_lat, 50) * 1e6;
+            out.raw_p99_us = percentile(r_lat, 99) * 1e6;
+            out.lat_ratio = *out.lat_p50_us / *out.raw_p50_us;
+        }
+    }
+
+    void measure_step(row_result& out, double bytes, progress_line& progress, const std::string& label) {
+        const bool raw = me_.has_raw();
+        step_samples scratch, f, r;
+        auto timed = [&](auto& runner, std::size_t n) {
+            scratch = {};
+            auto t0 = clock::now();
+            run_steps(runner, ctl_, n, o_.timeout, scratch);
+            return seconds_since(t0);
+        };
+        progress.show(label + " step warm-up");
+        double per = warm([&](std::size_t n) { return timed(me_.ferry(), n); });
+        sync();
+        if (raw) {
+            per = std::max(per, warm([&](std::size_t n) { return timed(me_.raw(), n); }));
+            sync();
+        }
+        const std::size_t iters = iterations(per);
+        auto once = [&](auto& runner, step_samples& into) {
+            auto got = clean([&] {
+                step_samples s;
+                run_steps(runner, ctl_, iters, o_.timeout, s);
+                sync();
+                return s;
+            });
+            into.append(got);
+        };
+        if (raw) once(me_.raw(), r);
+        for (std::size_t rep = 0; rep < o_.reps; ++rep) {
+            progress.show(cat(label, " step ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
+            once(me_.ferry(), f);
+            if (raw) once(me_.raw(), r);
+        }
+        out.step = f.summary();
+        out.step_gbps = bytes / (out.step->p50_us * 1e-6) / 1e9;
+        if (out.gbps) out.step_vs_bw = *out.step_gbps / *out.gbps;
+        if (raw) {
+            out.raw_step = r.summary();
+            if (out.raw_gbps) out.raw_step_vs_bw = bytes / (out.raw_step->p50_us * 1e-6) / 1e9 / *out.raw_gbps;
+            out.step_ratio = out.step->p50_us / out.raw_step->p50_us;
+        }
+    }
+
+    // Runs one measurement, with its sync, again while either side was
+    // preempted during it, up to --retries times. A progress thread preempts
+    // its own process, so under that policy nothing is retried.
+    template <class F>
+    auto clean(F&& f) {
+        for (std::size_t attempt = 0;; ++attempt) {
+            const auto mine = involuntary_switches();
+            const auto theirs = target_switches_;
+            auto r = f();
+            const bool quiet = involuntary_switches() == mine && target_switches_ == theirs;
+            if (quiet || has_progress_thread<B> || attempt >= o_.retries) {
+                ++measurements_;
+                if (!quiet) ++disturbed_;
+                return r;
+            }
+        }
+    }
+
+    // Warm-up: --warmup posts in doubling chunks, cut short after --time.
+    // Returns seconds per post from the largest chunk, for --iters auto.
+    template <class Run>
+    double warm(Run run) {
+        if (o_.warmup == 0 && o_.iters != 0) return 0;
+        std::size_t done = 0, chunk = 1, largest = 0;
+        double spent = 0, per = 0;
+        while (true) {
+            const double s = run(chunk);
+            done += chunk;
+            spent += s;
+            if (chunk >= largest) {
+                largest = chunk;
+                per = s / static_cast<double>(chunk);
+            }
+            if (done >= o_.warmup || spent >= o_.time) return per;
+            chunk = std::min(chunk * 2, o_.warmup - done);
+        }
+    }
+
+    [[nodiscard]] std::size_t iterations(double per_post) const {
+        if (o_.iters) return o_.iters;
+        if (per_post <= 0) return 1;
+        return static_cast<std::size_t>(std::clamp(o_.time / per_post, 1.0, 1e8));
+    }
+
+    message await(msg type, std::string_view what) {
+        return ctl_.await(type, [this] { me_.progress(); }, o_.timeout, what);
+    }
+
+    // Every notification sent so far must have reached the target, no more.
+    void sync() {
+        const std::uint64_t f_sent = me_.ferry().sent();
+        const std::uint64_t r_sent = me_.has_raw() ? me_.raw().sent() : 0;
+        ctl_.send(msg::sync, wire_writer().u64(f_sent).u64(r_sent));
+        const message m = await(msg::sync_ok, "its notification count");
+        auto r = m.reader();
+        const auto f_got = r.u64(), r_got = r.u64(), bad = r.u64(), dropped = r.u64();
+        target_switches_ = r.u64();
+        if (f_got != f_sent || r_got != r_sent || bad != 0 || dropped != 0)
+            throw std::runtime_error(
+                "notifications do not add up: ferry sent " + std::to_string(f_sent) + ", the target counted " +
+                std::to_string(f_got) + "; raw sent " + std::to_string(r_sent) + ", the target counted " +
+                std::to_string(r_got) + "; unexpected " + std::to_string(bad) + ", dropped " + std::to_string(dropped));
+    }
+
+    control& ctl_;
+    const options& o_;
+    std::size_t buffer_;
+    side<B>& me_;
+    std::uint64_t target_switches_ = 0;
+    std::size_t measurements_ = 0;
+    std::size_t disturbed_ = 0;
+};
+
+}  // namespace bench

@@ -1,0 +1,159 @@
+#pragma once
+
+// One process's half of a run, generic over the backend type: its memory,
+// backend, region, the peer, and the ferry and raw runners over them.
+
+#include "backends.hpp"
+#include "control.hpp"
+#if defined(FERRY_BENCH_CUDA)
+#include "cuda_buffers.hpp"
+#endif
+#include "ferry_runner.hpp"
+#include "options.hpp"
+#include "raw_runner.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+/// Members are declared so that they are destroyed in a safe order: the
+/// runners (rkeys, transfers) before the region and the backend (endpoint,
+/// context), and user memory last.
+template <bench_backend B>
+class side {
+public:
+    /// `mine` and `theirs`: where this side's and the peer's buffers live.
+    side(const std::string& name, const options& o, std::size_t buffer, buffer_kind mine, buffer_kind theirs)
+        : opts_(o), buffer_(buffer) {
+        const bool cuda = o.memory == memory_kind::cuda;
+        if (!cuda && o.mem == mem_kind::user) {
+            user_.reset(static_cast<std::byte*>(std::aligned_alloc(4096, buffer)));
+            if (!user_) throw std::runtime_error("cannot allocate " + format_size(buffer) + " of user memory");
+        }
+        backend_ = backend_factory<B>::make(name, o);
+        if (cuda) {
+#if defined(FERRY_BENCH_CUDA)
+            // Device memory, or page-locked host memory, which the copy
+            // engine and UCX's CUDA transports reach directly.
+            gpu_mem_ = cuda_alloc(buffer, mine == buffer_kind::cuda, 0x5A);
+            region_.emplace(backend_->register_memory(gpu_mem_.get(), buffer, 0));
+            if (name == "bench-initiator")
+                copy_.emplace(gpu_mem_.get(), mine == buffer_kind::cuda, theirs == buffer_kind::cuda, buffer);
+#endif
+        } else {
+            if (o.mem == mem_kind::user) region_.emplace(backend_->register_memory(user_.get(), buffer, 0));
+            else region_.emplace(backend_->allocate(buffer));
+            // Fault every page in now, not inside a timed loop.
+            std::memset(region_->data(), 0x5A, buffer);
+        }
+        if (o.baseline == baseline_kind::raw) {
+            if constexpr (raw_capable<B>)
+                raw_.emplace(backend_->ucx_context(), backend_->ucx_worker(), region_->data(), buffer,
+                             !cuda && o.mem == mem_kind::ucx, o.timeout, cuda && mine == buffer_kind::cuda);
+            else
+                throw usage_error("--baseline raw: this backend does not let the baseline drive its UCX worker "
+                                  "(a progress thread owns it, or it exposes no UCX handles); use --baseline none");
+        }
+    }
+
+    [[nodiscard]] wire_writer hello() const {
+        wire_writer w;
+        w.bytes(backend_->local_metadata()).u64(base()).u64(buffer_).u64(raw_ ? 1 : 0);
+        if (raw_) w.bytes(raw_->packed_rkey()).u64(raw_->base()).str(raw_->buffer_note());
+        return w;
+    }
+
+    void load(const message& m) {
+        auto r = m.reader();
+        blob_ = r.bytes();
+        const auto remote_base = r.u64();
+        const auto remote_size = r.u64();
+        const bool remote_raw = r.u64() != 0;
+        if (remote_size != buffer_) throw peer_error("the peer registered a buffer of a different size");
+        if (remote_raw != raw_.has_value()) throw peer_error("the peer disagrees about --baseline raw");
+        peer_ = backend_->load_remote(blob_);
+        ferry_.emplace(*backend_, peer_, base(), remote_base, opts_.timeout, to_xfer_path(opts_.path));
+        if (remote_raw) {
+            raw_rkey_ = r.bytes();
+            raw_remote_base_ = r.u64();
+            peer_raw_note_ = r.str();
+            if constexpr (raw_capable<B>) raw_->connect(backend_->ucx_endpoint(peer_), raw_rkey_, raw_remote_base_);
+        }
+        r.expect_end();
+    }
+
+    /// Forgets the peer and loads its metadata again, as a fresh peer: the
+    /// raw loop's rkey goes first (it lives on the endpoint), and the ferry
+    /// runner's transfer, prepared for the old handle, is released.
+    void reload() {
+        if (raw_) raw_->disconnect();
+        ferry_->release();
+        backend_->unload_remote(peer_);
+        peer_ = backend_->load_remote(blob_);
+        ferry_->set_peer(peer_);
+        if constexpr (raw_capable<B>) {
+            if (raw_) raw_->connect(backend_->ucx_endpoint(peer_), raw_rkey_, raw_remote_base_);
+        }
+    }
+
+    void progress() { backend_->progress(); }
+    [[nodiscard]] std::uintptr_t base() const { return reinterpret_cast<std::uintptr_t>(region_->data()); }
+    ferry_runner<B>& ferry() { return *ferry_; }
+    [[nodiscard]] bool has_raw() const { return raw_.has_value(); }
+    raw_runner& raw() { return *raw_; }
+
+    /// Why the raw loop runs on a buffer of its own on this side / the
+    /// peer's; empty where it runs on ferry's.
+    [[nodiscard]] std::string raw_note() const { return raw_ ? raw_->buffer_note() : std::string(); }
+    [[nodiscard]] const std::string& peer_raw_note() const noexcept { return peer_raw_note_; }
+
+    /// GB/s of `iters` cudaMemcpys of `bytes` between the kinds of memory
+    /// this row moves between; nothing without --memory cuda, or when the
+    /// row moves more than the buffer holds (its blocks wrap around).
+    std::optional<double> copy_gbps(std::size_t bytes, std::size_t iters, bool write) {
+#if defined(FERRY_BENCH_CUDA)
+        if (copy_ && bytes <= buffer_) return copy_->gbps(bytes, iters, write);
+#endif
+        static_cast<void>(bytes), static_cast<void>(iters), static_cast<void>(write);
+        return std::nullopt;
+    }
+
+private:
+    struct free_deleter {
+        void operator()(std::byte* p) const noexcept { std::free(p); }
+    };
+
+    options opts_;
+    std::size_t buffer_;
+    std::unique_ptr<std::byte, free_deleter> user_;
+#if defined(FERRY_BENCH_CUDA)
+    cuda_buffer gpu_mem_{nullptr, cuda_free{true}};
+    std::optional<copy_reference> copy_;
+#endif
+    std::unique_ptr<B> backend_;
+    std::optional<typename B::region_type> region_;
+    std::optional<raw_runner> raw_;
+    std::vector<std::byte> blob_;
+    std::vector<std::byte> raw_rkey_;
+    std::uint64_t raw_remote_base_ = 0;
+    std::string peer_raw_note_;
+    ferry::peer peer_{};
+    std::optional<ferry_runner<B>> ferry_;
+};
+
+/// Both sides: settings, metadata both ways, then "ready" both ways while
+/// progressing, so that wire-up is over before anything is timed.
+template <bench_backend B>
+void handshake(control& ctl, side<B>& me, double timeout) {
+    ctl.send(msg::hello, me.hello());
+    me.load(ctl.await(msg::hello, [&] { me.progress(); }, timeout, "its metadata"));
+    ctl.send(msg::ready);
+    ctl.await(msg::ready, [&] { me.progress(); }, timeout, "ready");
+}
+
+}  // namespace bench
