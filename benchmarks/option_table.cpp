@@ -69,7 +69,8 @@ const option_spec table[] = {
      "off", false, flag<&options::reload_peer>},
     {what, "--baseline", "raw|none",
      "raw: interleave the raw UCX loop (memh and rkey resolved up front, ucp_put_nbx/ucp_get_nbx per descriptor, "
-     "one ucp_ep_flush_nbx per transfer; with a notification, ucp_worker_fence + an active message). Not with "
+     "one ucp_ep_flush_nbx per transfer; with a notification, an active message sent when that flush "
+     "completes). Not with "
      "--progress thread, whose worker belongs to ferry's thread",
      "raw; none with --progress thread", false,
      [](options& o, std::string_view n, std::string_view v) { o.baseline = parse_baseline(n, v); }},

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace bench {
 
@@ -192,32 +193,45 @@ ucs_status_ptr_t raw_runner::issue(const char* note) noexcept {
             }
         }
     }
-    if (note != nullptr) {
-        if (auto s = ucp_worker_fence(worker_); s != UCS_OK) return UCS_STATUS_PTR(s);
-        ucp_request_param_t am{};
-        am.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-        am.flags = UCP_AM_SEND_FLAG_EAGER;
-        auto r = ucp_am_send_nbx(ep_, raw_am_id, nullptr, 0, note, 1, &am);
-        if (r != nullptr) {
-            if (UCS_PTR_IS_ERR(r)) return r;
-            ucp_request_free(r);  // `note` is static; the flush covers completion
-        }
-    }
     ucp_request_param_t flush{};
-    return ucp_ep_flush_nbx(ep_, &flush);
+    if (note == nullptr) return ucp_ep_flush_nbx(ep_, &flush);
+    note_to_send_ = note;
+    flush.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    flush.cb.send = &on_flushed;
+    flush.user_data = this;
+    auto f = ucp_ep_flush_nbx(ep_, &flush);
+    if (f == nullptr) send_note();  // the data was in place already
+    return f;
+}
+
+void raw_runner::on_flushed(void*, ucs_status_t status, void* self) noexcept {
+    // wait() frees the request; a failed flush is reported there.
+    if (status == UCS_OK) static_cast<raw_runner*>(self)->send_note();
+}
+
+void raw_runner::send_note() noexcept {
+    ucp_request_param_t am{};
+    am.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    am.flags = UCP_AM_SEND_FLAG_EAGER;
+    note_sent_ = ucp_am_send_nbx(ep_, raw_am_id, nullptr, 0, note_to_send_, 1, &am);  // `note` is static
 }
 
 void raw_runner::wait(ucs_status_ptr_t flush) {
-    if (flush == nullptr) return;
-    if (UCS_PTR_IS_ERR(flush)) check(UCS_PTR_STATUS(flush), "put/get/flush");
-    stall_guard guard(timeout_, "raw flush");
-    ucs_status_t s;
-    while ((s = ucp_request_check_status(flush)) == UCS_INPROGRESS) {
-        ucp_worker_progress(worker_);
-        guard.tick();
-    }
-    ucp_request_free(flush);
-    check(s, "flush");
+    auto wait_one = [&](ucs_status_ptr_t r, const char* what) {
+        if (r == nullptr) return;
+        if (UCS_PTR_IS_ERR(r)) check(UCS_PTR_STATUS(r), what);
+        const std::string label = std::string("raw ") + what;  // the guard keeps a view of it
+        stall_guard guard(timeout_, label);
+        ucs_status_t s;
+        while ((s = ucp_request_check_status(r)) == UCS_INPROGRESS) {
+            ucp_worker_progress(worker_);
+            guard.tick();
+        }
+        ucp_request_free(r);
+        check(s, what);
+    };
+    wait_one(flush, "put/get/flush");
+    wait_one(std::exchange(note_sent_, nullptr), "notification");
 }
 
 bw_sample raw_runner::bw(std::size_t iters, bool notif) {

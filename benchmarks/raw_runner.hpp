@@ -6,9 +6,10 @@
 // own rkey (packed here, unpacked on ferry's endpoint) are resolved before
 // any timing; each transfer is one ucp_put_nbx / ucp_get_nbx per descriptor
 // with the memh given (no registration lookup) and no callback (the request,
-// if any, is freed at once), then with a notification ucp_worker_fence and an
-// eager active message, then one ucp_ep_flush_nbx waited for by progressing
-// the worker.
+// if any, is freed at once), then one ucp_ep_flush_nbx waited for by
+// progressing the worker; with a notification, the flush's callback sends it
+// as an eager active message, as ferry does (ucp_worker_fence would wait
+// inside the call on UCX >= 1.16, where it defaults to a strong fence).
 
 #include "measure.hpp"
 
@@ -92,6 +93,9 @@ private:
     // Issues one transfer (and its notification) and returns the flush request.
     ucs_status_ptr_t issue(const char* note) noexcept;
     void wait(ucs_status_ptr_t flush);
+    // The notification of the transfer whose flush just completed.
+    static void on_flushed(void* request, ucs_status_t status, void* self) noexcept;
+    void send_note() noexcept;
 
     ucp_context_h ctx_;
     ucp_worker_h worker_;
@@ -105,6 +109,8 @@ private:
     ferry::xfer_op op_ = ferry::xfer_op::write;
     std::vector<entry> entries_;
     ucs_status_ptr_t answer_ = nullptr;  // target: the answer's flush in flight
+    const char* note_to_send_ = nullptr;  // initiator: sent when the flush completes
+    ucs_status_ptr_t note_sent_ = nullptr;  // its send, until complete
     std::uint64_t sent_ = 0;
     std::uint64_t received_ = 0;
     std::uint64_t pings_ = 0;

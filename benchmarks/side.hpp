@@ -28,7 +28,8 @@ template <bench_backend B>
 class side {
 public:
     /// `mine` and `theirs`: where this side's and the peer's buffers live.
-    side(const std::string& name, const options& o, std::size_t buffer, buffer_kind mine, buffer_kind theirs)
+    side(const std::string& name, const options& o, std::size_t buffer, buffer_kind mine,
+         [[maybe_unused]] buffer_kind theirs)  // used where ferry::cuda is built
         : opts_(o), buffer_(buffer) {
         const bool cuda = o.memory == memory_kind::cuda;
         if (!cuda && o.mem == mem_kind::user) {
