@@ -2,6 +2,7 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/detail/completion_signal.hpp>
+#include <ferry/detail/describe.hpp>
 #include <ferry/detail/intrusive_list.hpp>
 #include <ferry/detail/host_id.hpp>
 #include <ferry/detail/metadata.hpp>
@@ -19,6 +20,7 @@
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
 #include <ferry/ucx/region.hpp>
+#include <ferry/ucx/registration.hpp>
 #include <ferry/ucx/remote_peer.hpp>
 #include <ferry/ucx/ucx_status.hpp>
 #include <ferry/ucx/worker.hpp>
@@ -54,12 +56,6 @@ FERRY_NAMESPACE_BEGIN
 
 namespace detail {
 
-inline std::string hex(std::uintptr_t v) {
-    char buf[2 + 16 + 1];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-
 // now() + timeout, saturating, so that nanoseconds::max() means "no deadline".
 inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexcept {
     using clock = std::chrono::steady_clock;
@@ -67,10 +63,6 @@ inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanosec
     if (timeout <= std::chrono::nanoseconds::zero()) return now;
     if (timeout >= clock::time_point::max() - now) return clock::time_point::max();
     return now + std::chrono::duration_cast<clock::duration>(timeout);
-}
-
-inline std::string describe(const desc& d) {
-    return "[" + hex(d.addr) + ", +" + std::to_string(d.len) + ") on device " + std::to_string(d.dev);
 }
 
 }  // namespace detail
@@ -128,8 +120,8 @@ public:
           context_(std::make_shared<detail::context>(
               config_, UCP_FEATURE_RMA | UCP_FEATURE_AM | (threaded ? UCP_FEATURE_WAKEUP : 0), threaded)),
           memory_(config_, *context_),
-          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
-          registry_(std::make_shared<detail::registry>()) {
+          registration_(context_, memory_),
+          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr) {
         if constexpr (threaded) {
             // The progress thread creates the worker, so that it owns it
             // from the first call to the last; its set-up errors come back here.
@@ -169,23 +161,14 @@ public:
     /// Registers [ptr, ptr + len) for transfers. The memory stays the
     /// caller's; it must outlive the returned region.
     [[nodiscard]] region register_memory(void* ptr, std::size_t len, std::uint32_t dev = 0) {
-        if (ptr == nullptr) throw error(status::invalid_argument, "register_memory: ptr is null");
-        if (len == 0) throw error(status::invalid_argument, "register_memory: len is 0");
-        if (reinterpret_cast<std::uintptr_t>(ptr) + len < reinterpret_cast<std::uintptr_t>(ptr))
-            throw error(status::invalid_argument, "register_memory: [ptr, ptr + len) wraps around");
-        return add_region(ptr, len, dev, traits::classify(memory_, "register_memory", ptr, len, dev), nullptr);
+        return registration_.register_memory(ptr, len, dev);
     }
 
     /// Allocates `len` bytes and registers them. memory::host: through UCX
     /// (UCP_MEM_MAP_ALLOCATE); on one host a peer maps such memory, and a put
     /// becomes a store. memory::cuda: device memory on CUDA device `dev`.
     [[nodiscard]] region allocate(std::size_t len, std::uint32_t dev = 0) {
-        if (len == 0) throw error(status::invalid_argument, "allocate: len is 0");
-        auto owner = traits::allocate(memory_, len, dev);
-        if (!owner) return add_region(nullptr, len, dev, {}, nullptr);
-        void* const p = owner.get();  // before owner is moved from
-        auto facts = traits::classify(memory_, "allocate", p, len, dev);
-        return add_region(p, len, dev, std::move(facts), std::move(owner));
+        return registration_.allocate(len, dev);
     }
 
     /// Deregisters a region now, or refuses with `busy` while a transfer
@@ -194,30 +177,13 @@ public:
     /// Transfers prepared over it then fail with not_registered. Destroying
     /// the region instead never refuses: it defers the unmapping until the
     /// transfers in flight are done.
-    void deregister_memory(region& r) {
-        if (!r) throw error(status::invalid_argument, "deregister_memory: the region is empty (moved from or deregistered)");
-        if (r.registry_ != registry_)
-            throw error(status::invalid_argument, "deregister_memory: the region was registered with another backend");
-        auto* lr = r.region_.get();
-        registry_->remove(lr);
-        // remove() cleared the flag that a post checks after it counted
-        // itself in; both are sequentially consistent, so a post racing with
-        // this either fails with not_registered or is counted here. Released
-        // transfers that UCX still holds count too.
-        if (const std::size_t in_use = lr->users.load(std::memory_order_seq_cst); in_use > 0) {
-            registry_->restore(r.region_);
-            throw error(status::busy, "deregister_memory: region " + detail::hex(lr->begin()) + " (+" +
-                                          std::to_string(lr->mem.size()) + ") is used by " + std::to_string(in_use) +
-                                          " transfer(s) in flight");
-        }
-        r.reset();
-    }
+    void deregister_memory(region& r) { registration_.deregister(r); }
 
     // ---- metadata and peers ---------------------------------------------
 
     /// This agent's name, worker address and every region registered now.
     [[nodiscard]] std::vector<std::byte> local_metadata() const {
-        auto regions = registry_->regions();
+        auto regions = registration_.regions().regions();
         detail::metadata_view md;
         md.ucx_version = detail::ucx_library_version();
         md.name = config_.name;
@@ -637,20 +603,6 @@ private:
         return cfg;
     }
 
-    region add_region(void* ptr, std::size_t len, std::uint32_t dev, detail::memory_facts facts,
-                      std::shared_ptr<void> owner) {
-        const auto want = facts.ucx_type;
-        auto r = std::make_shared<detail::local_region>(context_, ptr, len, dev, std::move(facts), std::move(owner));
-        if (r->mem.memory_type() != want)
-            throw error(status::invalid_argument,
-                        std::string(ptr ? "register_memory" : "allocate") + ": UCX registered [" +
-                            detail::hex(r->begin()) + ", +" + std::to_string(len) + ") as " +
-                            ucs_memory_type_names[r->mem.memory_type()] + " memory, not " +
-                            ucs_memory_type_names[want] + ": this UCX does not recognise that memory");
-        registry_->add(r);
-        return region(registry_, std::move(r));
-    }
-
     // prepare's second half: builds the transfer state, under the set-up lock.
     xfer resolve(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p, xfer_path path) {
         auto st = std::make_unique<xfer_state>();
@@ -664,7 +616,7 @@ private:
         st->blocks.reserve(local.size());
         st->keys.reserve(local.size());
         st->notif_storage.reserve(256);
-        st->registry_epoch = registry_->epoch();
+        st->registry_epoch = registration_.regions().epoch();
 
         std::lock_guard lock(setup_mutex_);
         auto* e = peers_.get(p.ref);
@@ -683,7 +635,7 @@ private:
             if (l.len != r.len)
                 throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
                                                           " differs from remote length " + std::to_string(r.len));
-            auto lr = registry_->find(l.addr, l.len, l.dev);
+            auto lr = registration_.regions().find(l.addr, l.len, l.dev);
             if (!lr)
                 throw error(status::not_registered,
                             at + ": local block " + detail::describe(l) + " is not inside any registered region");
@@ -749,7 +701,7 @@ private:
     // The checks a post makes before anything reaches UCX.
     status admissible(xfer_state& st) const noexcept {
         if (st.target->retired.load(std::memory_order_acquire)) return status::no_such_peer;
-        if (auto epoch = registry_->epoch(); st.registry_epoch != epoch && !st.still_registered(epoch))
+        if (auto epoch = registration_.regions().epoch(); st.registry_epoch != epoch && !st.still_registered(epoch))
             return status::not_registered;
         return status::ok;
     }
@@ -1066,6 +1018,7 @@ private:
     ucx_config config_;
     std::shared_ptr<detail::context> context_;
     typename traits::backend_state memory_;  // before the worker: CUDA transports want a context
+    detail::registration<traits> registration_;
     detail::completion_signal signal_;
     // Declared before the worker so that they outlive it: destroying the
     // worker completes outstanding requests, whose callbacks touch them.
@@ -1077,7 +1030,6 @@ private:
     // Created and destroyed by its owner: the constructing thread under
     // inline progress, the progress thread under the thread policy.
     std::optional<detail::worker> worker_;
-    std::shared_ptr<detail::registry> registry_;
     std::vector<std::byte> worker_address_;
     mutable mutex_type setup_mutex_;  // peers_by_name_, peer insertion and removal, closing peers
     detail::slot_table<peer_entry, mutex_type> peers_;
