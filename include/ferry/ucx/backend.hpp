@@ -19,6 +19,7 @@
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
+#include <ferry/ucx/peer_table.hpp>
 #include <ferry/ucx/region.hpp>
 #include <ferry/ucx/registration.hpp>
 #include <ferry/ucx/remote_peer.hpp>
@@ -105,10 +106,6 @@ class ucx_backend {
     using xfer_state = detail::xfer_state;
     using send_buffer = typename detail::notif_send_pool<mutex_type>::buffer;
 
-    struct peer_entry {
-        std::shared_ptr<detail::remote_peer> p;
-    };
-
 public:
     using policy_type = Policy;
     using region_type = region;
@@ -183,25 +180,7 @@ public:
 
     /// This agent's name, worker address and every region registered now.
     [[nodiscard]] std::vector<std::byte> local_metadata() const {
-        auto regions = registration_.regions().regions();
-        detail::metadata_view md;
-        md.ucx_version = detail::ucx_library_version();
-        md.name = config_.name;
-        md.worker_address = worker_address_;
-        md.host_id = detail::host_id();
-        for (const auto& r : regions) {
-            detail::region_record rec;
-            rec.addr = r->begin();
-            rec.len = r->mem.size();
-            rec.dev = r->dev;
-            rec.rkey = r->mem.packed_rkey();
-            rec.kind = r->facts.kind;
-            rec.ipc_handle = r->facts.ipc_handle;
-            rec.ipc_offset = r->facts.ipc_offset;
-            rec.ipc_alloc_size = r->facts.ipc_alloc_size;
-            md.regions.push_back(rec);
-        }
-        return detail::encode_metadata(md);
+        return detail::publish_metadata(config_.name, worker_address_, registration_.regions());
     }
 
     /// Validates a peer's blob completely, connects to it and unpacks its
@@ -209,69 +188,26 @@ public:
     /// restarted agent); handles to the old one become stale.
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
-        return on_worker("load_remote", [&] {
-            std::shared_ptr<detail::remote_peer> p;
-            try {
-                p = std::make_shared<detail::remote_peer>(worker_->get(), md, config_.error_handling,
-                                                          &peer_failures_);
-            } catch (const error& e) {
-                std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
-                if (e.ucx_status() == UCS_ERR_UNREACHABLE && config_.error_handling == error_mode::peer)
-                    what += " (the peer did not answer, or, with error_mode::peer, which uses only transports "
-                            "that detect a dead peer, none of this context's reaches it)";
-                throw error(e.code_status(), what, e.ucx_status());
-            }
-            peer result;
-            {
-                std::lock_guard lock(setup_mutex_);
-                if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) retire(it->second);
-                auto ref = peers_.insert(std::make_unique<peer_entry>(peer_entry{p}));
-                peers_by_name_[p->name()] = ref;
-                result = peer{ref};
-            }
-            reap();  // closing a peer takes setup_mutex_ itself
-            return result;
-        });
+        return on_worker("load_remote",
+                         [&] { return peers_.load(worker_->get(), md, config_.error_handling, worker_->owner()); });
     }
 
     /// Forgets a peer. Transfers prepared for it then fail with no_such_peer;
     /// its endpoint closes once transfers already in flight to it complete.
     void unload_remote(peer p) {
-        on_worker("unload_remote", [&] {
-            {
-                std::lock_guard lock(setup_mutex_);
-                if (!peers_.get(p.ref))
-                    throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
-                retire(p.ref);
-            }
-            reap();  // closing a peer takes setup_mutex_ itself
-        });
+        on_worker("unload_remote", [&] { peers_.unload(p, worker_->owner()); });
     }
 
     /// The peer loaded under `name`, if any. For set-up, not the hot path.
-    [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const {
-        std::lock_guard lock(setup_mutex_);
-        auto it = peers_by_name_.find(name);
-        if (it == peers_by_name_.end()) return std::nullopt;
-        return peer{it->second};
-    }
+    [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const { return peers_.find(name); }
 
     /// The regions a loaded peer published, as descriptors in its address space.
-    [[nodiscard]] std::vector<desc> remote_regions(peer p) const {
-        std::lock_guard lock(setup_mutex_);
-        auto* e = peers_.get(p.ref);
-        if (!e) throw error(status::no_such_peer, "remote_regions: the peer handle is unknown or was unloaded");
-        return e->p->published();
-    }
+    [[nodiscard]] std::vector<desc> remote_regions(peer p) const { return peers_.published(p); }
 
     /// ok while the peer is loaded and healthy, peer_failed once UCX reported
     /// its endpoint failed (peer error handling), no_such_peer for a handle
     /// that is unknown or was unloaded.
-    [[nodiscard]] status peer_status(peer p) const noexcept {
-        auto* e = peers_.get(p.ref);
-        if (!e) return status::no_such_peer;
-        return e->p->failed() ? status::peer_failed : status::ok;
-    }
+    [[nodiscard]] status peer_status(peer p) const noexcept { return peers_.status_of(p); }
 
     // ---- transfers --------------------------------------------------------
 
@@ -499,9 +435,9 @@ public:
     /// Sends `msg` to a loaded peer; unordered with respect to transfers.
     status send_notif(peer p, std::string_view msg) noexcept {
         if (msg.size() > config_.max_notif_size) return status::invalid_argument;
-        auto* e = peers_.get(p.ref);
-        if (!e) return status::no_such_peer;
-        if (e->p->failed()) return status::peer_failed;
+        auto* to = peers_.get(p.ref);
+        if (!to) return status::no_such_peer;
+        if (to->failed()) return status::peer_failed;
         auto* buf = send_pool_.acquire();
         if (!buf) return status::no_memory;
         buf->to = p.ref;
@@ -566,7 +502,7 @@ public:
             unsigned n = 0;
             if constexpr (has_device_path) n += poll_devices();
             while (unsigned k = worker_->progress()) n += k;
-            reap();
+            peers_.reap(worker_->owner());
             return n;
         }
     }
@@ -578,8 +514,8 @@ public:
     [[nodiscard]] ucp_context_h ucx_context() const noexcept { return context_->get(); }
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_->get(); }
     [[nodiscard]] ucp_ep_h ucx_endpoint(peer p) const noexcept {
-        auto* e = peers_.get(p.ref);
-        return e ? e->p->ep() : nullptr;
+        auto* to = peers_.get(p.ref);
+        return to ? to->ep() : nullptr;
     }
 
 private:
@@ -618,12 +554,11 @@ private:
         st->notif_storage.reserve(256);
         st->registry_epoch = registration_.regions().epoch();
 
-        std::lock_guard lock(setup_mutex_);
-        auto* e = peers_.get(p.ref);
-        if (!e) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
-        detail::remote_peer& target = *e->p;
-        st->keep_target = e->p;
-        st->target = e->p.get();
+        auto lock = peers_.lock();
+        st->keep_target = peers_.share(p.ref);
+        if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
+        detail::remote_peer& target = *st->keep_target;
+        st->target = &target;
         // Everything is checked before anything is resolved.
         std::vector<detail::local_region*> lrs(local.size());
         std::vector<detail::remote_region*> rrs(local.size());
@@ -776,12 +711,12 @@ private:
 
     status send_now(send_buffer& buf, std::string_view msg) noexcept {
         touch("send_notif");
-        auto* e = peers_.get(buf.to);
-        if (!e || e->p->failed()) {
+        auto* to = peers_.get(buf.to);
+        if (!to || to->failed()) {
             send_pool_.release(&buf);
-            return e ? status::peer_failed : status::no_such_peer;
+            return to ? status::peer_failed : status::no_such_peer;
         }
-        auto r = detail::send_notif_am(e->p->ep(), config_.name, msg, buf.storage,
+        auto r = detail::send_notif_am(to->ep(), config_.name, msg, buf.storage,
                                        &detail::notif_send_pool<mutex_type>::on_sent, &buf);
         if (r == nullptr || UCS_PTR_IS_ERR(r)) {
             send_pool_.release(&buf);
@@ -830,8 +765,8 @@ private:
                     worked = true;
                 }
             }
-            reap();
-            if (const auto n = peer_failures_.load(std::memory_order_relaxed); n != failures_swept_) {
+            peers_.reap(worker_->owner());
+            if (const auto n = peers_.failures(); n != failures_swept_) {
                 // Transfers in flight to a peer that failed end now, whether
                 // or not UCX ever purges their operations.
                 failures_swept_ = n;
@@ -931,55 +866,6 @@ private:
         return earliest;
     }
 
-    // Takes a peer out of the table; its endpoint closes once nothing is in
-    // flight to it, or at once, cancelling what is, when the peer failed or
-    // transfers to it expired. Caller holds setup_mutex_, runs where the
-    // worker may be touched, and calls reap() once it has let go of the lock
-    // (close_peer takes it). The entry itself is kept until the backend
-    // goes: under the thread policy a send_notif or peer_status may still be
-    // reading it, having looked it up just before.
-    void retire(detail::slot_ref ref) {
-        auto e = peers_.take(ref);
-        e->p->retired.store(true, std::memory_order_release);
-        peers_by_name_.erase(e->p->name());
-        retiring_.push_back(e->p);
-        closing_.reserve(closing_.size() + retiring_.size());
-        retired_entries_.push_back(std::move(e));
-    }
-
-    // Closes retired peers once nothing is in flight to them (or by force,
-    // see retire), and frees close requests that UCX has finished.
-    void reap() noexcept {
-        if (retiring_.empty() && closing_.empty()) return;
-        touch("closing an unloaded peer");
-        for (auto it = retiring_.begin(); it != retiring_.end();) {
-            const bool force = (*it)->close_by_force();
-            if ((*it)->in_flight > 0 && !force) {
-                ++it;
-                continue;
-            }
-            close_peer(**it, force);
-            it = retiring_.erase(it);
-        }
-        std::erase_if(closing_, [](void* r) {
-            if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
-            ucp_request_free(r);
-            return true;
-        });
-    }
-
-    // The caller holds a reference to p: a forced close completes the
-    // transfers in flight to it, which may free the last other reference.
-    void close_peer(detail::remote_peer& p, bool force) noexcept {
-        touch("ucp_ep_close_nbx");
-        ucs_status_ptr_t r;
-        {
-            std::lock_guard lock(setup_mutex_);  // prepare may be reading its regions
-            r = p.close(force);
-        }
-        if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
-    }
-
     // Runs on the destroying thread once no progress thread is left.
     void shut_down() noexcept {
         using clock = std::chrono::steady_clock;
@@ -993,26 +879,8 @@ private:
             if constexpr (has_device_path) poll_devices();
             worker_->progress();
         }
-        reap();
-        // Every endpoint and rkey goes before the worker. Transfer states
-        // may keep their peer objects alive longer, but closed. A healthy
-        // peer gets a flushing close even with transfers still in flight:
-        // a forced one fails the connection under it, and UCX 1.13 aborts in
-        // a peer that is still wiring that connection up. What is in flight
-        // when the closes are given up on is cancelled with the worker.
-        auto close_for_good = [this](const std::shared_ptr<detail::remote_peer>& p) {
-            close_peer(*p, p->close_by_force());
-        };
-        peers_.for_each([&](peer_entry& e) { close_for_good(e.p); });
-        for (auto& p : retiring_) close_for_good(p);
-        retiring_.clear();
-        while (!closing_.empty() && clock::now() < deadline) {
-            worker_->progress();
-            reap();
-        }
-        // Whatever is still open is cancelled when the worker is destroyed.
-        for (void* r : closing_) ucp_request_free(r);
-        closing_.clear();
+        // Transfer states may keep their peer objects alive longer, but closed.
+        peers_.close_all(*worker_, deadline);
     }
 
     ucx_config config_;
@@ -1031,18 +899,11 @@ private:
     // inline progress, the progress thread under the thread policy.
     std::optional<detail::worker> worker_;
     std::vector<std::byte> worker_address_;
-    mutable mutex_type setup_mutex_;  // peers_by_name_, peer insertion and removal, closing peers
-    detail::slot_table<peer_entry, mutex_type> peers_;
-    std::map<std::string, detail::slot_ref, std::less<>> peers_by_name_;
-    std::vector<std::unique_ptr<peer_entry>> retired_entries_;  // under setup_mutex_
-    // Owned by whichever thread drives the worker.
-    std::vector<std::shared_ptr<detail::remote_peer>> retiring_;
-    std::vector<void*> closing_;
+    detail::peer_table<mutex_type> peers_;
     // progress::thread only.
     std::optional<detail::wakeup> wakeup_;
     detail::mpsc_queue queue_;
     std::atomic<bool> sleeping_{false};
-    std::atomic<std::uint64_t> peer_failures_{0};  // bumped by every peer's error handler
     std::uint64_t failures_swept_ = 0;
     std::atomic<bool> stop_{false};
     std::thread thread_;
