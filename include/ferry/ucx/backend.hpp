@@ -19,7 +19,9 @@
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
+#include <ferry/ucx/path.hpp>
 #include <ferry/ucx/peer_table.hpp>
+#include <ferry/ucx/prepare.hpp>
 #include <ferry/ucx/region.hpp>
 #include <ferry/ucx/registration.hpp>
 #include <ferry/ucx/remote_peer.hpp>
@@ -98,7 +100,7 @@ class ucx_backend {
                   "ucx_backend<policy<..., memory::cuda>>: include <ferry/cuda.hpp> and link the ferry::cuda "
                   "CMake target (ferry built where the CUDA toolkit was found)");
     using traits = detail::memory_traits<typename Policy::memory_kind>;
-    static constexpr bool has_device_path = traits::has_device_path;
+    using paths_type = typename traits::paths;
 
     static constexpr bool threaded = is_threaded_v<Policy>;
     static constexpr auto no_deadline = std::chrono::steady_clock::time_point::max();
@@ -118,6 +120,7 @@ public:
               config_, UCP_FEATURE_RMA | UCP_FEATURE_AM | (threaded ? UCP_FEATURE_WAKEUP : 0), threaded)),
           memory_(config_, *context_),
           registration_(context_, memory_),
+          paths_(memory_),
           inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr) {
         if constexpr (threaded) {
             // The progress thread creates the worker, so that it owns it
@@ -224,18 +227,7 @@ public:
     /// first pair it cannot serve and why; `ucx` always uses UCX RMA.
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
                                xfer_path path) {
-        if (path != xfer_path::automatic && path != xfer_path::ucx && path != xfer_path::cuda_ipc)
-            throw error(status::invalid_argument, "prepare: unknown xfer_path");
-        if (path == xfer_path::cuda_ipc && !has_device_path)
-            throw error(status::invalid_argument, "prepare: path cuda_ipc needs a backend with memory::cuda");
-        if (op != xfer_op::read && op != xfer_op::write)
-            throw error(status::invalid_argument, "prepare: op is neither read nor write");
-        if (local.empty() && remote.empty())
-            throw error(status::invalid_argument, "prepare: the descriptor lists are empty");
-        if (local.size() != remote.size())
-            throw error(status::invalid_argument, "prepare: " + std::to_string(local.size()) +
-                                                      " local descriptors but " + std::to_string(remote.size()) +
-                                                      " remote descriptors");
+        detail::check_prepare_arguments<paths_type>(op, local, remote, path);
         // Resolving remote blocks may unpack rkeys, which touches the worker.
         return on_worker("prepare", [&] { return resolve(op, local, remote, p, path); });
     }
@@ -285,22 +277,8 @@ public:
             if (auto s = admissible(*st); s != status::ok) return s;
             if (st->target->failed()) return status::peer_failed;
             st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            if constexpr (has_device_path) {
-                if (st->path == xfer_path::cuda_ipc) {
-                    if (st->notif_storage.data() != notif.data()) {
-                        try {
-                            st->notif_storage.assign(notif);
-                        } catch (const std::bad_alloc&) {
-                            return status::no_memory;
-                        }
-                    }
-                    st->hold_regions();
-                    st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-                    return start_device(*st);
-                }
-            }
-            // The notification may leave after this call returns (see
-            // xfer_state::start), so it is kept; prepare reserved room for
+            // The notification may leave after this call returns (on the
+            // ucx path, from a flush callback), so it is kept; prepare reserved room for
             // the usual sizes, and a larger one grows the room once.
             if (!notif.empty()) {
                 try {
@@ -311,7 +289,7 @@ public:
             }
             st->hold_regions();
             st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-            return st->start(!notif.empty());
+            return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
         }
     }
 
@@ -326,9 +304,7 @@ public:
                 // An expired transfer still reports timed_out, but UCX must
                 // be driven to let go of it, or a caller that checks and
                 // reposts never gets past busy.
-                if constexpr (has_device_path) {
-                    if (st->path == xfer_path::cuda_ipc) poll_device(*st);
-                }
+                paths_.poll(*st, worker_->owner());
                 worker_->progress();
                 if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
                     // A failed peer's operations may never be purged: UCX
@@ -385,36 +361,15 @@ public:
     [[nodiscard]] xfer_cost estimate(xfer x) {
         auto* st = xfers_.get(x.ref);
         if (!st) throw error(status::invalid_argument, "estimate: the transfer handle is unknown or released");
-        if (st->path == xfer_path::cuda_ipc) {
-            // One launch and its completion (about 10 us measured on an H200)
-            // plus the bytes at device memory speed, read and written once.
-            constexpr double launch_s = 10e-6, bytes_per_s = 1.5e12;
-            const auto d = std::chrono::nanoseconds(
-                static_cast<std::int64_t>((launch_s + static_cast<double>(st->total_bytes) / bytes_per_s) * 1e9));
-            return {d, d / 2, cost_method::cuda_ipc_model};
-        }
-        return on_worker("estimate", [&]() -> xfer_cost {
-            if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
-            double seconds = 0;
-            std::size_t last_len = 0;
-            double last_time = 0;
-            for (const auto& e : st->blocks) {
-                if (e.len != last_len) {
-                    ucp_ep_evaluate_perf_param_t param{};
-                    param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
-                    param.message_size = e.len;
-                    ucp_ep_evaluate_perf_attr_t attr{};
-                    attr.field_mask = UCP_EP_PERF_ATTR_FIELD_ESTIMATED_TIME;
-                    if (ucp_ep_evaluate_perf(st->target->ep(), &param, &attr) != UCS_OK) return {};
-                    last_len = e.len;
-                    last_time = attr.estimated_time;
-                }
-                seconds += last_time;
+        return paths_.with(st->path, [&](auto& path) -> xfer_cost {
+            if constexpr (!std::remove_reference_t<decltype(path)>::estimate_on_worker) {
+                return path.estimate(*st);
+            } else {
+                return on_worker("estimate", [&] {
+                    if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
+                    return path.estimate(*st);
+                });
             }
-            auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9));
-            // UCX gives no error bound, and its model ignores contention and
-            // software emulation, so claim no better than half the estimate.
-            return {d, d / 2, cost_method::ucx_evaluate_perf};
         });
     }
 
@@ -500,7 +455,7 @@ public:
             return 0;
         } else {
             unsigned n = 0;
-            if constexpr (has_device_path) n += poll_devices();
+            n += paths_.progress(worker_->owner());
             while (unsigned k = worker_->progress()) n += k;
             peers_.reap(worker_->owner());
             return n;
@@ -549,88 +504,15 @@ private:
         st->signal = threaded ? &signal_ : nullptr;
         st->deadlines = threaded ? &deadlines_ : nullptr;
         st->execute = &execute_post;
-        st->blocks.reserve(local.size());
-        st->keys.reserve(local.size());
         st->notif_storage.reserve(256);
         st->registry_epoch = registration_.regions().epoch();
 
         auto lock = peers_.lock();
         st->keep_target = peers_.share(p.ref);
         if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
-        detail::remote_peer& target = *st->keep_target;
-        st->target = &target;
-        // Everything is checked before anything is resolved.
-        std::vector<detail::local_region*> lrs(local.size());
-        std::vector<detail::remote_region*> rrs(local.size());
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            const desc& l = local[i];
-            const desc& r = remote[i];
-            const std::string at = "prepare: descriptor " + std::to_string(i);
-            if (l.len == 0) throw error(status::invalid_argument, at + ": length is 0");
-            if (l.len != r.len)
-                throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
-                                                          " differs from remote length " + std::to_string(r.len));
-            auto lr = registration_.regions().find(l.addr, l.len, l.dev);
-            if (!lr)
-                throw error(status::not_registered,
-                            at + ": local block " + detail::describe(l) + " is not inside any registered region");
-            rrs[i] = target.find(r.addr, r.len, r.dev);
-            if (!rrs[i])
-                throw error(status::not_registered, at + ": remote block " + detail::describe(r) +
-                                                        " is not inside any region that peer '" + target.name() +
-                                                        "' published");
-            lrs[i] = lr.get();
-            st->total_bytes += l.len;
-            if (std::find(st->regions.begin(), st->regions.end(), lr) == st->regions.end())
-                st->regions.push_back(std::move(lr));
-        }
-        if constexpr (has_device_path) {
-            if (path != xfer_path::ucx && resolve_device(*st, local, remote, lrs, rrs, target, path == xfer_path::cuda_ipc))
-                return xfer{xfers_.insert(std::move(st))};
-        }
-        st->blocks.reserve(local.size());
-        st->keys.reserve(local.size());
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            st->blocks.push_back({reinterpret_cast<void*>(local[i].addr), local[i].len, remote[i].addr});
-            st->keys.push_back({target.key_of(*rrs[i]), lrs[i]->mem.get()});
-        }
-        if (std::all_of(st->keys.begin(), st->keys.end(), [&](const auto& k) { return k == st->keys.front(); })) {
-            st->keys.resize(1);
-            st->keys.shrink_to_fit();
-        }
+        st->target = st->keep_target.get();
+        detail::resolve(*st, local, remote, registration_.regions(), paths_, path);
         return xfer{xfers_.insert(std::move(st))};
-    }
-
-    // The cuda_ipc half of resolve: true when the path serves every pair and
-    // the transfer is set up on it; false (or, when `required`, a throw
-    // naming the pair and the reason) when it cannot.
-    bool resolve_device(xfer_state& st, std::span<const desc> local, std::span<const desc> remote,
-                        std::span<detail::local_region* const> lrs, std::span<detail::remote_region* const> rrs,
-                        detail::remote_peer& target, bool required) {
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            if (auto why = traits::ipc_refusal(memory_, *lrs[i], *rrs[i], target.host_id()); !why.empty()) {
-                if (!required) return false;
-                throw error(status::invalid_argument,
-                            "prepare: path cuda_ipc: descriptor " + std::to_string(i) + ": " + why);
-            }
-        }
-        using device_op = typename traits::device_op;
-        std::vector<typename traits::copy_pair> pairs;
-        pairs.reserve(local.size());
-        std::vector<std::shared_ptr<void>> mappings;
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            const std::uint64_t here = traits::gpu_address(*lrs[i], local[i].addr);
-            const std::uint64_t there = traits::mapped_address(*rrs[i], remote[i].addr);
-            if (st.op == xfer_op::write) pairs.push_back({here, there, local[i].len});
-            else pairs.push_back({there, here, local[i].len});
-            if (std::find(mappings.begin(), mappings.end(), rrs[i]->ipc_mapping) == mappings.end())
-                mappings.push_back(rrs[i]->ipc_mapping);
-        }
-        auto op = std::make_unique<device_op>(memory_.device, pairs, std::move(mappings));
-        st.path = xfer_path::cuda_ipc;
-        st.device_op = op.release();
-        st.destroy_device_op = [](void* p) noexcept { delete static_cast<device_op*>(p); };
-        return true;
     }
 
     // The checks a post makes before anything reaches UCX.
@@ -695,12 +577,8 @@ private:
         // Unloading runs on this thread too, so this answer cannot go stale.
         if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
         if (st.target->failed()) return st.finish(status::peer_failed);
-        status started;
-        if constexpr (has_device_path) {
-            started = st.path == xfer_path::cuda_ipc ? b.start_device(st) : st.start(!st.notif_storage.empty());
-        } else {
-            started = st.start(!st.notif_storage.empty());
-        }
+        const status started =
+            b.paths_.with(st.path, [&](auto& path) { return path.start(st, !st.notif_storage.empty()); });
         if (started == status::in_progress && st.deadline != no_deadline) b.deadlines_.link(st);
     }
 
@@ -757,11 +635,11 @@ private:
                 worked = true;
             }
             while (worker_->progress()) worked = true;
-            if constexpr (has_device_path) {
+            if constexpr (paths_type::any_polled) {
                 // GPU work completes without telling the worker: poll it
                 // rather than sleep while any is in flight.
-                if (!devices_in_flight_.empty()) {
-                    poll_devices();
+                if (paths_.polling()) {
+                    paths_.progress(worker_->owner());
                     worked = true;
                 }
             }
@@ -803,57 +681,6 @@ private:
         }
     }
 
-    // Starts a cuda_ipc transfer: one kernel launch and one event record.
-    // The notification (in notif_storage) leaves once the event completes.
-    // Runs where the worker may be touched.
-    status start_device(xfer_state& st) noexcept {
-        auto& op = *static_cast<typename traits::device_op*>(st.device_op);
-        st.first_error = UCS_OK;
-        st.device_failed = false;
-        if (!op.launch()) {
-            st.device_failed = true;
-            st.pending = 0;
-            if (threaded) {
-                st.finish(status::device_error);
-            } else {
-                st.let_go_regions();
-                st.result.store(status::device_error, std::memory_order_relaxed);
-                st.phase.store(xfer_state::idle, std::memory_order_relaxed);
-            }
-            return status::device_error;
-        }
-        st.pending = 1;  // the event
-        ++st.target->in_flight;
-        devices_in_flight_.link(st);
-        return status::in_progress;
-    }
-
-    // Completes a cuda_ipc transfer whose event has fired: sends its
-    // notification, which now follows the data, and ends it when that is
-    // handed to UCX. Returns whether it moved on.
-    bool poll_device(xfer_state& st) noexcept {
-        if (!devices_in_flight_.contains(st)) return false;
-        touch("a cuda_ipc transfer's completion");
-        const int done = static_cast<typename traits::device_op*>(st.device_op)->poll();
-        if (done == 0) return false;
-        devices_in_flight_.unlink(st);
-        if (done < 0) {
-            st.device_failed = true;
-        } else if (st.target->failed()) {
-            st.first_error = st.target->failure();
-        } else if (!st.notif_storage.empty()) {
-            st.send_notif();
-        }
-        st.complete_one(UCS_OK);  // the event's share; may free a released state
-        return true;
-    }
-
-    unsigned poll_devices() noexcept {
-        unsigned n = 0;
-        devices_in_flight_.for_each([&](xfer_state& st) { n += poll_device(st) ? 1 : 0; });
-        return n;
-    }
-
     // Expires the transfers whose deadline has passed; returns the earliest
     // deadline still ahead. Progress thread only.
     std::chrono::steady_clock::time_point expire_due(std::chrono::steady_clock::time_point now) noexcept {
@@ -876,7 +703,7 @@ private:
             return any;
         };
         while (busy() && clock::now() < deadline) {
-            if constexpr (has_device_path) poll_devices();
+            paths_.progress(worker_->owner());
             worker_->progress();
         }
         // Transfer states may keep their peer objects alive longer, but closed.
@@ -892,7 +719,7 @@ private:
     // worker completes outstanding requests, whose callbacks touch them.
     detail::slot_table<xfer_state, mutex_type> xfers_;
     detail::intrusive_list<xfer_state, detail::deadline_tag> deadlines_;  // progress::thread only
-    detail::intrusive_list<xfer_state, detail::device_tag> devices_in_flight_;  // cuda_ipc transfers
+    paths_type paths_;  // the paths' own transfers in flight
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
     // Created and destroyed by its owner: the constructing thread under
