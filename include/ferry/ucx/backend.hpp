@@ -16,12 +16,15 @@
 #include <ferry/ucx/command.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
+#include <ferry/ucx/deadlines.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
 #include <ferry/ucx/path.hpp>
 #include <ferry/ucx/peer_table.hpp>
 #include <ferry/ucx/prepare.hpp>
+#include <ferry/ucx/progress_inline.hpp>
+#include <ferry/ucx/progress_thread.hpp>
 #include <ferry/ucx/region.hpp>
 #include <ferry/ucx/registration.hpp>
 #include <ferry/ucx/remote_peer.hpp>
@@ -57,19 +60,6 @@
 
 FERRY_NAMESPACE_BEGIN
 
-namespace detail {
-
-// now() + timeout, saturating, so that nanoseconds::max() means "no deadline".
-inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexcept {
-    using clock = std::chrono::steady_clock;
-    const auto now = clock::now();
-    if (timeout <= std::chrono::nanoseconds::zero()) return now;
-    if (timeout >= clock::time_point::max() - now) return clock::time_point::max();
-    return now + std::chrono::duration_cast<clock::duration>(timeout);
-}
-
-}  // namespace detail
-
 /// A transfer backend over UCX: registered memory, metadata exchange,
 /// descriptor-list READ/WRITE over UCX RMA and notifications over UCX active
 /// messages. Not copyable or movable: UCX callbacks hold its address.
@@ -103,8 +93,11 @@ class ucx_backend {
     using paths_type = typename traits::paths;
 
     static constexpr bool threaded = is_threaded_v<Policy>;
-    static constexpr auto no_deadline = std::chrono::steady_clock::time_point::max();
+    static constexpr auto no_deadline = detail::expiry::never;
     using mutex_type = std::conditional_t<threaded, std::mutex, detail::null_mutex>;
+    using engine_type =
+        std::conditional_t<threaded, detail::thread_progress<ucx_backend>, detail::inline_progress<ucx_backend>>;
+    friend engine_type;
     using xfer_state = detail::xfer_state;
     using send_buffer = typename detail::notif_send_pool<mutex_type>::buffer;
 
@@ -122,36 +115,13 @@ public:
           registration_(context_, memory_),
           paths_(memory_),
           inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr) {
-        if constexpr (threaded) {
-            // The progress thread creates the worker, so that it owns it
-            // from the first call to the last; its set-up errors come back here.
-            std::promise<void> ready;
-            auto started = ready.get_future();
-            thread_ = std::thread([this, &ready] { run(ready); });
-            try {
-                started.get();
-            } catch (...) {
-                thread_.join();
-                throw;
-            }
-        } else {
-            open_worker();
-        }
+        engine_.start(*this);
     }
 
     ucx_backend(const ucx_backend&) = delete;
     ucx_backend& operator=(const ucx_backend&) = delete;
 
-    ~ucx_backend() {
-        if constexpr (threaded) {
-            // The progress thread shuts the worker down itself, as it set it up.
-            stop_.store(true, std::memory_order_seq_cst);
-            wakeup_->signal();
-            thread_.join();
-        } else {
-            shut_down();
-        }
-    }
+    ~ucx_backend() { engine_.stop(*this); }
 
     [[nodiscard]] const std::string& name() const noexcept { return config_.name; }
     [[nodiscard]] const ucx_config& config() const noexcept { return config_; }
@@ -269,7 +239,7 @@ public:
                 return s;
             }
             st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            submit(st);
+            engine_.submit(st);
             return status::in_progress;
         } else {
             touch("post");
@@ -404,7 +374,7 @@ public:
                 return status::no_memory;
             }
             buf->execute = &execute_send;
-            submit(buf);
+            engine_.submit(buf);
             return status::ok;
         } else {
             return send_now(*buf, msg);
@@ -482,6 +452,11 @@ private:
         worker_address_ = worker_->address();
     }
 
+    void close_worker() noexcept { worker_.reset(); }
+    detail::worker& worker() noexcept { return *worker_; }
+    void bind_thread() const noexcept { memory_.bind_thread(); }
+    std::chrono::microseconds progress_spin() const noexcept { return config_.progress_spin; }
+
     // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
     void touch(const char* what) const noexcept { worker_->owner().check(what); }
 
@@ -502,7 +477,7 @@ private:
         st->threaded = threaded;
         st->sender = &config_.name;
         st->signal = threaded ? &signal_ : nullptr;
-        st->deadlines = threaded ? &deadlines_ : nullptr;
+        st->deadlines = threaded ? expiry_.list() : nullptr;
         st->execute = &execute_post;
         st->notif_storage.reserve(256);
         st->registry_epoch = registration_.regions().epoch();
@@ -526,49 +501,8 @@ private:
     // Runs f where the worker may be touched: here under inline progress, on
     // the progress thread (waiting for it) under the thread policy.
     template <class F>
-    auto on_worker([[maybe_unused]] const char* what, F&& f) -> std::invoke_result_t<F&> {
-        if constexpr (!threaded) {
-            touch(what);
-            return f();
-        } else {
-            if (std::this_thread::get_id() == thread_.get_id()) return f();
-            using result_type = std::invoke_result_t<F&>;
-            struct task : detail::command {
-                std::function<void()> run;
-            };
-            std::promise<result_type> done;
-            auto future = done.get_future();
-            auto* t = new task;
-            t->run = [&] {
-                try {
-                    if constexpr (std::is_void_v<result_type>) {
-                        f();
-                        done.set_value();
-                    } else {
-                        done.set_value(f());
-                    }
-                } catch (...) {
-                    done.set_exception(std::current_exception());
-                }
-            };
-            t->execute = [](detail::command& c, void*) noexcept {
-                auto* self = static_cast<task*>(&c);
-                self->run();
-                delete self;
-            };
-            submit(t);
-            return future.get();
-        }
-    }
-
-    // Progress thread: hands a command over and wakes the thread if it sleeps.
-    void submit(detail::command* c) noexcept {
-        // The push and this load are sequentially consistent, as are the
-        // progress thread's store to sleeping_ and its look at the queue:
-        // either it sees the command before it sleeps, or this thread sees
-        // it asleep and wakes it.
-        queue_.push(c);
-        if (sleeping_.load(std::memory_order_seq_cst)) wakeup_->signal();
+    auto on_worker(const char* what, F&& f) -> std::invoke_result_t<F&> {
+        return engine_.on_worker(*this, what, std::forward<F>(f));
     }
 
     static void execute_post(detail::command& c, void* self) noexcept {
@@ -579,7 +513,7 @@ private:
         if (st.target->failed()) return st.finish(status::peer_failed);
         const status started =
             b.paths_.with(st.path, [&](auto& path) { return path.start(st, !st.notif_storage.empty()); });
-        if (started == status::in_progress && st.deadline != no_deadline) b.deadlines_.link(st);
+        if (started == status::in_progress && st.deadline != no_deadline) b.expiry_.list()->link(st);
     }
 
     static void execute_send(detail::command& c, void* self) noexcept {
@@ -603,94 +537,22 @@ private:
         return status::ok;
     }
 
-    // The progress thread: run commands, drive the worker, and when there has
-    // been nothing to do for `progress_spin`, arm the worker and sleep until
-    // the network or an application thread has something.
-    void run(std::promise<void>& ready) noexcept {
-        memory_.bind_thread();
-        try {
-            open_worker();
-            wakeup_.emplace(worker_->event_fd());
-        } catch (...) {
-            worker_.reset();
-            ready.set_exception(std::current_exception());
-            return;
-        }
-        ready.set_value();
-        drive();
-        shut_down();
-        worker_.reset();
-    }
-
-    // The progress thread's loop, until the backend is destroyed.
-    void drive() noexcept {
-        using clock = std::chrono::steady_clock;
-        auto idle_since = clock::now();
-        bool idle = false;
-        for (;;) {
-            bool worked = false;
-            while (auto* n = queue_.pop()) {
-                auto* c = static_cast<detail::command*>(n);
-                c->execute(*c, this);
+    // The progress thread's work besides commands, each time round its loop:
+    // whether there was any, and the earliest transfer deadline ahead.
+    std::pair<bool, std::chrono::steady_clock::time_point> serve() noexcept {
+        bool worked = false;
+        while (worker_->progress()) worked = true;
+        if constexpr (paths_type::any_polled) {
+            // GPU work completes without telling the worker: poll it
+            // rather than sleep while any is in flight.
+            if (paths_.polling()) {
+                paths_.progress(worker_->owner());
                 worked = true;
             }
-            while (worker_->progress()) worked = true;
-            if constexpr (paths_type::any_polled) {
-                // GPU work completes without telling the worker: poll it
-                // rather than sleep while any is in flight.
-                if (paths_.polling()) {
-                    paths_.progress(worker_->owner());
-                    worked = true;
-                }
-            }
-            peers_.reap(worker_->owner());
-            if (const auto n = peers_.failures(); n != failures_swept_) {
-                // Transfers in flight to a peer that failed end now, whether
-                // or not UCX ever purges their operations.
-                failures_swept_ = n;
-                xfers_.for_each_locked([](xfer_state& st) {
-                    if (st.phase.load(std::memory_order_acquire) == xfer_state::busy && st.target->failed() &&
-                        st.pending > 0)
-                        st.expire(status::peer_failed);
-                });
-            }
-            const auto next_deadline = expire_due(clock::now());
-            if (worked) {
-                idle = false;
-                continue;
-            }
-            if (stop_.load(std::memory_order_acquire)) {
-                if (queue_.empty()) return;
-                continue;
-            }
-            auto now = clock::now();
-            if (!idle) {
-                idle = true;
-                idle_since = now;
-            }
-            if (now - idle_since < config_.progress_spin) continue;
-
-            sleeping_.store(true, std::memory_order_seq_cst);
-            if (!queue_.empty() || stop_.load(std::memory_order_acquire) || worker_->arm() != UCS_OK) {
-                sleeping_.store(false, std::memory_order_relaxed);
-                continue;
-            }
-            wakeup_->sleep(next_deadline);
-            sleeping_.store(false, std::memory_order_relaxed);
-            idle = false;
         }
-    }
-
-    // Expires the transfers whose deadline has passed; returns the earliest
-    // deadline still ahead. Progress thread only.
-    std::chrono::steady_clock::time_point expire_due(std::chrono::steady_clock::time_point now) noexcept {
-        auto earliest = no_deadline;
-        if (deadlines_.empty()) return earliest;
-        deadlines_.for_each([&](xfer_state& st) {
-            if (st.deadline <= now) st.expire();  // unlinks it
-            else earliest = std::min(earliest, st.deadline);
-        });
-        return earliest;
+        peers_.reap(worker_->owner());
+        expiry_.sweep(xfers_, peers_.failures());
+        return {worked, expiry_.expire_due(std::chrono::steady_clock::now())};
     }
 
     // Runs on the destroying thread once no progress thread is left.
@@ -718,7 +580,7 @@ private:
     // Declared before the worker so that they outlive it: destroying the
     // worker completes outstanding requests, whose callbacks touch them.
     detail::slot_table<xfer_state, mutex_type> xfers_;
-    detail::intrusive_list<xfer_state, detail::deadline_tag> deadlines_;  // progress::thread only
+    detail::expiry expiry_;  // progress::thread only
     paths_type paths_;  // the paths' own transfers in flight
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
@@ -727,13 +589,7 @@ private:
     std::optional<detail::worker> worker_;
     std::vector<std::byte> worker_address_;
     detail::peer_table<mutex_type> peers_;
-    // progress::thread only.
-    std::optional<detail::wakeup> wakeup_;
-    detail::mpsc_queue queue_;
-    std::atomic<bool> sleeping_{false};
-    std::uint64_t failures_swept_ = 0;
-    std::atomic<bool> stop_{false};
-    std::thread thread_;
+    engine_type engine_;  // last: under the thread policy, the progress thread uses all of the above
 };
 
 FERRY_NAMESPACE_END
