@@ -2,13 +2,7 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/detail/completion_signal.hpp>
-#include <ferry/detail/describe.hpp>
-#include <ferry/detail/intrusive_list.hpp>
-#include <ferry/detail/host_id.hpp>
-#include <ferry/detail/metadata.hpp>
-#include <ferry/detail/mpsc_queue.hpp>
 #include <ferry/detail/slot_table.hpp>
-#include <ferry/detail/wakeup.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/policy.hpp>
@@ -17,18 +11,13 @@
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
 #include <ferry/ucx/deadlines.hpp>
-#include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
-#include <ferry/ucx/path.hpp>
 #include <ferry/ucx/peer_table.hpp>
-#include <ferry/ucx/prepare.hpp>
 #include <ferry/ucx/progress_inline.hpp>
 #include <ferry/ucx/progress_thread.hpp>
 #include <ferry/ucx/region.hpp>
 #include <ferry/ucx/registration.hpp>
-#include <ferry/ucx/remote_peer.hpp>
-#include <ferry/ucx/ucx_status.hpp>
 #include <ferry/ucx/worker.hpp>
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
@@ -37,23 +26,15 @@
 
 #include <ucp/api/ucp.h>
 
-#include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <functional>
-#include <future>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -108,7 +89,7 @@ public:
     explicit ucx_backend(std::string name) : ucx_backend(ucx_config{std::move(name), {}}) {}
 
     explicit ucx_backend(ucx_config cfg)
-        : config_(validated(std::move(cfg))),
+        : config_(detail::validated(std::move(cfg))),
           context_(std::make_shared<detail::context>(
               config_, UCP_FEATURE_RMA | UCP_FEATURE_AM | (threaded ? UCP_FEATURE_WAKEUP : 0), threaded)),
           memory_(config_, *context_),
@@ -196,11 +177,7 @@ public:
     /// serve every pair (memory::cuda), else ucx; `cuda_ipc` throws, naming the
     /// first pair it cannot serve and why; `ucx` always uses UCX RMA.
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
-                               xfer_path path) {
-        detail::check_prepare_arguments<paths_type>(op, local, remote, path);
-        // Resolving remote blocks may unpack rkeys, which touches the worker.
-        return on_worker("prepare", [&] { return resolve(op, local, remote, p, path); });
-    }
+                               xfer_path path);
 
     /// Starts a prepared transfer, with an optional notification that reaches
     /// the peer after all of the transfer's data. Returns ok when it completed
@@ -213,202 +190,53 @@ public:
     /// abandoned, not recalled, so a WRITE may still land and a READ may still
     /// fill local memory until UCX lets go of them (unload_remote of a peer
     /// with peer error handling cancels them). Until then a repost is busy.
-    status post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept {
-        auto* st = xfers_.get(x.ref);
-        if (!st) return status::invalid_argument;
-        if (notif.size() > config_.max_notif_size) return status::invalid_argument;
-        if constexpr (threaded) {
-            std::uint8_t expected = xfer_state::idle;
-            // seq_cst, as deregister_memory's look at the phase: see there.
-            if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
-                return status::busy;
-            // From here until it is queued, the state belongs to this thread alone.
-            st->hold_regions();
-            auto s = admissible(*st);
-            if (s == status::ok && st->target->failed()) s = status::peer_failed;
-            if (s == status::ok) {
-                try {
-                    st->notif_storage.assign(notif);
-                } catch (const std::bad_alloc&) {
-                    s = status::no_memory;
-                }
-            }
-            if (s != status::ok) {
-                st->let_go_regions();
-                st->phase.store(xfer_state::idle, std::memory_order_release);
-                return s;
-            }
-            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            engine_.submit(st);
-            return status::in_progress;
-        } else {
-            touch("post");
-            if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
-            if (auto s = admissible(*st); s != status::ok) return s;
-            if (st->target->failed()) return status::peer_failed;
-            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            // The notification may leave after this call returns (on the
-            // ucx path, from a flush callback), so it is kept; prepare reserved room for
-            // the usual sizes, and a larger one grows the room once.
-            if (!notif.empty()) {
-                try {
-                    st->notif_storage.assign(notif);
-                } catch (const std::bad_alloc&) {
-                    return status::no_memory;
-                }
-            }
-            st->hold_regions();
-            st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-            return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
-        }
-    }
+    status post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept;
 
     /// Reports a transfer. Under inline progress it drives the worker once
     /// first; under the thread policy it only reads what the thread published.
-    status check(xfer x) noexcept {
-        auto* st = xfers_.get(x.ref);
-        if (!st) return status::invalid_argument;
-        if constexpr (!threaded) {
-            const auto phase = st->phase.load(std::memory_order_relaxed);
-            if (phase == xfer_state::busy || phase == xfer_state::expired) {
-                // An expired transfer still reports timed_out, but UCX must
-                // be driven to let go of it, or a caller that checks and
-                // reposts never gets past busy.
-                paths_.poll(*st, worker_->owner());
-                worker_->progress();
-                if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
-                    // A failed peer's operations may never be purged: UCX
-                    // 1.13's shared memory cannot flush to a dead peer whose
-                    // receive queue is full.
-                    if (st->target->failed()) st->expire(status::peer_failed);
-                    else if (st->deadline != no_deadline && std::chrono::steady_clock::now() >= st->deadline)
-                        st->expire();
-                }
-            }
-        }
-        if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
-        return st->result.load(std::memory_order_relaxed);
-    }
+    status check(xfer x) noexcept;
 
     /// Blocks until the transfer is over or `timeout` passes, then reports it
     /// as check does. The thread policy polls for up to `progress_spin`, then
     /// sleeps on a condition variable; inline progress has nothing to sleep
     /// on and drives the worker.
-    status wait(xfer x, std::chrono::nanoseconds timeout) noexcept {
-        auto* st = xfers_.get(x.ref);
-        if (!st) return status::invalid_argument;
-        const auto deadline = detail::deadline_after(timeout);
-        if constexpr (threaded) {
-            try {
-                signal_.wait_until(deadline, config_.progress_spin, [st] {
-                    return st->phase.load(std::memory_order_seq_cst) != xfer_state::busy;
-                });
-            } catch (const std::system_error&) {
-                return status::ucx_error;
-            }
-            return check(x);
-        } else {
-            for (;;) {
-                auto s = check(x);
-                if (s != status::in_progress || std::chrono::steady_clock::now() >= deadline) return s;
-            }
-        }
-    }
+    status wait(xfer x, std::chrono::nanoseconds timeout) noexcept;
 
     /// Frees a transfer without blocking. One still in flight is abandoned:
     /// data already handed to UCX may still land, and its state is reclaimed
     /// when UCX reports completion.
-    status release(xfer x) noexcept {
-        auto st = xfers_.take(x.ref);
-        if (!st) return status::invalid_argument;
-        if (auto prev = st->phase.exchange(xfer_state::released, std::memory_order_acq_rel);
-            prev == xfer_state::busy || prev == xfer_state::expired)
-            st.release();  // whoever finishes it frees it
-        return status::ok;
-    }
+    status release(xfer x) noexcept;
 
     /// Expected duration of one post, from UCX's model of the endpoint.
-    [[nodiscard]] xfer_cost estimate(xfer x) {
-        auto* st = xfers_.get(x.ref);
-        if (!st) throw error(status::invalid_argument, "estimate: the transfer handle is unknown or released");
-        return paths_.with(st->path, [&](auto& path) -> xfer_cost {
-            if constexpr (!std::remove_reference_t<decltype(path)>::estimate_on_worker) {
-                return path.estimate(*st);
-            } else {
-                return on_worker("estimate", [&] {
-                    if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
-                    return path.estimate(*st);
-                });
-            }
-        });
-    }
+    [[nodiscard]] xfer_cost estimate(xfer x);
 
     /// The path prepare chose for the transfer; `automatic` for an unknown handle.
     [[nodiscard]] xfer_path path_of(xfer x) const noexcept {
-        auto* st = xfers_.get(x.ref);
+        const auto* st = xfers_.get(x.ref);
         return st ? st->path : xfer_path::automatic;
     }
 
     /// Total bytes a post of this transfer moves; 0 for an unknown handle.
     [[nodiscard]] std::uint64_t size_of(xfer x) const noexcept {
-        auto* st = xfers_.get(x.ref);
+        const auto* st = xfers_.get(x.ref);
         return st ? st->total_bytes : 0;
     }
 
     // ---- notifications ----------------------------------------------------
 
     /// Sends `msg` to a loaded peer; unordered with respect to transfers.
-    status send_notif(peer p, std::string_view msg) noexcept {
-        if (msg.size() > config_.max_notif_size) return status::invalid_argument;
-        auto* to = peers_.get(p.ref);
-        if (!to) return status::no_such_peer;
-        if (to->failed()) return status::peer_failed;
-        auto* buf = send_pool_.acquire();
-        if (!buf) return status::no_memory;
-        buf->to = p.ref;
-        if constexpr (threaded) {
-            try {
-                buf->storage.assign(msg);
-            } catch (const std::bad_alloc&) {
-                send_pool_.release(buf);
-                return status::no_memory;
-            }
-            buf->execute = &execute_send;
-            engine_.submit(buf);
-            return status::ok;
-        } else {
-            return send_now(*buf, msg);
-        }
-    }
+    status send_notif(peer p, std::string_view msg) noexcept;
 
     /// Everything that arrived, grouped by sender name, in arrival order.
-    [[nodiscard]] notif_map take_notifs() {
-        notif_map out;
-        poll_notifs([&](std::string_view from, std::string_view msg) { out[std::string(from)].emplace_back(msg); });
-        return out;
-    }
+    [[nodiscard]] notif_map take_notifs();
 
     /// Hands each notification that arrived to f(sender, message) as views,
     /// valid during the call only. Returns how many were delivered.
     template <class F>
-    std::size_t poll_notifs(F&& f) {
-        progress();
-        return inbox_.drain(std::forward<F>(f));
-    }
+    std::size_t poll_notifs(F&& f);
 
     /// Blocks until a notification is waiting or `timeout` passes; true if one is.
-    bool wait_notifs(std::chrono::nanoseconds timeout) {
-        const auto deadline = detail::deadline_after(timeout);
-        if constexpr (threaded) {
-            return signal_.wait_until(deadline, config_.progress_spin, [this] { return inbox_.has_mail(); });
-        } else {
-            for (;;) {
-                progress();
-                if (inbox_.has_mail()) return true;
-                if (std::chrono::steady_clock::now() >= deadline) return false;
-            }
-        }
-    }
+    bool wait_notifs(std::chrono::nanoseconds timeout);
 
     /// Notifications that arrived malformed or oversized and were dropped.
     [[nodiscard]] std::uint64_t dropped_notifs() const noexcept { return inbox_.dropped(); }
@@ -420,17 +248,7 @@ public:
     /// for transfers that UCX emulates with active messages to complete.
     /// Under the thread policy the progress thread does this, and the call
     /// returns 0 at once.
-    unsigned progress() noexcept {
-        if constexpr (threaded) {
-            return 0;
-        } else {
-            unsigned n = 0;
-            n += paths_.progress(worker_->owner());
-            while (unsigned k = worker_->progress()) n += k;
-            peers_.reap(worker_->owner());
-            return n;
-        }
-    }
+    unsigned progress() noexcept;
 
     /// The underlying UCX objects, for callers who need to go below ferry.
     /// The worker and endpoints belong to their owner thread (see the class
@@ -439,19 +257,15 @@ public:
     [[nodiscard]] ucp_context_h ucx_context() const noexcept { return context_->get(); }
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_->get(); }
     [[nodiscard]] ucp_ep_h ucx_endpoint(peer p) const noexcept {
-        auto* to = peers_.get(p.ref);
+        const auto* to = peers_.get(p.ref);
         return to ? to->ep() : nullptr;
     }
 
 private:
-    // Creates the worker on the calling thread, which then owns it, and
-    // registers what the worker serves.
-    void open_worker() {
-        worker_.emplace(context_->get());
-        inbox_.attach(worker_->get());
-        worker_address_ = worker_->address();
-    }
-
+    // The worker's owner thread (see progress_inline.hpp and progress_thread.hpp).
+    void open_worker();  // creates it on the calling thread, which then owns it
+    std::pair<bool, std::chrono::steady_clock::time_point> serve() noexcept;
+    void shut_down() noexcept;
     void close_worker() noexcept { worker_.reset(); }
     detail::worker& worker() noexcept { return *worker_; }
     void bind_thread() const noexcept { memory_.bind_thread(); }
@@ -460,44 +274,6 @@ private:
     // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
     void touch(const char* what) const noexcept { worker_->owner().check(what); }
 
-    static ucx_config validated(ucx_config cfg) {
-        if (cfg.name.empty() || cfg.name.size() > detail::max_agent_name)
-            throw error(status::invalid_argument,
-                        "ucx_backend: name must be 1 to 255 bytes, got " + std::to_string(cfg.name.size()));
-        if (cfg.max_notif_size > (std::size_t{1} << 30))
-            throw error(status::invalid_argument, "ucx_backend: max_notif_size is larger than 1 GiB");
-        return cfg;
-    }
-
-    // prepare's second half: builds the transfer state, under the set-up lock.
-    xfer resolve(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p, xfer_path path) {
-        auto st = std::make_unique<xfer_state>();
-        st->op = op;
-        st->peer_ref = p.ref;
-        st->threaded = threaded;
-        st->sender = &config_.name;
-        st->signal = threaded ? &signal_ : nullptr;
-        st->deadlines = threaded ? expiry_.list() : nullptr;
-        st->execute = &execute_post;
-        st->notif_storage.reserve(256);
-        st->registry_epoch = registration_.regions().epoch();
-
-        auto lock = peers_.lock();
-        st->keep_target = peers_.share(p.ref);
-        if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
-        st->target = st->keep_target.get();
-        detail::resolve(*st, local, remote, registration_.regions(), paths_, path);
-        return xfer{xfers_.insert(std::move(st))};
-    }
-
-    // The checks a post makes before anything reaches UCX.
-    status admissible(xfer_state& st) const noexcept {
-        if (st.target->retired.load(std::memory_order_acquire)) return status::no_such_peer;
-        if (auto epoch = registration_.regions().epoch(); st.registry_epoch != epoch && !st.still_registered(epoch))
-            return status::not_registered;
-        return status::ok;
-    }
-
     // Runs f where the worker may be touched: here under inline progress, on
     // the progress thread (waiting for it) under the thread policy.
     template <class F>
@@ -505,72 +281,10 @@ private:
         return engine_.on_worker(*this, what, std::forward<F>(f));
     }
 
-    static void execute_post(detail::command& c, void* self) noexcept {
-        auto& st = static_cast<xfer_state&>(c);
-        auto& b = *static_cast<ucx_backend*>(self);
-        // Unloading runs on this thread too, so this answer cannot go stale.
-        if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
-        if (st.target->failed()) return st.finish(status::peer_failed);
-        const status started =
-            b.paths_.with(st.path, [&](auto& path) { return path.start(st, !st.notif_storage.empty()); });
-        if (started == status::in_progress && st.deadline != no_deadline) b.expiry_.list()->link(st);
-    }
-
-    static void execute_send(detail::command& c, void* self) noexcept {
-        auto& buf = static_cast<send_buffer&>(c);
-        static_cast<ucx_backend*>(self)->send_now(buf, buf.storage);
-    }
-
-    status send_now(send_buffer& buf, std::string_view msg) noexcept {
-        touch("send_notif");
-        auto* to = peers_.get(buf.to);
-        if (!to || to->failed()) {
-            send_pool_.release(&buf);
-            return to ? status::peer_failed : status::no_such_peer;
-        }
-        auto r = detail::send_notif_am(to->ep(), config_.name, msg, buf.storage,
-                                       &detail::notif_send_pool<mutex_type>::on_sent, &buf);
-        if (r == nullptr || UCS_PTR_IS_ERR(r)) {
-            send_pool_.release(&buf);
-            return r == nullptr ? status::ok : detail::from_ucs(UCS_PTR_STATUS(r));
-        }
-        return status::ok;
-    }
-
-    // The progress thread's work besides commands, each time round its loop:
-    // whether there was any, and the earliest transfer deadline ahead.
-    std::pair<bool, std::chrono::steady_clock::time_point> serve() noexcept {
-        bool worked = false;
-        while (worker_->progress()) worked = true;
-        if constexpr (paths_type::any_polled) {
-            // GPU work completes without telling the worker: poll it
-            // rather than sleep while any is in flight.
-            if (paths_.polling()) {
-                paths_.progress(worker_->owner());
-                worked = true;
-            }
-        }
-        peers_.reap(worker_->owner());
-        expiry_.sweep(xfers_, peers_.failures());
-        return {worked, expiry_.expire_due(std::chrono::steady_clock::now())};
-    }
-
-    // Runs on the destroying thread once no progress thread is left.
-    void shut_down() noexcept {
-        using clock = std::chrono::steady_clock;
-        const auto deadline = clock::now() + config_.close_timeout;
-        auto busy = [this] {
-            bool any = false;
-            xfers_.for_each([&](xfer_state& st) { any = any || st.pending > 0; });
-            return any;
-        };
-        while (busy() && clock::now() < deadline) {
-            paths_.progress(worker_->owner());
-            worker_->progress();
-        }
-        // Transfer states may keep their peer objects alive longer, but closed.
-        peers_.close_all(*worker_, deadline);
-    }
+    // Commands that carry a post and a notification to the progress thread.
+    static void execute_post(detail::command& c, void* self) noexcept;
+    static void execute_send(detail::command& c, void* self) noexcept;
+    status send_now(send_buffer& buf, std::string_view msg) noexcept;
 
     ucx_config config_;
     std::shared_ptr<detail::context> context_;
@@ -593,3 +307,8 @@ private:
 };
 
 FERRY_NAMESPACE_END
+
+// The longer member functions, by area.
+#include <ferry/ucx/backend_notif.hpp>
+#include <ferry/ucx/backend_worker.hpp>
+#include <ferry/ucx/backend_xfer.hpp>

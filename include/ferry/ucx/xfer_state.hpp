@@ -113,6 +113,15 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     xfer_state(const xfer_state&) = delete;
     xfer_state& operator=(const xfer_state&) = delete;
 
+    /// The checks a post makes before anything reaches UCX; `regions` is
+    /// the registry the transfer's local regions came from.
+    status admissible(const registry& regions) noexcept {
+        if (target->retired.load(std::memory_order_acquire)) return status::no_such_peer;
+        if (auto epoch = regions.epoch(); registry_epoch != epoch && !still_registered(epoch))
+            return status::not_registered;
+        return status::ok;
+    }
+
     /// True when every local region is still registered; remembers the
     /// epoch so the question is asked again only after a deregistration.
     bool still_registered(std::uint64_t epoch) noexcept {
