@@ -269,7 +269,6 @@ private:
     void close_worker() noexcept { worker_.reset(); }
     detail::worker& worker() noexcept { return *worker_; }
     void bind_thread() const noexcept { memory_.bind_thread(); }
-    std::chrono::microseconds progress_spin() const noexcept { return config_.progress_spin; }
 
     // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
     void touch(const char* what) const noexcept { worker_->owner().check(what); }

@@ -13,7 +13,6 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
-#include <string_view>
 #include <tuple>
 #include <type_traits>
 

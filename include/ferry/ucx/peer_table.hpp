@@ -8,7 +8,7 @@
 #include <ferry/handles.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/config.hpp>
-#include <ferry/ucx/context.hpp>
+#include <ferry/ucx/context.hpp>  // ucx_library_version
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/remote_peer.hpp>
 #include <ferry/ucx/worker.hpp>

@@ -3,7 +3,6 @@
 #include <ferry/version.hpp>
 
 #include <type_traits>
-#include <utility>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {

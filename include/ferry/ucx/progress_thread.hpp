@@ -15,7 +15,6 @@
 #include <optional>
 #include <thread>
 #include <type_traits>
-#include <utility>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {
@@ -28,8 +27,7 @@ namespace detail {
 /// application thread has something. The backend (Backend, whose friend
 /// this is) provides open_worker(), worker(), serve() — one round of the
 /// worker's work besides commands, returning whether it did any and the
-/// earliest deadline ahead — shut_down(), close_worker(), bind_thread()
-/// and progress_spin().
+/// earliest deadline ahead — shut_down(), close_worker() and bind_thread().
 template <class Backend>
 class thread_progress {
     using clock = std::chrono::steady_clock;
@@ -141,7 +139,7 @@ private:
                 idle = true;
                 idle_since = now;
             }
-            if (now - idle_since < b.progress_spin()) continue;
+            if (now - idle_since < b.config().progress_spin) continue;
 
             sleeping_.store(true, std::memory_order_seq_cst);
             if (!queue_.empty() || stop_.load(std::memory_order_acquire) || b.worker().arm() != UCS_OK) {

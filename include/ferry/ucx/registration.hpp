@@ -50,7 +50,9 @@ public:
     }
 
     void deregister(region& r) {
-        if (!r) throw error(status::invalid_argument, "deregister_memory: the region is empty (moved from or deregistered)");
+        if (!r)
+            throw error(status::invalid_argument,
+                        "deregister_memory: the region is empty (moved from or deregistered)");
         if (r.registry_ != registry_)
             throw error(status::invalid_argument, "deregister_memory: the region was registered with another backend");
         auto* lr = r.region_.get();
@@ -78,7 +80,8 @@ private:
             throw error(status::invalid_argument,
                         std::string(ptr ? "register_memory" : "allocate") + ": UCX registered [" + hex(r->begin()) +
                             ", +" + std::to_string(len) + ") as " + ucs_memory_type_names[r->mem.memory_type()] +
-                            " memory, not " + ucs_memory_type_names[want] + ": this UCX does not recognise that memory");
+                            " memory, not " + ucs_memory_type_names[want] +
+                            ": this UCX does not recognise that memory");
         registry_->add(r);
         return region(registry_, std::move(r));
     }

@@ -21,8 +21,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
-#include <type_traits>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
