@@ -1,7 +1,7 @@
 #pragma once
 
 #include <ferry/cuda/cuda_status.hpp>
-#include <ferry/ucx/memory_traits.hpp>
+#include <ferry/ucx/memory_facts.hpp>
 #include <ferry/ucx/remote_peer.hpp>
 #include <ferry/version.hpp>
 

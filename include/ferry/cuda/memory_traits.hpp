@@ -1,17 +1,17 @@
 #pragma once
 
+#include <ferry/cuda/backend_state.hpp>
 #include <ferry/cuda/cuda_status.hpp>
-#include <ferry/cuda/device_copy.hpp>
+#include <ferry/cuda/driver_api.hpp>
 #include <ferry/cuda/ipc.hpp>
-#include <ferry/detail/host_id.hpp>
+#include <ferry/cuda/path_cuda_ipc.hpp>
 #include <ferry/detail/metadata.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
-#include <ferry/ucx/config.hpp>
-#include <ferry/ucx/context.hpp>
-#include <ferry/ucx/memory.hpp>
+#include <ferry/ucx/memory_facts.hpp>
 #include <ferry/ucx/memory_traits.hpp>
-#include <ferry/ucx/remote_peer.hpp>
+#include <ferry/ucx/path.hpp>
+#include <ferry/ucx/path_ucx.hpp>
 #include <ferry/version.hpp>
 
 #include <cuda.h>
@@ -28,70 +28,11 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail {
 
-namespace cuda {
-
-/// The oldest UCX release whose CUDA transports do RMA on device memory
-/// (1.13 built with CUDA fails or crashes on it).
-inline constexpr unsigned min_ucx_major = 1;
-inline constexpr unsigned min_ucx_minor = 18;
-
-inline std::string ucx_version_string() {
-    unsigned major = 0, minor = 0, release = 0;
-    ucp_get_version(&major, &minor, &release);
-    return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(release);
-}
-
-inline const char* ucx_requirement() {
-    return "ferry's memory::cuda needs a UCX >= 1.18 built with CUDA (NVIDIA HPC-X or DOCA, conda-forge's ucx, or a "
-           "source build configured --with-cuda), found first on the library path";
-}
-
-}  // namespace cuda
-
 template <>
 struct memory_traits<memory::cuda> {
-    static constexpr bool has_device_path = true;
-    using device_op = cuda::device_copy;
-    using copy_pair = cuda::copy_pair;
-
-    struct backend_state {
-        backend_state(const ucx_config& cfg, const context& ctx) {
-            int count = 0;
-            if (auto e = cudaGetDeviceCount(&count); e != cudaSuccess || count == 0)
-                throw error(status::device_error, std::string("ucx_backend<memory::cuda>: no CUDA device is usable (") +
-                                                      (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) + ")");
-            if (cfg.cuda_device >= count)
-                throw error(status::invalid_argument, "ucx_config::cuda_device is " + std::to_string(cfg.cuda_device) +
-                                                          " but this process sees " + std::to_string(count) +
-                                                          " CUDA device(s)");
-            if (cfg.cuda_device >= 0) {
-                device = cfg.cuda_device;
-            } else {
-                cuda::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-            }
-            devices = count;
-            unsigned major = 0, minor = 0, release = 0;
-            ucp_get_version(&major, &minor, &release);
-            if ((ctx.memory_types() & (std::uint64_t{1} << UCS_MEMORY_TYPE_CUDA)) == 0)
-                throw error(status::invalid_argument, "ucx_backend<memory::cuda>: UCX " + cuda::ucx_version_string() +
-                                                          " has no CUDA support (its context reports no CUDA memory "
-                                                          "type); " + cuda::ucx_requirement());
-            if (major < cuda::min_ucx_major || (major == cuda::min_ucx_major && minor < cuda::min_ucx_minor))
-                throw error(status::invalid_argument, "ucx_backend<memory::cuda>: UCX " + cuda::ucx_version_string() +
-                                                          " cannot do RMA on CUDA memory; " + cuda::ucx_requirement());
-            // The constructing thread drives the worker under inline progress:
-            // give it the device's primary context if it has none yet.
-            bind_thread();
-            cuda::check_cuda(cudaFree(nullptr), "cudaFree(nullptr) (creating the primary context)");
-        }
-
-        /// Makes the backend's device current on the calling thread, so that
-        /// UCX's CUDA transports find a context when this thread drives the worker.
-        void bind_thread() const noexcept { cudaSetDevice(device); }
-
-        int device = 0;
-        int devices = 0;
-    };
+    using backend_state = cuda::backend_state;
+    /// cuda_ipc where it serves every pair, else UCX RMA.
+    using paths = path_set<cuda_ipc_path, ucx_rma_path>;
 
     /// Tells host memory from CUDA memory, checks `dev` against where the
     /// memory is, and exports CUDA memory for IPC.
@@ -162,32 +103,6 @@ struct memory_traits<memory::cuda> {
             cudaFree(q);
             if (was != device) cudaSetDevice(was);
         });
-    }
-
-    /// Why the cuda_ipc path cannot serve a pair, or empty if it can. Opens
-    /// the peer's IPC mapping on first use.
-    static std::string ipc_refusal(const backend_state& b, const local_region& l, remote_region& r,
-                                   const std::string& peer_host) {
-        if (!l.facts.gpu_reachable)
-            return "the local block is neither CUDA device memory nor page-locked host memory";
-        if (l.facts.kind == memory_kind_code::cuda && static_cast<int>(l.dev) != b.device)
-            return "the local block is on CUDA device " + std::to_string(l.dev) + ", the backend's is " +
-                   std::to_string(b.device) + " (ucx_config::cuda_device)";
-        if (r.kind != memory_kind_code::cuda) return "the remote block is not CUDA device memory";
-        if (peer_host.empty() || peer_host != host_id()) return "the peer runs on another host";
-        cuda::open_ipc(r, b.device);
-        if (!r.ipc_error.empty()) return "the remote region cannot be mapped: " + r.ipc_error;
-        return {};
-    }
-
-    /// The device address, in this process, of `addr` in a mapped remote region.
-    static std::uint64_t mapped_address(const remote_region& r, std::uint64_t addr) noexcept {
-        return r.ipc_base + r.ipc_offset + (addr - r.addr);
-    }
-
-    /// The address at which the backend's GPU reaches `addr` in a local region.
-    static std::uint64_t gpu_address(const local_region& l, std::uint64_t addr) noexcept {
-        return addr + static_cast<std::uint64_t>(l.facts.gpu_offset);
     }
 };
 

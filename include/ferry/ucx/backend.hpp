@@ -2,12 +2,7 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/detail/completion_signal.hpp>
-#include <ferry/detail/intrusive_list.hpp>
-#include <ferry/detail/host_id.hpp>
-#include <ferry/detail/metadata.hpp>
-#include <ferry/detail/mpsc_queue.hpp>
 #include <ferry/detail/slot_table.hpp>
-#include <ferry/detail/wakeup.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/policy.hpp>
@@ -15,12 +10,14 @@
 #include <ferry/ucx/command.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
-#include <ferry/ucx/memory.hpp>
+#include <ferry/ucx/deadlines.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
+#include <ferry/ucx/peer_table.hpp>
+#include <ferry/ucx/progress_inline.hpp>
+#include <ferry/ucx/progress_thread.hpp>
 #include <ferry/ucx/region.hpp>
-#include <ferry/ucx/remote_peer.hpp>
-#include <ferry/ucx/ucx_status.hpp>
+#include <ferry/ucx/registration.hpp>
 #include <ferry/ucx/worker.hpp>
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
@@ -29,51 +26,20 @@
 
 #include <ucp/api/ucp.h>
 
-#include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <functional>
-#include <future>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
-
-namespace detail {
-
-inline std::string hex(std::uintptr_t v) {
-    char buf[2 + 16 + 1];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-
-// now() + timeout, saturating, so that nanoseconds::max() means "no deadline".
-inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexcept {
-    using clock = std::chrono::steady_clock;
-    const auto now = clock::now();
-    if (timeout <= std::chrono::nanoseconds::zero()) return now;
-    if (timeout >= clock::time_point::max() - now) return clock::time_point::max();
-    return now + std::chrono::duration_cast<clock::duration>(timeout);
-}
-
-inline std::string describe(const desc& d) {
-    return "[" + hex(d.addr) + ", +" + std::to_string(d.len) + ") on device " + std::to_string(d.dev);
-}
-
-}  // namespace detail
 
 /// A transfer backend over UCX: registered memory, metadata exchange,
 /// descriptor-list READ/WRITE over UCX RMA and notifications over UCX active
@@ -105,17 +71,16 @@ class ucx_backend {
                   "ucx_backend<policy<..., memory::cuda>>: include <ferry/cuda.hpp> and link the ferry::cuda "
                   "CMake target (ferry built where the CUDA toolkit was found)");
     using traits = detail::memory_traits<typename Policy::memory_kind>;
-    static constexpr bool has_device_path = traits::has_device_path;
+    using paths_type = typename traits::paths;
 
     static constexpr bool threaded = is_threaded_v<Policy>;
-    static constexpr auto no_deadline = std::chrono::steady_clock::time_point::max();
+    static constexpr auto no_deadline = detail::expiry::never;
     using mutex_type = std::conditional_t<threaded, std::mutex, detail::null_mutex>;
+    using engine_type =
+        std::conditional_t<threaded, detail::thread_progress<ucx_backend>, detail::inline_progress<ucx_backend>>;
+    friend engine_type;
     using xfer_state = detail::xfer_state;
     using send_buffer = typename detail::notif_send_pool<mutex_type>::buffer;
-
-    struct peer_entry {
-        std::shared_ptr<detail::remote_peer> p;
-    };
 
 public:
     using policy_type = Policy;
@@ -124,42 +89,20 @@ public:
     explicit ucx_backend(std::string name) : ucx_backend(ucx_config{std::move(name), {}}) {}
 
     explicit ucx_backend(ucx_config cfg)
-        : config_(validated(std::move(cfg))),
+        : config_(detail::validated(std::move(cfg))),
           context_(std::make_shared<detail::context>(
               config_, UCP_FEATURE_RMA | UCP_FEATURE_AM | (threaded ? UCP_FEATURE_WAKEUP : 0), threaded)),
           memory_(config_, *context_),
-          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
-          registry_(std::make_shared<detail::registry>()) {
-        if constexpr (threaded) {
-            // The progress thread creates the worker, so that it owns it
-            // from the first call to the last; its set-up errors come back here.
-            std::promise<void> ready;
-            auto started = ready.get_future();
-            thread_ = std::thread([this, &ready] { run(ready); });
-            try {
-                started.get();
-            } catch (...) {
-                thread_.join();
-                throw;
-            }
-        } else {
-            open_worker();
-        }
+          registration_(context_, memory_),
+          paths_(memory_),
+          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr) {
+        engine_.start(*this);
     }
 
     ucx_backend(const ucx_backend&) = delete;
     ucx_backend& operator=(const ucx_backend&) = delete;
 
-    ~ucx_backend() {
-        if constexpr (threaded) {
-            // The progress thread shuts the worker down itself, as it set it up.
-            stop_.store(true, std::memory_order_seq_cst);
-            wakeup_->signal();
-            thread_.join();
-        } else {
-            shut_down();
-        }
-    }
+    ~ucx_backend() { engine_.stop(*this); }
 
     [[nodiscard]] const std::string& name() const noexcept { return config_.name; }
     [[nodiscard]] const ucx_config& config() const noexcept { return config_; }
@@ -169,23 +112,14 @@ public:
     /// Registers [ptr, ptr + len) for transfers. The memory stays the
     /// caller's; it must outlive the returned region.
     [[nodiscard]] region register_memory(void* ptr, std::size_t len, std::uint32_t dev = 0) {
-        if (ptr == nullptr) throw error(status::invalid_argument, "register_memory: ptr is null");
-        if (len == 0) throw error(status::invalid_argument, "register_memory: len is 0");
-        if (reinterpret_cast<std::uintptr_t>(ptr) + len < reinterpret_cast<std::uintptr_t>(ptr))
-            throw error(status::invalid_argument, "register_memory: [ptr, ptr + len) wraps around");
-        return add_region(ptr, len, dev, traits::classify(memory_, "register_memory", ptr, len, dev), nullptr);
+        return registration_.register_memory(ptr, len, dev);
     }
 
     /// Allocates `len` bytes and registers them. memory::host: through UCX
     /// (UCP_MEM_MAP_ALLOCATE); on one host a peer maps such memory, and a put
     /// becomes a store. memory::cuda: device memory on CUDA device `dev`.
     [[nodiscard]] region allocate(std::size_t len, std::uint32_t dev = 0) {
-        if (len == 0) throw error(status::invalid_argument, "allocate: len is 0");
-        auto owner = traits::allocate(memory_, len, dev);
-        if (!owner) return add_region(nullptr, len, dev, {}, nullptr);
-        void* const p = owner.get();  // before owner is moved from
-        auto facts = traits::classify(memory_, "allocate", p, len, dev);
-        return add_region(p, len, dev, std::move(facts), std::move(owner));
+        return registration_.allocate(len, dev);
     }
 
     /// Deregisters a region now, or refuses with `busy` while a transfer
@@ -194,48 +128,13 @@ public:
     /// Transfers prepared over it then fail with not_registered. Destroying
     /// the region instead never refuses: it defers the unmapping until the
     /// transfers in flight are done.
-    void deregister_memory(region& r) {
-        if (!r) throw error(status::invalid_argument, "deregister_memory: the region is empty (moved from or deregistered)");
-        if (r.registry_ != registry_)
-            throw error(status::invalid_argument, "deregister_memory: the region was registered with another backend");
-        auto* lr = r.region_.get();
-        registry_->remove(lr);
-        // remove() cleared the flag that a post checks after it counted
-        // itself in; both are sequentially consistent, so a post racing with
-        // this either fails with not_registered or is counted here. Released
-        // transfers that UCX still holds count too.
-        if (const std::size_t in_use = lr->users.load(std::memory_order_seq_cst); in_use > 0) {
-            registry_->restore(r.region_);
-            throw error(status::busy, "deregister_memory: region " + detail::hex(lr->begin()) + " (+" +
-                                          std::to_string(lr->mem.size()) + ") is used by " + std::to_string(in_use) +
-                                          " transfer(s) in flight");
-        }
-        r.reset();
-    }
+    void deregister_memory(region& r) { registration_.deregister(r); }
 
     // ---- metadata and peers ---------------------------------------------
 
     /// This agent's name, worker address and every region registered now.
     [[nodiscard]] std::vector<std::byte> local_metadata() const {
-        auto regions = registry_->regions();
-        detail::metadata_view md;
-        md.ucx_version = detail::ucx_library_version();
-        md.name = config_.name;
-        md.worker_address = worker_address_;
-        md.host_id = detail::host_id();
-        for (const auto& r : regions) {
-            detail::region_record rec;
-            rec.addr = r->begin();
-            rec.len = r->mem.size();
-            rec.dev = r->dev;
-            rec.rkey = r->mem.packed_rkey();
-            rec.kind = r->facts.kind;
-            rec.ipc_handle = r->facts.ipc_handle;
-            rec.ipc_offset = r->facts.ipc_offset;
-            rec.ipc_alloc_size = r->facts.ipc_alloc_size;
-            md.regions.push_back(rec);
-        }
-        return detail::encode_metadata(md);
+        return detail::publish_metadata(config_.name, worker_address_, registration_.regions());
     }
 
     /// Validates a peer's blob completely, connects to it and unpacks its
@@ -243,69 +142,26 @@ public:
     /// restarted agent); handles to the old one become stale.
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
-        return on_worker("load_remote", [&] {
-            std::shared_ptr<detail::remote_peer> p;
-            try {
-                p = std::make_shared<detail::remote_peer>(worker_->get(), md, config_.error_handling,
-                                                          &peer_failures_);
-            } catch (const error& e) {
-                std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
-                if (e.ucx_status() == UCS_ERR_UNREACHABLE && config_.error_handling == error_mode::peer)
-                    what += " (the peer did not answer, or, with error_mode::peer, which uses only transports "
-                            "that detect a dead peer, none of this context's reaches it)";
-                throw error(e.code_status(), what, e.ucx_status());
-            }
-            peer result;
-            {
-                std::lock_guard lock(setup_mutex_);
-                if (auto it = peers_by_name_.find(p->name()); it != peers_by_name_.end()) retire(it->second);
-                auto ref = peers_.insert(std::make_unique<peer_entry>(peer_entry{p}));
-                peers_by_name_[p->name()] = ref;
-                result = peer{ref};
-            }
-            reap();  // closing a peer takes setup_mutex_ itself
-            return result;
-        });
+        return on_worker("load_remote",
+                         [&] { return peers_.load(worker_->get(), md, config_.error_handling, worker_->owner()); });
     }
 
     /// Forgets a peer. Transfers prepared for it then fail with no_such_peer;
     /// its endpoint closes once transfers already in flight to it complete.
     void unload_remote(peer p) {
-        on_worker("unload_remote", [&] {
-            {
-                std::lock_guard lock(setup_mutex_);
-                if (!peers_.get(p.ref))
-                    throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
-                retire(p.ref);
-            }
-            reap();  // closing a peer takes setup_mutex_ itself
-        });
+        on_worker("unload_remote", [&] { peers_.unload(p, worker_->owner()); });
     }
 
     /// The peer loaded under `name`, if any. For set-up, not the hot path.
-    [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const {
-        std::lock_guard lock(setup_mutex_);
-        auto it = peers_by_name_.find(name);
-        if (it == peers_by_name_.end()) return std::nullopt;
-        return peer{it->second};
-    }
+    [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const { return peers_.find(name); }
 
     /// The regions a loaded peer published, as descriptors in its address space.
-    [[nodiscard]] std::vector<desc> remote_regions(peer p) const {
-        std::lock_guard lock(setup_mutex_);
-        auto* e = peers_.get(p.ref);
-        if (!e) throw error(status::no_such_peer, "remote_regions: the peer handle is unknown or was unloaded");
-        return e->p->published();
-    }
+    [[nodiscard]] std::vector<desc> remote_regions(peer p) const { return peers_.published(p); }
 
     /// ok while the peer is loaded and healthy, peer_failed once UCX reported
     /// its endpoint failed (peer error handling), no_such_peer for a handle
     /// that is unknown or was unloaded.
-    [[nodiscard]] status peer_status(peer p) const noexcept {
-        auto* e = peers_.get(p.ref);
-        if (!e) return status::no_such_peer;
-        return e->p->failed() ? status::peer_failed : status::ok;
-    }
+    [[nodiscard]] status peer_status(peer p) const noexcept { return peers_.status_of(p); }
 
     // ---- transfers --------------------------------------------------------
 
@@ -321,22 +177,7 @@ public:
     /// serve every pair (memory::cuda), else ucx; `cuda_ipc` throws, naming the
     /// first pair it cannot serve and why; `ucx` always uses UCX RMA.
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
-                               xfer_path path) {
-        if (path != xfer_path::automatic && path != xfer_path::ucx && path != xfer_path::cuda_ipc)
-            throw error(status::invalid_argument, "prepare: unknown xfer_path");
-        if (path == xfer_path::cuda_ipc && !has_device_path)
-            throw error(status::invalid_argument, "prepare: path cuda_ipc needs a backend with memory::cuda");
-        if (op != xfer_op::read && op != xfer_op::write)
-            throw error(status::invalid_argument, "prepare: op is neither read nor write");
-        if (local.empty() && remote.empty())
-            throw error(status::invalid_argument, "prepare: the descriptor lists are empty");
-        if (local.size() != remote.size())
-            throw error(status::invalid_argument, "prepare: " + std::to_string(local.size()) +
-                                                      " local descriptors but " + std::to_string(remote.size()) +
-                                                      " remote descriptors");
-        // Resolving remote blocks may unpack rkeys, which touches the worker.
-        return on_worker("prepare", [&] { return resolve(op, local, remote, p, path); });
-    }
+                               xfer_path path);
 
     /// Starts a prepared transfer, with an optional notification that reaches
     /// the peer after all of the transfer's data. Returns ok when it completed
@@ -349,239 +190,53 @@ public:
     /// abandoned, not recalled, so a WRITE may still land and a READ may still
     /// fill local memory until UCX lets go of them (unload_remote of a peer
     /// with peer error handling cancels them). Until then a repost is busy.
-    status post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept {
-        auto* st = xfers_.get(x.ref);
-        if (!st) return status::invalid_argument;
-        if (notif.size() > config_.max_notif_size) return status::invalid_argument;
-        if constexpr (threaded) {
-            std::uint8_t expected = xfer_state::idle;
-            // seq_cst, as deregister_memory's look at the phase: see there.
-            if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
-                return status::busy;
-            // From here until it is queued, the state belongs to this thread alone.
-            st->hold_regions();
-            auto s = admissible(*st);
-            if (s == status::ok && st->target->failed()) s = status::peer_failed;
-            if (s == status::ok) {
-                try {
-                    st->notif_storage.assign(notif);
-                } catch (const std::bad_alloc&) {
-                    s = status::no_memory;
-                }
-            }
-            if (s != status::ok) {
-                st->let_go_regions();
-                st->phase.store(xfer_state::idle, std::memory_order_release);
-                return s;
-            }
-            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            submit(st);
-            return status::in_progress;
-        } else {
-            touch("post");
-            if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
-            if (auto s = admissible(*st); s != status::ok) return s;
-            if (st->target->failed()) return status::peer_failed;
-            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-            if constexpr (has_device_path) {
-                if (st->path == xfer_path::cuda_ipc) {
-                    if (st->notif_storage.data() != notif.data()) {
-                        try {
-                            st->notif_storage.assign(notif);
-                        } catch (const std::bad_alloc&) {
-                            return status::no_memory;
-                        }
-                    }
-                    st->hold_regions();
-                    st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-                    return start_device(*st);
-                }
-            }
-            // The notification may leave after this call returns (see
-            // xfer_state::start), so it is kept; prepare reserved room for
-            // the usual sizes, and a larger one grows the room once.
-            if (!notif.empty()) {
-                try {
-                    st->notif_storage.assign(notif);
-                } catch (const std::bad_alloc&) {
-                    return status::no_memory;
-                }
-            }
-            st->hold_regions();
-            st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-            return st->start(!notif.empty());
-        }
-    }
+    status post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept;
 
     /// Reports a transfer. Under inline progress it drives the worker once
     /// first; under the thread policy it only reads what the thread published.
-    status check(xfer x) noexcept {
-        auto* st = xfers_.get(x.ref);
-        if (!st) return status::invalid_argument;
-        if constexpr (!threaded) {
-            const auto phase = st->phase.load(std::memory_order_relaxed);
-            if (phase == xfer_state::busy || phase == xfer_state::expired) {
-                // An expired transfer still reports timed_out, but UCX must
-                // be driven to let go of it, or a caller that checks and
-                // reposts never gets past busy.
-                if constexpr (has_device_path) {
-                    if (st->path == xfer_path::cuda_ipc) poll_device(*st);
-                }
-                worker_->progress();
-                if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
-                    // A failed peer's operations may never be purged: UCX
-                    // 1.13's shared memory cannot flush to a dead peer whose
-                    // receive queue is full.
-                    if (st->target->failed()) st->expire(status::peer_failed);
-                    else if (st->deadline != no_deadline && std::chrono::steady_clock::now() >= st->deadline)
-                        st->expire();
-                }
-            }
-        }
-        if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
-        return st->result.load(std::memory_order_relaxed);
-    }
+    status check(xfer x) noexcept;
 
     /// Blocks until the transfer is over or `timeout` passes, then reports it
     /// as check does. The thread policy polls for up to `progress_spin`, then
     /// sleeps on a condition variable; inline progress has nothing to sleep
     /// on and drives the worker.
-    status wait(xfer x, std::chrono::nanoseconds timeout) noexcept {
-        auto* st = xfers_.get(x.ref);
-        if (!st) return status::invalid_argument;
-        const auto deadline = detail::deadline_after(timeout);
-        if constexpr (threaded) {
-            try {
-                signal_.wait_until(deadline, config_.progress_spin, [st] {
-                    return st->phase.load(std::memory_order_seq_cst) != xfer_state::busy;
-                });
-            } catch (const std::system_error&) {
-                return status::ucx_error;
-            }
-            return check(x);
-        } else {
-            for (;;) {
-                auto s = check(x);
-                if (s != status::in_progress || std::chrono::steady_clock::now() >= deadline) return s;
-            }
-        }
-    }
+    status wait(xfer x, std::chrono::nanoseconds timeout) noexcept;
 
     /// Frees a transfer without blocking. One still in flight is abandoned:
     /// data already handed to UCX may still land, and its state is reclaimed
     /// when UCX reports completion.
-    status release(xfer x) noexcept {
-        auto st = xfers_.take(x.ref);
-        if (!st) return status::invalid_argument;
-        if (auto prev = st->phase.exchange(xfer_state::released, std::memory_order_acq_rel);
-            prev == xfer_state::busy || prev == xfer_state::expired)
-            st.release();  // whoever finishes it frees it
-        return status::ok;
-    }
+    status release(xfer x) noexcept;
 
     /// Expected duration of one post, from UCX's model of the endpoint.
-    [[nodiscard]] xfer_cost estimate(xfer x) {
-        auto* st = xfers_.get(x.ref);
-        if (!st) throw error(status::invalid_argument, "estimate: the transfer handle is unknown or released");
-        if (st->path == xfer_path::cuda_ipc) {
-            // One launch and its completion (about 10 us measured on an H200)
-            // plus the bytes at device memory speed, read and written once.
-            constexpr double launch_s = 10e-6, bytes_per_s = 1.5e12;
-            const auto d = std::chrono::nanoseconds(
-                static_cast<std::int64_t>((launch_s + static_cast<double>(st->total_bytes) / bytes_per_s) * 1e9));
-            return {d, d / 2, cost_method::cuda_ipc_model};
-        }
-        return on_worker("estimate", [&]() -> xfer_cost {
-            if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
-            double seconds = 0;
-            std::size_t last_len = 0;
-            double last_time = 0;
-            for (const auto& e : st->blocks) {
-                if (e.len != last_len) {
-                    ucp_ep_evaluate_perf_param_t param{};
-                    param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
-                    param.message_size = e.len;
-                    ucp_ep_evaluate_perf_attr_t attr{};
-                    attr.field_mask = UCP_EP_PERF_ATTR_FIELD_ESTIMATED_TIME;
-                    if (ucp_ep_evaluate_perf(st->target->ep(), &param, &attr) != UCS_OK) return {};
-                    last_len = e.len;
-                    last_time = attr.estimated_time;
-                }
-                seconds += last_time;
-            }
-            auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9));
-            // UCX gives no error bound, and its model ignores contention and
-            // software emulation, so claim no better than half the estimate.
-            return {d, d / 2, cost_method::ucx_evaluate_perf};
-        });
-    }
+    [[nodiscard]] xfer_cost estimate(xfer x);
 
     /// The path prepare chose for the transfer; `automatic` for an unknown handle.
     [[nodiscard]] xfer_path path_of(xfer x) const noexcept {
-        auto* st = xfers_.get(x.ref);
+        const auto* st = xfers_.get(x.ref);
         return st ? st->path : xfer_path::automatic;
     }
 
     /// Total bytes a post of this transfer moves; 0 for an unknown handle.
     [[nodiscard]] std::uint64_t size_of(xfer x) const noexcept {
-        auto* st = xfers_.get(x.ref);
+        const auto* st = xfers_.get(x.ref);
         return st ? st->total_bytes : 0;
     }
 
     // ---- notifications ----------------------------------------------------
 
     /// Sends `msg` to a loaded peer; unordered with respect to transfers.
-    status send_notif(peer p, std::string_view msg) noexcept {
-        if (msg.size() > config_.max_notif_size) return status::invalid_argument;
-        auto* e = peers_.get(p.ref);
-        if (!e) return status::no_such_peer;
-        if (e->p->failed()) return status::peer_failed;
-        auto* buf = send_pool_.acquire();
-        if (!buf) return status::no_memory;
-        buf->to = p.ref;
-        if constexpr (threaded) {
-            try {
-                buf->storage.assign(msg);
-            } catch (const std::bad_alloc&) {
-                send_pool_.release(buf);
-                return status::no_memory;
-            }
-            buf->execute = &execute_send;
-            submit(buf);
-            return status::ok;
-        } else {
-            return send_now(*buf, msg);
-        }
-    }
+    status send_notif(peer p, std::string_view msg) noexcept;
 
     /// Everything that arrived, grouped by sender name, in arrival order.
-    [[nodiscard]] notif_map take_notifs() {
-        notif_map out;
-        poll_notifs([&](std::string_view from, std::string_view msg) { out[std::string(from)].emplace_back(msg); });
-        return out;
-    }
+    [[nodiscard]] notif_map take_notifs();
 
     /// Hands each notification that arrived to f(sender, message) as views,
     /// valid during the call only. Returns how many were delivered.
     template <class F>
-    std::size_t poll_notifs(F&& f) {
-        progress();
-        return inbox_.drain(std::forward<F>(f));
-    }
+    std::size_t poll_notifs(F&& f);
 
     /// Blocks until a notification is waiting or `timeout` passes; true if one is.
-    bool wait_notifs(std::chrono::nanoseconds timeout) {
-        const auto deadline = detail::deadline_after(timeout);
-        if constexpr (threaded) {
-            return signal_.wait_until(deadline, config_.progress_spin, [this] { return inbox_.has_mail(); });
-        } else {
-            for (;;) {
-                progress();
-                if (inbox_.has_mail()) return true;
-                if (std::chrono::steady_clock::now() >= deadline) return false;
-            }
-        }
-    }
+    bool wait_notifs(std::chrono::nanoseconds timeout);
 
     /// Notifications that arrived malformed or oversized and were dropped.
     [[nodiscard]] std::uint64_t dropped_notifs() const noexcept { return inbox_.dropped(); }
@@ -593,17 +248,7 @@ public:
     /// for transfers that UCX emulates with active messages to complete.
     /// Under the thread policy the progress thread does this, and the call
     /// returns 0 at once.
-    unsigned progress() noexcept {
-        if constexpr (threaded) {
-            return 0;
-        } else {
-            unsigned n = 0;
-            if constexpr (has_device_path) n += poll_devices();
-            while (unsigned k = worker_->progress()) n += k;
-            reap();
-            return n;
-        }
-    }
+    unsigned progress() noexcept;
 
     /// The underlying UCX objects, for callers who need to go below ferry.
     /// The worker and endpoints belong to their owner thread (see the class
@@ -612,488 +257,57 @@ public:
     [[nodiscard]] ucp_context_h ucx_context() const noexcept { return context_->get(); }
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_->get(); }
     [[nodiscard]] ucp_ep_h ucx_endpoint(peer p) const noexcept {
-        auto* e = peers_.get(p.ref);
-        return e ? e->p->ep() : nullptr;
+        const auto* to = peers_.get(p.ref);
+        return to ? to->ep() : nullptr;
     }
 
 private:
-    // Creates the worker on the calling thread, which then owns it, and
-    // registers what the worker serves.
-    void open_worker() {
-        worker_.emplace(context_->get());
-        inbox_.attach(worker_->get());
-        worker_address_ = worker_->address();
-    }
+    // The worker's owner thread (see progress_inline.hpp and progress_thread.hpp).
+    void open_worker();  // creates it on the calling thread, which then owns it
+    std::pair<bool, std::chrono::steady_clock::time_point> serve() noexcept;
+    void shut_down() noexcept;
+    void close_worker() noexcept { worker_.reset(); }
+    detail::worker& worker() noexcept { return *worker_; }
+    void bind_thread() const noexcept { memory_.bind_thread(); }
 
     // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
     void touch(const char* what) const noexcept { worker_->owner().check(what); }
 
-    static ucx_config validated(ucx_config cfg) {
-        if (cfg.name.empty() || cfg.name.size() > detail::max_agent_name)
-            throw error(status::invalid_argument,
-                        "ucx_backend: name must be 1 to 255 bytes, got " + std::to_string(cfg.name.size()));
-        if (cfg.max_notif_size > (std::size_t{1} << 30))
-            throw error(status::invalid_argument, "ucx_backend: max_notif_size is larger than 1 GiB");
-        return cfg;
-    }
-
-    region add_region(void* ptr, std::size_t len, std::uint32_t dev, detail::memory_facts facts,
-                      std::shared_ptr<void> owner) {
-        const auto want = facts.ucx_type;
-        auto r = std::make_shared<detail::local_region>(context_, ptr, len, dev, std::move(facts), std::move(owner));
-        if (r->mem.memory_type() != want)
-            throw error(status::invalid_argument,
-                        std::string(ptr ? "register_memory" : "allocate") + ": UCX registered [" +
-                            detail::hex(r->begin()) + ", +" + std::to_string(len) + ") as " +
-                            ucs_memory_type_names[r->mem.memory_type()] + " memory, not " +
-                            ucs_memory_type_names[want] + ": this UCX does not recognise that memory");
-        registry_->add(r);
-        return region(registry_, std::move(r));
-    }
-
-    // prepare's second half: builds the transfer state, under the set-up lock.
-    xfer resolve(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p, xfer_path path) {
-        auto st = std::make_unique<xfer_state>();
-        st->op = op;
-        st->peer_ref = p.ref;
-        st->threaded = threaded;
-        st->sender = &config_.name;
-        st->signal = threaded ? &signal_ : nullptr;
-        st->deadlines = threaded ? &deadlines_ : nullptr;
-        st->execute = &execute_post;
-        st->blocks.reserve(local.size());
-        st->keys.reserve(local.size());
-        st->notif_storage.reserve(256);
-        st->registry_epoch = registry_->epoch();
-
-        std::lock_guard lock(setup_mutex_);
-        auto* e = peers_.get(p.ref);
-        if (!e) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
-        detail::remote_peer& target = *e->p;
-        st->keep_target = e->p;
-        st->target = e->p.get();
-        // Everything is checked before anything is resolved.
-        std::vector<detail::local_region*> lrs(local.size());
-        std::vector<detail::remote_region*> rrs(local.size());
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            const desc& l = local[i];
-            const desc& r = remote[i];
-            const std::string at = "prepare: descriptor " + std::to_string(i);
-            if (l.len == 0) throw error(status::invalid_argument, at + ": length is 0");
-            if (l.len != r.len)
-                throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
-                                                          " differs from remote length " + std::to_string(r.len));
-            auto lr = registry_->find(l.addr, l.len, l.dev);
-            if (!lr)
-                throw error(status::not_registered,
-                            at + ": local block " + detail::describe(l) + " is not inside any registered region");
-            rrs[i] = target.find(r.addr, r.len, r.dev);
-            if (!rrs[i])
-                throw error(status::not_registered, at + ": remote block " + detail::describe(r) +
-                                                        " is not inside any region that peer '" + target.name() +
-                                                        "' published");
-            lrs[i] = lr.get();
-            st->total_bytes += l.len;
-            if (std::find(st->regions.begin(), st->regions.end(), lr) == st->regions.end())
-                st->regions.push_back(std::move(lr));
-        }
-        if constexpr (has_device_path) {
-            if (path != xfer_path::ucx && resolve_device(*st, local, remote, lrs, rrs, target, path == xfer_path::cuda_ipc))
-                return xfer{xfers_.insert(std::move(st))};
-        }
-        st->blocks.reserve(local.size());
-        st->keys.reserve(local.size());
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            st->blocks.push_back({reinterpret_cast<void*>(local[i].addr), local[i].len, remote[i].addr});
-            st->keys.push_back({target.key_of(*rrs[i]), lrs[i]->mem.get()});
-        }
-        if (std::all_of(st->keys.begin(), st->keys.end(), [&](const auto& k) { return k == st->keys.front(); })) {
-            st->keys.resize(1);
-            st->keys.shrink_to_fit();
-        }
-        return xfer{xfers_.insert(std::move(st))};
-    }
-
-    // The cuda_ipc half of resolve: true when the path serves every pair and
-    // the transfer is set up on it; false (or, when `required`, a throw
-    // naming the pair and the reason) when it cannot.
-    bool resolve_device(xfer_state& st, std::span<const desc> local, std::span<const desc> remote,
-                        std::span<detail::local_region* const> lrs, std::span<detail::remote_region* const> rrs,
-                        detail::remote_peer& target, bool required) {
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            if (auto why = traits::ipc_refusal(memory_, *lrs[i], *rrs[i], target.host_id()); !why.empty()) {
-                if (!required) return false;
-                throw error(status::invalid_argument,
-                            "prepare: path cuda_ipc: descriptor " + std::to_string(i) + ": " + why);
-            }
-        }
-        using device_op = typename traits::device_op;
-        std::vector<typename traits::copy_pair> pairs;
-        pairs.reserve(local.size());
-        std::vector<std::shared_ptr<void>> mappings;
-        for (std::size_t i = 0; i < local.size(); ++i) {
-            const std::uint64_t here = traits::gpu_address(*lrs[i], local[i].addr);
-            const std::uint64_t there = traits::mapped_address(*rrs[i], remote[i].addr);
-            if (st.op == xfer_op::write) pairs.push_back({here, there, local[i].len});
-            else pairs.push_back({there, here, local[i].len});
-            if (std::find(mappings.begin(), mappings.end(), rrs[i]->ipc_mapping) == mappings.end())
-                mappings.push_back(rrs[i]->ipc_mapping);
-        }
-        auto op = std::make_unique<device_op>(memory_.device, pairs, std::move(mappings));
-        st.path = xfer_path::cuda_ipc;
-        st.device_op = op.release();
-        st.destroy_device_op = [](void* p) noexcept { delete static_cast<device_op*>(p); };
-        return true;
-    }
-
-    // The checks a post makes before anything reaches UCX.
-    status admissible(xfer_state& st) const noexcept {
-        if (st.target->retired.load(std::memory_order_acquire)) return status::no_such_peer;
-        if (auto epoch = registry_->epoch(); st.registry_epoch != epoch && !st.still_registered(epoch))
-            return status::not_registered;
-        return status::ok;
-    }
-
     // Runs f where the worker may be touched: here under inline progress, on
     // the progress thread (waiting for it) under the thread policy.
     template <class F>
-    auto on_worker([[maybe_unused]] const char* what, F&& f) -> std::invoke_result_t<F&> {
-        if constexpr (!threaded) {
-            touch(what);
-            return f();
-        } else {
-            if (std::this_thread::get_id() == thread_.get_id()) return f();
-            using result_type = std::invoke_result_t<F&>;
-            struct task : detail::command {
-                std::function<void()> run;
-            };
-            std::promise<result_type> done;
-            auto future = done.get_future();
-            auto* t = new task;
-            t->run = [&] {
-                try {
-                    if constexpr (std::is_void_v<result_type>) {
-                        f();
-                        done.set_value();
-                    } else {
-                        done.set_value(f());
-                    }
-                } catch (...) {
-                    done.set_exception(std::current_exception());
-                }
-            };
-            t->execute = [](detail::command& c, void*) noexcept {
-                auto* self = static_cast<task*>(&c);
-                self->run();
-                delete self;
-            };
-            submit(t);
-            return future.get();
-        }
+    auto on_worker(const char* what, F&& f) -> std::invoke_result_t<F&> {
+        return engine_.on_worker(*this, what, std::forward<F>(f));
     }
 
-    // Progress thread: hands a command over and wakes the thread if it sleeps.
-    void submit(detail::command* c) noexcept {
-        // The push and this load are sequentially consistent, as are the
-        // progress thread's store to sleeping_ and its look at the queue:
-        // either it sees the command before it sleeps, or this thread sees
-        // it asleep and wakes it.
-        queue_.push(c);
-        if (sleeping_.load(std::memory_order_seq_cst)) wakeup_->signal();
-    }
-
-    static void execute_post(detail::command& c, void* self) noexcept {
-        auto& st = static_cast<xfer_state&>(c);
-        auto& b = *static_cast<ucx_backend*>(self);
-        // Unloading runs on this thread too, so this answer cannot go stale.
-        if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
-        if (st.target->failed()) return st.finish(status::peer_failed);
-        status started;
-        if constexpr (has_device_path) {
-            started = st.path == xfer_path::cuda_ipc ? b.start_device(st) : st.start(!st.notif_storage.empty());
-        } else {
-            started = st.start(!st.notif_storage.empty());
-        }
-        if (started == status::in_progress && st.deadline != no_deadline) b.deadlines_.link(st);
-    }
-
-    static void execute_send(detail::command& c, void* self) noexcept {
-        auto& buf = static_cast<send_buffer&>(c);
-        static_cast<ucx_backend*>(self)->send_now(buf, buf.storage);
-    }
-
-    status send_now(send_buffer& buf, std::string_view msg) noexcept {
-        touch("send_notif");
-        auto* e = peers_.get(buf.to);
-        if (!e || e->p->failed()) {
-            send_pool_.release(&buf);
-            return e ? status::peer_failed : status::no_such_peer;
-        }
-        auto r = detail::send_notif_am(e->p->ep(), config_.name, msg, buf.storage,
-                                       &detail::notif_send_pool<mutex_type>::on_sent, &buf);
-        if (r == nullptr || UCS_PTR_IS_ERR(r)) {
-            send_pool_.release(&buf);
-            return r == nullptr ? status::ok : detail::from_ucs(UCS_PTR_STATUS(r));
-        }
-        return status::ok;
-    }
-
-    // The progress thread: run commands, drive the worker, and when there has
-    // been nothing to do for `progress_spin`, arm the worker and sleep until
-    // the network or an application thread has something.
-    void run(std::promise<void>& ready) noexcept {
-        memory_.bind_thread();
-        try {
-            open_worker();
-            wakeup_.emplace(worker_->event_fd());
-        } catch (...) {
-            worker_.reset();
-            ready.set_exception(std::current_exception());
-            return;
-        }
-        ready.set_value();
-        drive();
-        shut_down();
-        worker_.reset();
-    }
-
-    // The progress thread's loop, until the backend is destroyed.
-    void drive() noexcept {
-        using clock = std::chrono::steady_clock;
-        auto idle_since = clock::now();
-        bool idle = false;
-        for (;;) {
-            bool worked = false;
-            while (auto* n = queue_.pop()) {
-                auto* c = static_cast<detail::command*>(n);
-                c->execute(*c, this);
-                worked = true;
-            }
-            while (worker_->progress()) worked = true;
-            if constexpr (has_device_path) {
-                // GPU work completes without telling the worker: poll it
-                // rather than sleep while any is in flight.
-                if (!devices_in_flight_.empty()) {
-                    poll_devices();
-                    worked = true;
-                }
-            }
-            reap();
-            if (const auto n = peer_failures_.load(std::memory_order_relaxed); n != failures_swept_) {
-                // Transfers in flight to a peer that failed end now, whether
-                // or not UCX ever purges their operations.
-                failures_swept_ = n;
-                xfers_.for_each_locked([](xfer_state& st) {
-                    if (st.phase.load(std::memory_order_acquire) == xfer_state::busy && st.target->failed() &&
-                        st.pending > 0)
-                        st.expire(status::peer_failed);
-                });
-            }
-            const auto next_deadline = expire_due(clock::now());
-            if (worked) {
-                idle = false;
-                continue;
-            }
-            if (stop_.load(std::memory_order_acquire)) {
-                if (queue_.empty()) return;
-                continue;
-            }
-            auto now = clock::now();
-            if (!idle) {
-                idle = true;
-                idle_since = now;
-            }
-            if (now - idle_since < config_.progress_spin) continue;
-
-            sleeping_.store(true, std::memory_order_seq_cst);
-            if (!queue_.empty() || stop_.load(std::memory_order_acquire) || worker_->arm() != UCS_OK) {
-                sleeping_.store(false, std::memory_order_relaxed);
-                continue;
-            }
-            wakeup_->sleep(next_deadline);
-            sleeping_.store(false, std::memory_order_relaxed);
-            idle = false;
-        }
-    }
-
-    // Starts a cuda_ipc transfer: one kernel launch and one event record.
-    // The notification (in notif_storage) leaves once the event completes.
-    // Runs where the worker may be touched.
-    status start_device(xfer_state& st) noexcept {
-        auto& op = *static_cast<typename traits::device_op*>(st.device_op);
-        st.first_error = UCS_OK;
-        st.device_failed = false;
-        if (!op.launch()) {
-            st.device_failed = true;
-            st.pending = 0;
-            if (threaded) {
-                st.finish(status::device_error);
-            } else {
-                st.let_go_regions();
-                st.result.store(status::device_error, std::memory_order_relaxed);
-                st.phase.store(xfer_state::idle, std::memory_order_relaxed);
-            }
-            return status::device_error;
-        }
-        st.pending = 1;  // the event
-        ++st.target->in_flight;
-        devices_in_flight_.link(st);
-        return status::in_progress;
-    }
-
-    // Completes a cuda_ipc transfer whose event has fired: sends its
-    // notification, which now follows the data, and ends it when that is
-    // handed to UCX. Returns whether it moved on.
-    bool poll_device(xfer_state& st) noexcept {
-        if (!devices_in_flight_.contains(st)) return false;
-        touch("a cuda_ipc transfer's completion");
-        const int done = static_cast<typename traits::device_op*>(st.device_op)->poll();
-        if (done == 0) return false;
-        devices_in_flight_.unlink(st);
-        if (done < 0) {
-            st.device_failed = true;
-        } else if (st.target->failed()) {
-            st.first_error = st.target->failure();
-        } else if (!st.notif_storage.empty()) {
-            st.send_notif();
-        }
-        st.complete_one(UCS_OK);  // the event's share; may free a released state
-        return true;
-    }
-
-    unsigned poll_devices() noexcept {
-        unsigned n = 0;
-        devices_in_flight_.for_each([&](xfer_state& st) { n += poll_device(st) ? 1 : 0; });
-        return n;
-    }
-
-    // Expires the transfers whose deadline has passed; returns the earliest
-    // deadline still ahead. Progress thread only.
-    std::chrono::steady_clock::time_point expire_due(std::chrono::steady_clock::time_point now) noexcept {
-        auto earliest = no_deadline;
-        if (deadlines_.empty()) return earliest;
-        deadlines_.for_each([&](xfer_state& st) {
-            if (st.deadline <= now) st.expire();  // unlinks it
-            else earliest = std::min(earliest, st.deadline);
-        });
-        return earliest;
-    }
-
-    // Takes a peer out of the table; its endpoint closes once nothing is in
-    // flight to it, or at once, cancelling what is, when the peer failed or
-    // transfers to it expired. Caller holds setup_mutex_, runs where the
-    // worker may be touched, and calls reap() once it has let go of the lock
-    // (close_peer takes it). The entry itself is kept until the backend
-    // goes: under the thread policy a send_notif or peer_status may still be
-    // reading it, having looked it up just before.
-    void retire(detail::slot_ref ref) {
-        auto e = peers_.take(ref);
-        e->p->retired.store(true, std::memory_order_release);
-        peers_by_name_.erase(e->p->name());
-        retiring_.push_back(e->p);
-        closing_.reserve(closing_.size() + retiring_.size());
-        retired_entries_.push_back(std::move(e));
-    }
-
-    // Closes retired peers once nothing is in flight to them (or by force,
-    // see retire), and frees close requests that UCX has finished.
-    void reap() noexcept {
-        if (retiring_.empty() && closing_.empty()) return;
-        touch("closing an unloaded peer");
-        for (auto it = retiring_.begin(); it != retiring_.end();) {
-            const bool force = (*it)->close_by_force();
-            if ((*it)->in_flight > 0 && !force) {
-                ++it;
-                continue;
-            }
-            close_peer(**it, force);
-            it = retiring_.erase(it);
-        }
-        std::erase_if(closing_, [](void* r) {
-            if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
-            ucp_request_free(r);
-            return true;
-        });
-    }
-
-    // The caller holds a reference to p: a forced close completes the
-    // transfers in flight to it, which may free the last other reference.
-    void close_peer(detail::remote_peer& p, bool force) noexcept {
-        touch("ucp_ep_close_nbx");
-        ucs_status_ptr_t r;
-        {
-            std::lock_guard lock(setup_mutex_);  // prepare may be reading its regions
-            r = p.close(force);
-        }
-        if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
-    }
-
-    // Runs on the destroying thread once no progress thread is left.
-    void shut_down() noexcept {
-        using clock = std::chrono::steady_clock;
-        const auto deadline = clock::now() + config_.close_timeout;
-        auto busy = [this] {
-            bool any = false;
-            xfers_.for_each([&](xfer_state& st) { any = any || st.pending > 0; });
-            return any;
-        };
-        while (busy() && clock::now() < deadline) {
-            if constexpr (has_device_path) poll_devices();
-            worker_->progress();
-        }
-        reap();
-        // Every endpoint and rkey goes before the worker. Transfer states
-        // may keep their peer objects alive longer, but closed. A healthy
-        // peer gets a flushing close even with transfers still in flight:
-        // a forced one fails the connection under it, and UCX 1.13 aborts in
-        // a peer that is still wiring that connection up. What is in flight
-        // when the closes are given up on is cancelled with the worker.
-        auto close_for_good = [this](const std::shared_ptr<detail::remote_peer>& p) {
-            close_peer(*p, p->close_by_force());
-        };
-        peers_.for_each([&](peer_entry& e) { close_for_good(e.p); });
-        for (auto& p : retiring_) close_for_good(p);
-        retiring_.clear();
-        while (!closing_.empty() && clock::now() < deadline) {
-            worker_->progress();
-            reap();
-        }
-        // Whatever is still open is cancelled when the worker is destroyed.
-        for (void* r : closing_) ucp_request_free(r);
-        closing_.clear();
-    }
+    // Commands that carry a post and a notification to the progress thread.
+    static void execute_post(detail::command& c, void* self) noexcept;
+    static void execute_send(detail::command& c, void* self) noexcept;
+    status send_now(send_buffer& buf, std::string_view msg) noexcept;
 
     ucx_config config_;
     std::shared_ptr<detail::context> context_;
     typename traits::backend_state memory_;  // before the worker: CUDA transports want a context
+    detail::registration<traits> registration_;
     detail::completion_signal signal_;
     // Declared before the worker so that they outlive it: destroying the
     // worker completes outstanding requests, whose callbacks touch them.
     detail::slot_table<xfer_state, mutex_type> xfers_;
-    detail::intrusive_list<xfer_state, detail::deadline_tag> deadlines_;  // progress::thread only
-    detail::intrusive_list<xfer_state, detail::device_tag> devices_in_flight_;  // cuda_ipc transfers
+    detail::expiry expiry_;  // progress::thread only
+    paths_type paths_;  // the paths' own transfers in flight
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
     // Created and destroyed by its owner: the constructing thread under
     // inline progress, the progress thread under the thread policy.
     std::optional<detail::worker> worker_;
-    std::shared_ptr<detail::registry> registry_;
     std::vector<std::byte> worker_address_;
-    mutable mutex_type setup_mutex_;  // peers_by_name_, peer insertion and removal, closing peers
-    detail::slot_table<peer_entry, mutex_type> peers_;
-    std::map<std::string, detail::slot_ref, std::less<>> peers_by_name_;
-    std::vector<std::unique_ptr<peer_entry>> retired_entries_;  // under setup_mutex_
-    // Owned by whichever thread drives the worker.
-    std::vector<std::shared_ptr<detail::remote_peer>> retiring_;
-    std::vector<void*> closing_;
-    // progress::thread only.
-    std::optional<detail::wakeup> wakeup_;
-    detail::mpsc_queue queue_;
-    std::atomic<bool> sleeping_{false};
-    std::atomic<std::uint64_t> peer_failures_{0};  // bumped by every peer's error handler
-    std::uint64_t failures_swept_ = 0;
-    std::atomic<bool> stop_{false};
-    std::thread thread_;
+    detail::peer_table<mutex_type> peers_;
+    engine_type engine_;  // last: under the thread policy, the progress thread uses all of the above
 };
 
 FERRY_NAMESPACE_END
+
+// The longer member functions, by area.
+#include <ferry/ucx/backend_notif.hpp>
+#include <ferry/ucx/backend_worker.hpp>
+#include <ferry/ucx/backend_xfer.hpp>

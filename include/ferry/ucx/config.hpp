@@ -1,5 +1,7 @@
 #pragma once
 
+#include <ferry/detail/metadata.hpp>
+#include <ferry/status.hpp>
 #include <ferry/version.hpp>
 
 #include <chrono>
@@ -72,5 +74,18 @@ struct ucx_config {
     /// backend off the CPU.
     std::chrono::microseconds progress_spin{100};
 };
+
+namespace detail {
+
+inline ucx_config validated(ucx_config cfg) {
+    if (cfg.name.empty() || cfg.name.size() > max_agent_name)
+        throw error(status::invalid_argument,
+                    "ucx_backend: name must be 1 to 255 bytes, got " + std::to_string(cfg.name.size()));
+    if (cfg.max_notif_size > (std::size_t{1} << 30))
+        throw error(status::invalid_argument, "ucx_backend: max_notif_size is larger than 1 GiB");
+    return cfg;
+}
+
+}  // namespace detail
 
 FERRY_NAMESPACE_END

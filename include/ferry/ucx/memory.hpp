@@ -1,7 +1,7 @@
 #pragma once
 
 #include <ferry/ucx/context.hpp>
-#include <ferry/ucx/memory_traits.hpp>
+#include <ferry/ucx/memory_facts.hpp>
 #include <ferry/ucx/ucx_status.hpp>
 #include <ferry/version.hpp>
 

@@ -1,13 +1,13 @@
 #pragma once
 
-#include <ferry/detail/metadata.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
+#include <ferry/ucx/memory_facts.hpp>
+#include <ferry/ucx/path.hpp>
+#include <ferry/ucx/path_ucx.hpp>
 #include <ferry/version.hpp>
-
-#include <ucs/memory/memory_type.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -19,25 +19,11 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail {
 
-/// What registration learnt about a block of memory.
-struct memory_facts {
-    ucs_memory_type_t ucx_type = UCS_MEMORY_TYPE_HOST;
-    memory_kind_code kind = memory_kind_code::host;
-    // CUDA IPC export of the allocation holding the block, if it has one.
-    std::vector<std::byte> ipc_handle;
-    std::uint64_t ipc_offset = 0;
-    std::uint64_t ipc_alloc_size = 0;
-    // Whether the backend's GPU can load and store this memory itself
-    // (device memory, or page-locked host memory), and at what address:
-    // the block's address plus gpu_offset.
-    bool gpu_reachable = false;
-    std::int64_t gpu_offset = 0;
-};
-
 /// What a memory kind adds to ucx_backend: how memory is told apart and
-/// registered, what the backend's threads must do first, and (for kinds
-/// that have one) a path that bypasses UCX. Specialised per memory kind;
-/// memory::cuda's specialisation lives in <ferry/cuda.hpp>.
+/// registered, what the backend's threads must do first, and the paths its
+/// transfers may take (path.hpp), in the order prepare tries them.
+/// Specialised per memory kind; memory::cuda's specialisation lives in
+/// <ferry/cuda.hpp>.
 template <class Memory>
 struct memory_traits;
 
@@ -47,7 +33,7 @@ inline constexpr bool has_memory_traits = requires { sizeof(memory_traits<Memory
 template <>
 struct memory_traits<memory::host> {
     /// No path but UCX's.
-    static constexpr bool has_device_path = false;
+    using paths = path_set<ucx_rma_path>;
 
     /// Per-backend state of the memory kind; host memory needs none.
     struct backend_state {

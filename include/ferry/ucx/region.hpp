@@ -12,8 +12,10 @@
 
 FERRY_NAMESPACE_BEGIN
 
-template <class Policy>
-class ucx_backend;
+namespace detail {
+template <class Traits>
+class registration;
+}  // namespace detail
 
 /// A registered block of memory, owned by the caller. Destroying it (or
 /// calling `reset`) deregisters it: it disappears from metadata published
@@ -64,8 +66,8 @@ public:
     }
 
 private:
-    template <class Policy>
-    friend class ucx_backend;  // deregister_memory
+    template <class Traits>
+    friend class detail::registration;  // deregister_memory
 
     std::shared_ptr<detail::registry> registry_;
     std::shared_ptr<detail::local_region> region_;

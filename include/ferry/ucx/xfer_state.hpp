@@ -21,8 +21,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
-#include <type_traits>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
@@ -45,40 +43,45 @@ struct rma_keys {
     friend bool operator==(const rma_keys&, const rma_keys&) = default;
 };
 
-/// A prepared transfer. Everything `post` needs sits in `blocks` and `keys`; the rest
-/// is bookkeeping that the hot path touches once per post, not per descriptor.
-/// Under the thread policy the state is also the command that carries a post
-/// to the progress thread.
 struct deadline_tag;
-struct device_tag;
+struct polled_tag;
 
-struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer_state, device_tag> {
+/// A prepared transfer and its completion. prepare fills it in and hands it
+/// to one path (path.hpp), which moves its bytes on every post; UCX's
+/// callbacks, or the path's polling, then count its operations down here,
+/// and the last one ends it. Under the thread policy the state is also the
+/// command that carries a post to the progress thread.
+struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer_state, polled_tag> {
     // `expired`: past its deadline, reported as timed_out, while UCX still
     // holds its operations; it cannot be posted again until they are done.
     enum : std::uint8_t { idle, busy, released, expired };
 
     xfer_op op = xfer_op::write;
     xfer_path path = xfer_path::ucx;
-    // The memory kind's state for a path that bypasses UCX (cuda_ipc), owned.
-    void* device_op = nullptr;
-    void (*destroy_device_op)(void*) noexcept = nullptr;
-    bool device_failed = false;  // the device work of the last post failed
     slot_ref peer_ref;
     remote_peer* target = nullptr;
     std::shared_ptr<remote_peer> keep_target;  // keeps `target` valid while this state lives
-    std::vector<rma_block> blocks;
-    // One entry when every block shares it, else one per block.
-    std::vector<rma_keys> keys;
     std::vector<std::shared_ptr<local_region>> regions;  // distinct; kept mapped while in flight
     std::uint64_t registry_epoch = 0;
     std::uint64_t total_bytes = 0;
     std::string notif_storage;
     // The agent name notifications carry; the backend's, which outlives this state.
     const std::string* sender = nullptr;
-    // Built once at prepare, so that a post fills in nothing but each memh.
+
+    // The ucx path's plan (path_ucx.hpp), kept here rather than behind
+    // path_data so that a post reaches it without a pointer chase. `keys`
+    // has one entry when every block shares it, else one per block. The
+    // request parameters are built once at prepare, so that a post fills in
+    // nothing but each memh.
+    std::vector<rma_block> blocks;
+    std::vector<rma_keys> keys;
     ucp_request_param_t rma_param{};
     ucp_request_param_t flush_param{};
     ucp_request_param_t notify_param{};  // a flush whose completion sends notif_storage
+    // Any other path's plan, owned.
+    void* path_data = nullptr;
+    void (*destroy_path_data)(void*) noexcept = nullptr;
+    bool device_failed = false;  // the device work of the last post failed
 
     // Touched only by the thread that drives the worker: `pending` UCX
     // callbacks are outstanding; at zero the transfer is over, and
@@ -101,20 +104,21 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     bool threaded = false;
     completion_signal* signal = nullptr;
 
-    xfer_state() noexcept {
-        rma_param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-        flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        flush_param.cb.send = &on_complete;
-        flush_param.user_data = this;
-        notify_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        notify_param.cb.send = &on_flushed;
-        notify_param.user_data = this;
-    }
+    xfer_state() noexcept = default;
     ~xfer_state() {
-        if (destroy_device_op) destroy_device_op(device_op);
+        if (destroy_path_data) destroy_path_data(path_data);
     }
     xfer_state(const xfer_state&) = delete;
     xfer_state& operator=(const xfer_state&) = delete;
+
+    /// The checks a post makes before anything reaches UCX; `regions` is
+    /// the registry the transfer's local regions came from.
+    status admissible(const registry& regions) noexcept {
+        if (target->retired.load(std::memory_order_acquire)) return status::no_such_peer;
+        if (auto epoch = regions.epoch(); registry_epoch != epoch && !still_registered(epoch))
+            return status::not_registered;
+        return status::ok;
+    }
 
     /// True when every local region is still registered; remembers the
     /// epoch so the question is asked again only after a deregistration.
@@ -196,17 +200,8 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         st->complete_one(s);
     }
 
-    // The flush of a post with a notification: every put/get of the post is
-    // complete at the target, so the notification may leave now.
-    static void on_flushed(void* request, ucs_status_t s, void* user_data) noexcept {
-        auto* st = static_cast<xfer_state*>(user_data);
-        if (request) ucp_request_free(request);
-        // A flushing close (the backend going away) completes this flush
-        // after the endpoint handle is gone: nothing can be sent then.
-        if (s == UCS_OK && !st->target->failed() && st->target->ep() != nullptr) st->send_notif();
-        st->complete_one(s);
-    }
-
+    /// Sends the notification in notif_storage, once the transfer's data is
+    /// visible at the target.
     void send_notif() noexcept {
         track(send_notif_am(target->ep(), *sender, notif_storage, notif_storage, &on_complete, this));
     }
@@ -240,81 +235,6 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         ++pending;
     }
 
-    /// Starts every operation of the transfer, and its notification when
-    /// `with_notif` (the message is in notif_storage). Returns ok when all
-    /// completed inline, in_progress when callbacks are outstanding, or the error.
-    status start(bool with_notif) noexcept {
-        first_error = UCS_OK;
-        pending = 1;  // held until every operation is issued, so no callback can finish early
-        const ucp_ep_h ep = target->ep();
-
-        ucp_request_param_t& param = rma_param;
-        // One loop per direction and key layout, so that the per-descriptor
-        // path holds no branch on either; with one key pair for all blocks
-        // (the usual case) the memh is set once and the rkey stays in a register.
-        auto issue_all = [&](auto rma, auto one_key_pair) {
-            constexpr bool shared = decltype(one_key_pair)::value;
-            const rma_keys* k = keys.data();
-            const ucp_rkey_h rkey = k->rkey;
-            if constexpr (shared) param.memh = k->memh;
-            const rma_block* b = blocks.data();
-            const rma_block* const end = b + blocks.size();
-            for (; b != end; ++b) {
-                if constexpr (!shared) param.memh = k->memh;
-                auto r = rma(ep, b->local, b->len, b->remote, shared ? rkey : k->rkey, &param);
-                if constexpr (!shared) ++k;
-                if (r != nullptr) {
-                    if (UCS_PTR_IS_ERR(r)) {
-                        first_error = UCS_PTR_STATUS(r);
-                        return;
-                    }
-                    ucp_request_free(r);  // the flush below covers its completion
-                }
-            }
-        };
-        using one = std::true_type;
-        using many = std::false_type;
-        const bool write = op == xfer_op::write;
-        if (keys.size() == 1) {
-            if (write) issue_all(&ucp_put_nbx, one{});
-            else issue_all(&ucp_get_nbx, one{});
-        } else {
-            if (write) issue_all(&ucp_put_nbx, many{});
-            else issue_all(&ucp_get_nbx, many{});
-        }
-
-        if (with_notif && first_error == UCS_OK) {
-            // The notification follows a flush of the endpoint, which
-            // completes once every put/get above is complete at the target:
-            // at once when they already are (memory the peer mapped), else in
-            // a callback that sends it from the worker's progress. Not
-            // ucp_worker_fence: since UCX 1.16 it defaults to a strong fence
-            // that waits, inside this call, for every operation of the worker
-            // to complete remotely, so a post to a target that does not
-            // progress would never return.
-            auto r = ucp_ep_flush_nbx(ep, &notify_param);
-            if (r == nullptr) send_notif();
-            else track(r);
-        } else {
-            track(ucp_ep_flush_nbx(ep, &flush_param));
-        }
-
-        if (pending > 1) {
-            --pending;  // drop the hold taken above; callbacks finish the transfer
-            ++target->in_flight;
-            return status::in_progress;
-        }
-        pending = 0;
-        auto s = outcome();
-        result.store(s, std::memory_order_relaxed);
-        if (threaded) {
-            finish(s);
-        } else {
-            let_go_regions();
-            phase.store(idle, std::memory_order_relaxed);
-        }
-        return s;
-    }
 };
 
 }  // namespace detail

@@ -1,0 +1,168 @@
+#pragma once
+
+#include <ferry/cuda/backend_state.hpp>
+#include <ferry/cuda/device_copy.hpp>
+#include <ferry/cuda/ipc.hpp>
+#include <ferry/detail/host_id.hpp>
+#include <ferry/detail/intrusive_list.hpp>
+#include <ferry/detail/metadata.hpp>
+#include <ferry/detail/thread_owner.hpp>
+#include <ferry/status.hpp>
+#include <ferry/ucx/memory.hpp>
+#include <ferry/ucx/path.hpp>
+#include <ferry/ucx/remote_peer.hpp>
+#include <ferry/ucx/xfer_state.hpp>
+#include <ferry/version.hpp>
+#include <ferry/xfer_cost.hpp>
+#include <ferry/xfer_path.hpp>
+
+#include <ucp/api/ucp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+FERRY_NAMESPACE_BEGIN
+namespace detail {
+
+/// The cuda_ipc path: the peer's GPU memory mapped into this process through
+/// CUDA IPC, and the whole descriptor list moved by one copy kernel on the
+/// backend's GPU, whose event completes the post. It serves a transfer only
+/// when every pair has GPU memory (or page-locked host memory) on our side
+/// and GPU memory of a peer on this host on the other. Nothing tells the
+/// worker when a kernel is done, so the path is polled (path.hpp).
+class cuda_ipc_path {
+public:
+    static constexpr xfer_path id = xfer_path::cuda_ipc;
+    static constexpr bool estimate_on_worker = false;  // a model, no UCX
+
+    explicit cuda_ipc_path(const cuda::backend_state& memory) noexcept : memory_(memory) {}
+
+    /// Builds the copy: its chunk table on the GPU, its stream and event,
+    /// and one empty launch that pays the first launch's costs now.
+    bool prepare(xfer_state& st, const resolved_pairs& pairs, bool required) {
+        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
+            const auto why = refusal(*pairs.local_regions[i], *pairs.remote_regions[i], pairs.target.host_id());
+            if (why.empty()) continue;
+            if (!required) return false;
+            throw error(status::invalid_argument,
+                        "prepare: path cuda_ipc: descriptor " + std::to_string(i) + ": " + why);
+        }
+        std::vector<cuda::copy_pair> copies;
+        copies.reserve(pairs.local.size());
+        std::vector<std::shared_ptr<void>> mappings;
+        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
+            const std::uint64_t here = gpu_address(*pairs.local_regions[i], pairs.local[i].addr);
+            const std::uint64_t there = mapped_address(*pairs.remote_regions[i], pairs.remote[i].addr);
+            if (st.op == xfer_op::write) copies.push_back({here, there, pairs.local[i].len});
+            else copies.push_back({there, here, pairs.local[i].len});
+            const auto& mapping = pairs.remote_regions[i]->ipc_mapping;
+            if (std::find(mappings.begin(), mappings.end(), mapping) == mappings.end()) mappings.push_back(mapping);
+        }
+        auto copy = std::make_unique<cuda::device_copy>(memory_.device, copies, std::move(mappings));
+        st.path_data = copy.release();
+        st.destroy_path_data = [](void* p) noexcept { delete static_cast<cuda::device_copy*>(p); };
+        return true;
+    }
+
+    /// One kernel launch and one event record. The notification, when there
+    /// is one, leaves once the event completes.
+    status start(xfer_state& st, bool with_notif) noexcept {
+        if (!with_notif) st.notif_storage.clear();  // poll sends whatever it holds
+        st.first_error = UCS_OK;
+        st.device_failed = false;
+        if (!copy_of(st).launch()) {
+            st.device_failed = true;
+            st.pending = 0;
+            if (st.threaded) {
+                st.finish(status::device_error);
+            } else {
+                st.let_go_regions();
+                st.result.store(status::device_error, std::memory_order_relaxed);
+                st.phase.store(xfer_state::idle, std::memory_order_relaxed);
+            }
+            return status::device_error;
+        }
+        st.pending = 1;  // the event
+        ++st.target->in_flight;
+        in_flight_.link(st);
+        return status::in_progress;
+    }
+
+    /// Completes a transfer whose event has fired: sends its notification,
+    /// which now follows the data, and ends it once that is handed to UCX.
+    /// Returns whether it moved on.
+    bool poll(xfer_state& st, const thread_owner& owner) noexcept {
+        if (!in_flight_.contains(st)) return false;
+        owner.check("a cuda_ipc transfer's completion");
+        const int done = copy_of(st).poll();
+        if (done == 0) return false;
+        in_flight_.unlink(st);
+        if (done < 0) {
+            st.device_failed = true;
+        } else if (st.target->failed()) {
+            st.first_error = st.target->failure();
+        } else if (!st.notif_storage.empty()) {
+            st.send_notif();
+        }
+        st.complete_one(UCS_OK);  // the event's share; may free a released state
+        return true;
+    }
+
+    unsigned progress(const thread_owner& owner) noexcept {
+        unsigned n = 0;
+        in_flight_.for_each([&](xfer_state& st) { n += poll(st, owner) ? 1 : 0; });
+        return n;
+    }
+
+    [[nodiscard]] bool polling() const noexcept { return !in_flight_.empty(); }
+
+    /// One launch and its completion (about 10 us measured on an H200) plus
+    /// the bytes at device memory speed, read and written once.
+    xfer_cost estimate(const xfer_state& st) const noexcept {
+        constexpr double launch_s = 10e-6, bytes_per_s = 1.5e12;
+        const auto d = std::chrono::nanoseconds(
+            static_cast<std::int64_t>((launch_s + static_cast<double>(st.total_bytes) / bytes_per_s) * 1e9));
+        return {d, d / 2, cost_method::cuda_ipc_model};
+    }
+
+private:
+    static cuda::device_copy& copy_of(xfer_state& st) noexcept {
+        return *static_cast<cuda::device_copy*>(st.path_data);
+    }
+
+    // Why this path cannot serve a pair, or empty if it can. Opens the
+    // peer's IPC mapping on first use.
+    std::string refusal(const local_region& l, remote_region& r, const std::string& peer_host) const {
+        if (!l.facts.gpu_reachable)
+            return "the local block is neither CUDA device memory nor page-locked host memory";
+        if (l.facts.kind == memory_kind_code::cuda && static_cast<int>(l.dev) != memory_.device)
+            return "the local block is on CUDA device " + std::to_string(l.dev) + ", the backend's is " +
+                   std::to_string(memory_.device) + " (ucx_config::cuda_device)";
+        if (r.kind != memory_kind_code::cuda) return "the remote block is not CUDA device memory";
+        if (peer_host.empty() || peer_host != host_id()) return "the peer runs on another host";
+        cuda::open_ipc(r, memory_.device);
+        if (!r.ipc_error.empty()) return "the remote region cannot be mapped: " + r.ipc_error;
+        return {};
+    }
+
+    // The device address, in this process, of `addr` in a mapped remote region.
+    static std::uint64_t mapped_address(const remote_region& r, std::uint64_t addr) noexcept {
+        return r.ipc_base + r.ipc_offset + (addr - r.addr);
+    }
+
+    // The address at which the backend's GPU reaches `addr` in a local region.
+    static std::uint64_t gpu_address(const local_region& l, std::uint64_t addr) noexcept {
+        return addr + static_cast<std::uint64_t>(l.facts.gpu_offset);
+    }
+
+    const cuda::backend_state& memory_;  // the backend's, which outlives this
+    intrusive_list<xfer_state, polled_tag> in_flight_;
+};
+
+}  // namespace detail
+FERRY_NAMESPACE_END

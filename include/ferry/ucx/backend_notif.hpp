@@ -1,0 +1,90 @@
+#pragma once
+
+// ucx_backend's notification calls: standalone notifications out (a pooled
+// buffer, sent at once or carried to the progress thread) and what arrived
+// (notif_inbox) handed to the application.
+#include <ferry/ucx/backend.hpp>
+
+#include <cstddef>
+#include <new>
+#include <string>
+#include <utility>
+
+FERRY_NAMESPACE_BEGIN
+
+template <class Policy>
+inline status ucx_backend<Policy>::send_notif(peer p, std::string_view msg) noexcept {
+    if (msg.size() > config_.max_notif_size) return status::invalid_argument;
+    auto* to = peers_.get(p.ref);
+    if (!to) return status::no_such_peer;
+    if (to->failed()) return status::peer_failed;
+    auto* buf = send_pool_.acquire();
+    if (!buf) return status::no_memory;
+    buf->to = p.ref;
+    if constexpr (threaded) {
+        try {
+            buf->storage.assign(msg);
+        } catch (const std::bad_alloc&) {
+            send_pool_.release(buf);
+            return status::no_memory;
+        }
+        buf->execute = &execute_send;
+        engine_.submit(buf);
+        return status::ok;
+    } else {
+        return send_now(*buf, msg);
+    }
+}
+
+template <class Policy>
+inline notif_map ucx_backend<Policy>::take_notifs() {
+    notif_map out;
+    poll_notifs([&](std::string_view from, std::string_view msg) { out[std::string(from)].emplace_back(msg); });
+    return out;
+}
+
+template <class Policy>
+template <class F>
+inline std::size_t ucx_backend<Policy>::poll_notifs(F&& f) {
+    progress();
+    return inbox_.drain(std::forward<F>(f));
+}
+
+template <class Policy>
+inline bool ucx_backend<Policy>::wait_notifs(std::chrono::nanoseconds timeout) {
+    const auto deadline = detail::deadline_after(timeout);
+    if constexpr (threaded) {
+        return signal_.wait_until(deadline, config_.progress_spin, [this] { return inbox_.has_mail(); });
+    } else {
+        for (;;) {
+            progress();
+            if (inbox_.has_mail()) return true;
+            if (std::chrono::steady_clock::now() >= deadline) return false;
+        }
+    }
+}
+
+template <class Policy>
+inline void ucx_backend<Policy>::execute_send(detail::command& c, void* self) noexcept {
+    auto& buf = static_cast<send_buffer&>(c);
+    static_cast<ucx_backend*>(self)->send_now(buf, buf.storage);
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::send_now(send_buffer& buf, std::string_view msg) noexcept {
+    touch("send_notif");
+    auto* to = peers_.get(buf.to);
+    if (!to || to->failed()) {
+        send_pool_.release(&buf);
+        return to ? status::peer_failed : status::no_such_peer;
+    }
+    auto r = detail::send_notif_am(to->ep(), config_.name, msg, buf.storage,
+                                   &detail::notif_send_pool<mutex_type>::on_sent, &buf);
+    if (r == nullptr || UCS_PTR_IS_ERR(r)) {
+        send_pool_.release(&buf);
+        return r == nullptr ? status::ok : detail::from_ucs(UCS_PTR_STATUS(r));
+    }
+    return status::ok;
+}
+
+FERRY_NAMESPACE_END

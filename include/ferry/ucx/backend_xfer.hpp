@@ -1,0 +1,179 @@
+#pragma once
+
+// ucx_backend's transfer calls: prepare, post, check, wait, release and
+// estimate, and the command that carries a post to the progress thread.
+#include <ferry/ucx/backend.hpp>
+#include <ferry/ucx/prepare.hpp>
+
+#include <atomic>
+#include <memory>
+#include <new>
+#include <system_error>
+#include <type_traits>
+
+FERRY_NAMESPACE_BEGIN
+
+template <class Policy>
+inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote,
+                                         peer p, xfer_path path) {
+    detail::check_prepare_arguments<paths_type>(op, local, remote, path);
+    // Resolving remote blocks may unpack rkeys, which touches the worker.
+    return on_worker("prepare", [&] {
+        auto st = std::make_unique<xfer_state>();
+        st->op = op;
+        st->peer_ref = p.ref;
+        st->threaded = threaded;
+        st->sender = &config_.name;
+        st->signal = threaded ? &signal_ : nullptr;
+        st->deadlines = threaded ? expiry_.list() : nullptr;
+        st->execute = &execute_post;
+        st->notif_storage.reserve(256);
+        st->registry_epoch = registration_.regions().epoch();
+
+        auto lock = peers_.lock();
+        st->keep_target = peers_.share(p.ref);
+        if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
+        st->target = st->keep_target.get();
+        detail::resolve(*st, local, remote, registration_.regions(), paths_, path);
+        return xfer{xfers_.insert(std::move(st))};
+    });
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept {
+    auto* st = xfers_.get(x.ref);
+    if (!st) return status::invalid_argument;
+    if (notif.size() > config_.max_notif_size) return status::invalid_argument;
+    if constexpr (threaded) {
+        std::uint8_t expected = xfer_state::idle;
+        // seq_cst, as deregister_memory's look at the phase: see there.
+        if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
+            return status::busy;
+        // From here until it is queued, the state belongs to this thread alone.
+        st->hold_regions();
+        auto s = st->admissible(registration_.regions());
+        if (s == status::ok && st->target->failed()) s = status::peer_failed;
+        if (s == status::ok) {
+            try {
+                st->notif_storage.assign(notif);
+            } catch (const std::bad_alloc&) {
+                s = status::no_memory;
+            }
+        }
+        if (s != status::ok) {
+            st->let_go_regions();
+            st->phase.store(xfer_state::idle, std::memory_order_release);
+            return s;
+        }
+        st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
+        engine_.submit(st);  // execute_post starts it there
+        return status::in_progress;
+    } else {
+        touch("post");
+        if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
+        if (auto s = st->admissible(registration_.regions()); s != status::ok) return s;
+        if (st->target->failed()) return status::peer_failed;
+        st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
+        // The notification may leave after this call returns (from a flush
+        // callback, or once a kernel is done), so it is kept; prepare
+        // reserved room for the usual sizes, and a larger one grows it once.
+        if (!notif.empty()) {
+            try {
+                st->notif_storage.assign(notif);
+            } catch (const std::bad_alloc&) {
+                return status::no_memory;
+            }
+        }
+        st->hold_regions();
+        st->phase.store(xfer_state::busy, std::memory_order_relaxed);
+        return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
+    }
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::check(xfer x) noexcept {
+    auto* st = xfers_.get(x.ref);
+    if (!st) return status::invalid_argument;
+    if constexpr (!threaded) {
+        const auto phase = st->phase.load(std::memory_order_relaxed);
+        if (phase == xfer_state::busy || phase == xfer_state::expired) {
+            // An expired transfer still reports timed_out, but UCX must
+            // be driven to let go of it, or a caller that checks and
+            // reposts never gets past busy.
+            paths_.poll(*st, worker_->owner());
+            worker_->progress();
+            if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
+                // A failed peer's operations may never be purged: UCX
+                // 1.13's shared memory cannot flush to a dead peer whose
+                // receive queue is full.
+                if (st->target->failed()) st->expire(status::peer_failed);
+                else if (st->deadline != no_deadline && std::chrono::steady_clock::now() >= st->deadline)
+                    st->expire();
+            }
+        }
+    }
+    if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
+    return st->result.load(std::memory_order_relaxed);
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::wait(xfer x, std::chrono::nanoseconds timeout) noexcept {
+    auto* st = xfers_.get(x.ref);
+    if (!st) return status::invalid_argument;
+    const auto deadline = detail::deadline_after(timeout);
+    if constexpr (threaded) {
+        try {
+            signal_.wait_until(deadline, config_.progress_spin, [st] {
+                return st->phase.load(std::memory_order_seq_cst) != xfer_state::busy;
+            });
+        } catch (const std::system_error&) {
+            return status::ucx_error;
+        }
+        return check(x);
+    } else {
+        for (;;) {
+            auto s = check(x);
+            if (s != status::in_progress || std::chrono::steady_clock::now() >= deadline) return s;
+        }
+    }
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::release(xfer x) noexcept {
+    auto st = xfers_.take(x.ref);
+    if (!st) return status::invalid_argument;
+    if (auto prev = st->phase.exchange(xfer_state::released, std::memory_order_acq_rel);
+        prev == xfer_state::busy || prev == xfer_state::expired)
+        st.release();  // whoever finishes it frees it
+    return status::ok;
+}
+
+template <class Policy>
+inline xfer_cost ucx_backend<Policy>::estimate(xfer x) {
+    auto* st = xfers_.get(x.ref);
+    if (!st) throw error(status::invalid_argument, "estimate: the transfer handle is unknown or released");
+    return paths_.with(st->path, [&](auto& path) -> xfer_cost {
+        if constexpr (!std::remove_reference_t<decltype(path)>::estimate_on_worker) {
+            return path.estimate(*st);
+        } else {
+            return on_worker("estimate", [&] {
+                if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
+                return path.estimate(*st);
+            });
+        }
+    });
+}
+
+template <class Policy>
+inline void ucx_backend<Policy>::execute_post(detail::command& c, void* self) noexcept {
+    auto& st = static_cast<xfer_state&>(c);
+    auto& b = *static_cast<ucx_backend*>(self);
+    // Unloading runs on this thread too, so this answer cannot go stale.
+    if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
+    if (st.target->failed()) return st.finish(status::peer_failed);
+    const status started =
+        b.paths_.with(st.path, [&](auto& path) { return path.start(st, !st.notif_storage.empty()); });
+    if (started == status::in_progress && st.deadline != no_deadline) b.expiry_.list()->link(st);
+}
+
+FERRY_NAMESPACE_END

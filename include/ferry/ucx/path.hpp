@@ -1,0 +1,152 @@
+#pragma once
+
+#include <ferry/desc.hpp>
+#include <ferry/detail/thread_owner.hpp>
+#include <ferry/status.hpp>
+#include <ferry/ucx/memory.hpp>
+#include <ferry/ucx/remote_peer.hpp>
+#include <ferry/ucx/xfer_state.hpp>
+#include <ferry/version.hpp>
+#include <ferry/xfer_cost.hpp>
+#include <ferry/xfer_path.hpp>
+
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <tuple>
+#include <type_traits>
+
+FERRY_NAMESPACE_BEGIN
+namespace detail {
+
+/// A transfer's descriptor pairs as prepare checked them: local[i] lies in
+/// *local_regions[i], remote[i] in *remote_regions[i] of `target`.
+struct resolved_pairs {
+    std::span<const desc> local;
+    std::span<const desc> remote;
+    std::span<local_region* const> local_regions;
+    std::span<remote_region* const> remote_regions;
+    remote_peer& target;
+};
+
+/// A path is one way of moving a prepared transfer's bytes, and one file:
+/// path_ucx.hpp (UCX RMA), cuda/path_cuda_ipc.hpp (one copy kernel). The
+/// backend holds one object of each path its memory kind offers, built from
+/// the memory kind's state; all of a path's code runs where the worker may be
+/// touched, except estimate when `estimate_on_worker` is false.
+///  - prepare(st, pairs, required): sets st up on this path and returns true,
+///    or returns false when the path cannot serve every pair; when `required`
+///    (the caller named this path) it throws instead, naming the first pair
+///    it cannot serve and why. Nothing is touched before it decides.
+///  - start(st, with_notif): starts one post of st, whose phase is busy and
+///    whose regions are held, and, when `with_notif`, its notification (in
+///    st.notif_storage) once the data is visible at the target. Returns ok
+///    when it completed at once, in_progress, or the error, as post does.
+///  - estimate(st): what one post is expected to take.
+template <class P>
+concept xfer_path_impl = requires(P& p, const P& cp, xfer_state& st, const resolved_pairs& pairs, bool flag) {
+    { P::id } -> std::convertible_to<xfer_path>;
+    { P::estimate_on_worker } -> std::convertible_to<bool>;
+    { p.prepare(st, pairs, flag) } -> std::same_as<bool>;
+    { p.start(st, flag) } noexcept -> std::same_as<status>;
+    { cp.estimate(st) } -> std::same_as<xfer_cost>;
+};
+
+/// A path whose transfers complete without telling the worker (GPU work)
+/// is polled instead: progress() polls every transfer of its in flight and
+/// says how many moved on, poll(st) polls one (check under inline progress),
+/// polling() says whether any is in flight, so that the progress thread does
+/// not sleep on the worker meanwhile.
+template <class P>
+concept polled_path = xfer_path_impl<P> && requires(P& p, const P& cp, xfer_state& st, const thread_owner& owner) {
+    { cp.polling() } noexcept -> std::same_as<bool>;
+    { p.progress(owner) } noexcept -> std::same_as<unsigned>;
+    { p.poll(st, owner) } noexcept;
+};
+
+/// The paths a backend offers (memory_traits<M>::paths), in the order that
+/// prepare tries them for xfer_path::automatic: the most specific first, UCX
+/// RMA, which serves every pair, last. This is the one seam between the
+/// backend and its paths: prepare picks a path once and records it in the
+/// transfer's `path` tag, and `with` sends every later call to that path by
+/// a chain of compares that the last path ends without one — no compare at
+/// all for a memory kind with one path, and no virtual call anywhere.
+template <xfer_path_impl... Paths>
+class path_set {
+    static_assert(sizeof...(Paths) > 0, "path_set: a backend needs at least one path");
+    using tuple = std::tuple<Paths...>;
+
+public:
+    static constexpr bool any_polled = (polled_path<Paths> || ...);
+
+    template <class Memory>
+    explicit path_set(const Memory& memory) : paths_((static_cast<void>(sizeof(Paths)), memory)...) {}
+
+    [[nodiscard]] static constexpr bool offers(xfer_path id) noexcept { return ((Paths::id == id) || ...); }
+
+    /// f(path) for the path with tag `id`, which must be one of these.
+    template <class F>
+    decltype(auto) with(xfer_path id, F&& f) {
+        return with_from<0>(id, f);
+    }
+
+    /// prepare's choice: the first path that serves every pair when `wanted`
+    /// is automatic, else the path named, which throws if it cannot.
+    void choose(xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
+        std::apply([&](auto&... path) { static_cast<void>((offer(path, st, pairs, wanted) || ...)); }, paths_);
+    }
+
+    /// Polls the polled paths; how many transfers moved on.
+    unsigned progress(const thread_owner& owner) noexcept {
+        return std::apply([&](auto&... path) { return (0U + ... + progress_of(path, owner)); }, paths_);
+    }
+
+    /// Whether a polled path has transfers in flight.
+    [[nodiscard]] bool polling() const noexcept {
+        return std::apply([](const auto&... path) { return (false || ... || polling_of(path)); }, paths_);
+    }
+
+    /// Polls one transfer, if its path is polled.
+    void poll(xfer_state& st, const thread_owner& owner) noexcept {
+        with(st.path, [&](auto& path) {
+            if constexpr (polled_path<std::remove_reference_t<decltype(path)>>) path.poll(st, owner);
+        });
+    }
+
+private:
+    template <std::size_t I, class F>
+    decltype(auto) with_from(xfer_path id, F& f) {
+        if constexpr (I + 1 == sizeof...(Paths)) {
+            static_cast<void>(id);
+            return f(std::get<I>(paths_));
+        } else {
+            if (id == std::tuple_element_t<I, tuple>::id) return f(std::get<I>(paths_));
+            return with_from<I + 1>(id, f);
+        }
+    }
+
+    template <class P>
+    static bool offer(P& path, xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
+        if (wanted != xfer_path::automatic && wanted != P::id) return false;
+        if (!path.prepare(st, pairs, wanted == P::id)) return false;
+        st.path = P::id;
+        return true;
+    }
+
+    template <class P>
+    static unsigned progress_of(P& path, const thread_owner& owner) noexcept {
+        if constexpr (polled_path<P>) return path.progress(owner);
+        else return 0;
+    }
+
+    template <class P>
+    static bool polling_of(const P& path) noexcept {
+        if constexpr (polled_path<P>) return path.polling();
+        else return false;
+    }
+
+    tuple paths_;
+};
+
+}  // namespace detail
+FERRY_NAMESPACE_END

@@ -1,0 +1,175 @@
+#pragma once
+
+#include <ferry/desc.hpp>
+#include <ferry/status.hpp>
+#include <ferry/ucx/path.hpp>
+#include <ferry/ucx/remote_peer.hpp>
+#include <ferry/ucx/xfer_state.hpp>
+#include <ferry/version.hpp>
+#include <ferry/xfer_cost.hpp>
+#include <ferry/xfer_path.hpp>
+
+#include <ucp/api/ucp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+FERRY_NAMESPACE_BEGIN
+namespace detail {
+
+/// The ucx path: one UCX RMA operation per descriptor pair (ucp_put_nbx for
+/// WRITE, ucp_get_nbx for READ), then one flush of the endpoint, whose
+/// completion completes the post: for a WRITE, the data is then visible at
+/// the target. A notification leaves when that flush completes. UCX reaches
+/// every pair that prepare accepted, so this path serves any transfer and
+/// comes last among a memory kind's paths. Its plan lives in xfer_state.
+class ucx_rma_path {
+public:
+    static constexpr xfer_path id = xfer_path::ucx;
+    static constexpr bool estimate_on_worker = true;  // asks the endpoint
+
+    template <class Memory>
+    explicit ucx_rma_path(const Memory&) noexcept {}
+
+    /// Resolves each pair into exactly what ucp_put_nbx / ucp_get_nbx take.
+    /// Unpacks a remote region's key on its first use, which touches the worker.
+    bool prepare(xfer_state& st, const resolved_pairs& pairs, bool) {
+        st.blocks.reserve(pairs.local.size());
+        st.keys.reserve(pairs.local.size());
+        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
+            const desc& l = pairs.local[i];
+            st.blocks.push_back({reinterpret_cast<void*>(l.addr), l.len, pairs.remote[i].addr});
+            st.keys.push_back({pairs.target.key_of(*pairs.remote_regions[i]), pairs.local_regions[i]->mem.get()});
+        }
+        if (std::all_of(st.keys.begin(), st.keys.end(), [&](const auto& k) { return k == st.keys.front(); })) {
+            st.keys.resize(1);
+            st.keys.shrink_to_fit();
+        }
+        st.rma_param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+        st.flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        st.flush_param.cb.send = &xfer_state::on_complete;
+        st.flush_param.user_data = &st;
+        st.notify_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        st.notify_param.cb.send = &on_flushed;
+        st.notify_param.user_data = &st;
+        return true;
+    }
+
+    /// Issues every operation, then the flush (carrying the notification
+    /// when `with_notif`). Returns ok when all completed inline, in_progress
+    /// when callbacks are outstanding, or the error.
+    static status start(xfer_state& st, bool with_notif) noexcept {
+        st.first_error = UCS_OK;
+        st.pending = 1;  // held until every operation is issued, so no callback can finish early
+        const ucp_ep_h ep = st.target->ep();
+
+        ucp_request_param_t& param = st.rma_param;
+        // One loop per direction and key layout, so that the per-descriptor
+        // path holds no branch on either; with one key pair for all blocks
+        // (the usual case) the memh is set once and the rkey stays in a register.
+        auto issue_all = [&](auto rma, auto one_key_pair) {
+            constexpr bool shared = decltype(one_key_pair)::value;
+            const rma_keys* k = st.keys.data();
+            const ucp_rkey_h rkey = k->rkey;
+            if constexpr (shared) param.memh = k->memh;
+            const rma_block* b = st.blocks.data();
+            const rma_block* const end = b + st.blocks.size();
+            for (; b != end; ++b) {
+                if constexpr (!shared) param.memh = k->memh;
+                auto r = rma(ep, b->local, b->len, b->remote, shared ? rkey : k->rkey, &param);
+                if constexpr (!shared) ++k;
+                if (r != nullptr) {
+                    if (UCS_PTR_IS_ERR(r)) {
+                        st.first_error = UCS_PTR_STATUS(r);
+                        return;
+                    }
+                    ucp_request_free(r);  // the flush below covers its completion
+                }
+            }
+        };
+        using one = std::true_type;
+        using many = std::false_type;
+        const bool write = st.op == xfer_op::write;
+        if (st.keys.size() == 1) {
+            if (write) issue_all(&ucp_put_nbx, one{});
+            else issue_all(&ucp_get_nbx, one{});
+        } else {
+            if (write) issue_all(&ucp_put_nbx, many{});
+            else issue_all(&ucp_get_nbx, many{});
+        }
+
+        if (with_notif && st.first_error == UCS_OK) {
+            // The notification follows a flush of the endpoint, which
+            // completes once every put/get above is complete at the target:
+            // at once when they already are (memory the peer mapped), else in
+            // a callback that sends it from the worker's progress. Not
+            // ucp_worker_fence: since UCX 1.16 it defaults to a strong fence
+            // that waits, inside this call, for every operation of the worker
+            // to complete remotely, so a post to a target that does not
+            // progress would never return.
+            auto r = ucp_ep_flush_nbx(ep, &st.notify_param);
+            if (r == nullptr) st.send_notif();
+            else st.track(r);
+        } else {
+            st.track(ucp_ep_flush_nbx(ep, &st.flush_param));
+        }
+
+        if (st.pending > 1) {
+            --st.pending;  // drop the hold taken above; callbacks finish the transfer
+            ++st.target->in_flight;
+            return status::in_progress;
+        }
+        st.pending = 0;
+        auto s = st.outcome();
+        st.result.store(s, std::memory_order_relaxed);
+        if (st.threaded) {
+            st.finish(s);
+        } else {
+            st.let_go_regions();
+            st.phase.store(xfer_state::idle, std::memory_order_relaxed);
+        }
+        return s;
+    }
+
+    /// UCX's model of the endpoint, asked once per distinct block length.
+    xfer_cost estimate(const xfer_state& st) const {
+        double seconds = 0;
+        std::size_t last_len = 0;
+        double last_time = 0;
+        for (const auto& e : st.blocks) {
+            if (e.len != last_len) {
+                ucp_ep_evaluate_perf_param_t param{};
+                param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
+                param.message_size = e.len;
+                ucp_ep_evaluate_perf_attr_t attr{};
+                attr.field_mask = UCP_EP_PERF_ATTR_FIELD_ESTIMATED_TIME;
+                if (ucp_ep_evaluate_perf(st.target->ep(), &param, &attr) != UCS_OK) return {};
+                last_len = e.len;
+                last_time = attr.estimated_time;
+            }
+            seconds += last_time;
+        }
+        auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9));
+        // UCX gives no error bound, and its model ignores contention and
+        // software emulation, so claim no better than half the estimate.
+        return {d, d / 2, cost_method::ucx_evaluate_perf};
+    }
+
+private:
+    // The flush of a post with a notification: every put/get of the post is
+    // complete at the target, so the notification may leave now.
+    static void on_flushed(void* request, ucs_status_t s, void* user_data) noexcept {
+        auto* st = static_cast<xfer_state*>(user_data);
+        if (request) ucp_request_free(request);
+        // A flushing close (the backend going away) completes this flush
+        // after the endpoint handle is gone: nothing can be sent then.
+        if (s == UCS_OK && !st->target->failed() && st->target->ep() != nullptr) st->send_notif();
+        st->complete_one(s);
+    }
+};
+
+}  // namespace detail
+FERRY_NAMESPACE_END
