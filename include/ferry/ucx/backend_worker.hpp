@@ -1,8 +1,8 @@
 #pragma once
 
 // ucx_backend and its worker: opening it, driving it (inline progress()
-// and the progress thread's rounds) and shutting it down. Every function
-// here runs on the worker's owner thread.
+// and the progress thread's rounds) and shutting it down, always on the
+// worker's owner thread.
 #include <ferry/ucx/backend.hpp>
 
 #include <chrono>

@@ -79,6 +79,7 @@ class path_set {
 public:
     static constexpr bool any_polled = (polled_path<Paths> || ...);
 
+    // Each path is built from the memory kind's state: `memory` once per path.
     template <class Memory>
     explicit path_set(const Memory& memory) : paths_((static_cast<void>(sizeof(Paths)), memory)...) {}
 
