@@ -86,13 +86,8 @@ private:
     void measure_bw(row_result& out, double bytes, progress_line& progress, const std::string& label) {
         const bool raw = me_.has_raw();
         progress.show(label + " warm-up");
-        double per = warm([&](std::size_t n) { return me_.ferry().bw(n, o_.notif).seconds; });
-        sync();
-        if (raw) {
-            per = std::max(per, warm([&](std::size_t n) { return me_.raw().bw(n, o_.notif).seconds; }));
-            sync();
-        }
-        const std::size_t iters = iterations(per);
+        auto timed = [&](auto& runner, std::size_t n) { return runner.bw(n, o_.notif).seconds; };
+        const std::size_t iters = warm_both(timed);
         // raw, ferry, raw, ferry, ..., raw: each ferry measurement is
         // compared with the mean of the raw ones on either side of it, so
         // that a linear drift cancels out.
@@ -147,13 +142,7 @@ private:
             runner.pingpong(n, scratch);
             return seconds_since(t0);
         };
-        double per = warm([&](std::size_t n) { return timed(me_.ferry(), n); });
-        sync();
-        if (raw) {
-            per = std::max(per, warm([&](std::size_t n) { return timed(me_.raw(), n); }));
-            sync();
-        }
-        const std::size_t iters = iterations(per);
+        const std::size_t iters = warm_both(timed);
         auto pingpong = [&](auto& runner, std::vector<double>& into) {
             auto samples = clean([&] {
                 std::vector<double> v;
@@ -188,13 +177,7 @@ private:
             return seconds_since(t0);
         };
         progress.show(label + " step warm-up");
-        double per = warm([&](std::size_t n) { return timed(me_.ferry(), n); });
-        sync();
-        if (raw) {
-            per = std::max(per, warm([&](std::size_t n) { return timed(me_.raw(), n); }));
-            sync();
-        }
-        const std::size_t iters = iterations(per);
+        const std::size_t iters = warm_both(timed);
         auto once = [&](auto& runner, step_samples& into) {
             auto got = clean([&] {
                 step_samples s;
@@ -256,6 +239,19 @@ private:
             if (done >= o_.warmup || spent >= o_.time) return per;
             chunk = std::min(chunk * 2, o_.warmup - done);
         }
+    }
+
+    // Warms ferry's runner, then raw's if there is one, with timed(runner, n);
+    // returns the iterations for the slower of the two.
+    template <class Timed>
+    std::size_t warm_both(Timed& timed) {
+        double per = warm([&](std::size_t n) { return timed(me_.ferry(), n); });
+        sync();
+        if (me_.has_raw()) {
+            per = std::max(per, warm([&](std::size_t n) { return timed(me_.raw(), n); }));
+            sync();
+        }
+        return iterations(per);
     }
 
     [[nodiscard]] std::size_t iterations(double per_post) const {
