@@ -53,13 +53,7 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
         st->hold_regions();
         auto s = st->admissible(registration_.regions());
         if (s == status::ok && st->target->failed()) s = status::peer_failed;
-        if (s == status::ok) {
-            try {
-                st->notif_storage.assign(notif);
-            } catch (const std::bad_alloc&) {
-                s = status::no_memory;
-            }
-        }
+        if (s == status::ok) s = st->keep_notif(notif);
         if (s != status::ok) {
             st->let_go_regions();
             st->phase.store(xfer_state::idle, std::memory_order_release);
@@ -74,16 +68,8 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
         if (auto s = st->admissible(registration_.regions()); s != status::ok) return s;
         if (st->target->failed()) return status::peer_failed;
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
-        // The notification may leave after this call returns (from a flush
-        // callback, or once a kernel is done), so it is kept; prepare
-        // reserved room for the usual sizes, and a larger one grows it once.
-        if (!notif.empty()) {
-            try {
-                st->notif_storage.assign(notif);
-            } catch (const std::bad_alloc&) {
-                return status::no_memory;
-            }
-        }
+        if (!notif.empty())
+            if (auto s = st->keep_notif(notif); s != status::ok) return s;
         st->hold_regions();
         st->phase.store(xfer_state::busy, std::memory_order_relaxed);
         return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });

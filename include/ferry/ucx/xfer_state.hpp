@@ -20,7 +20,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
+#include <string_view>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
@@ -198,6 +200,18 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         auto* st = static_cast<xfer_state*>(user_data);
         if (request) ucp_request_free(request);
         st->complete_one(s);
+    }
+
+    /// Copies the notification a post carries: it may leave after the post
+    /// returns (from a flush callback, or once a kernel is done). prepare
+    /// reserved room for the usual sizes; a larger one grows it once.
+    status keep_notif(std::string_view notif) noexcept {
+        try {
+            notif_storage.assign(notif);
+        } catch (const std::bad_alloc&) {
+            return status::no_memory;
+        }
+        return status::ok;
     }
 
     /// Sends the notification in notif_storage, once the transfer's data is
