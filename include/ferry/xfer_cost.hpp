@@ -14,6 +14,9 @@ enum class cost_method {
     /// ferry's model of a cuda_ipc copy: launch latency plus bytes at device
     /// memory bandwidth.
     cuda_ipc_model,
+    /// ferry's model of a host_ipc copy: a system call per 1024 blocks
+    /// (process_vm_writev/readv) plus bytes at memory copy bandwidth.
+    host_ipc_model,
     /// No model could answer; duration and margin are zero.
     unknown,
 };
@@ -22,6 +25,7 @@ enum class cost_method {
     switch (m) {
         case cost_method::ucx_evaluate_perf: return "ucx_evaluate_perf";
         case cost_method::cuda_ipc_model: return "cuda_ipc_model";
+        case cost_method::host_ipc_model: return "host_ipc_model";
         case cost_method::unknown: return "unknown";
     }
     return "unknown";

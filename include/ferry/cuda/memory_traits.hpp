@@ -6,8 +6,11 @@
 #include <ferry/cuda/ipc.hpp>
 #include <ferry/cuda/path_cuda_ipc.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/host/path_host_ipc.hpp>
+#include <ferry/host/shared_memory.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
+#include <ferry/ucx/allocation.hpp>
 #include <ferry/ucx/memory_facts.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/path.hpp>
@@ -31,8 +34,9 @@ namespace detail {
 template <>
 struct memory_traits<memory::cuda> {
     using backend_state = cuda::backend_state;
-    /// cuda_ipc where it serves every pair, else UCX RMA.
-    using paths = path_set<cuda_ipc_path, ucx_rma_path>;
+    /// cuda_ipc where it serves every pair, else host_ipc where it does
+    /// (host memory on both sides), else UCX RMA.
+    using paths = path_set<cuda_ipc_path, host_ipc_path, ucx_rma_path>;
 
     /// Tells host memory from CUDA memory, checks `dev` against where the
     /// memory is, and exports CUDA memory for IPC.
@@ -88,7 +92,7 @@ struct memory_traits<memory::cuda> {
 
     /// allocate(len, dev): device memory on CUDA device `dev`, from cudaMalloc
     /// (which CUDA IPC can export), freed when the region goes.
-    static std::shared_ptr<void> allocate(const backend_state& b, std::size_t len, std::uint32_t dev) {
+    static allocation allocate(const backend_state& b, std::size_t len, std::uint32_t dev) {
         if (static_cast<int>(dev) >= b.devices)
             throw error(status::invalid_argument, "allocate: dev " + std::to_string(dev) + " given, but this process sees " +
                                                       std::to_string(b.devices) + " CUDA device(s)");
@@ -96,13 +100,37 @@ struct memory_traits<memory::cuda> {
         cuda::device_scope on(device);
         void* p = nullptr;
         cuda::check_cuda(cudaMalloc(&p, len), "allocate: cudaMalloc(" + std::to_string(len) + ")");
-        return std::shared_ptr<void>(p, [device](void* q) {
-            int was = 0;
-            cudaGetDevice(&was);
-            if (was != device) cudaSetDevice(device);
-            cudaFree(q);
-            if (was != device) cudaSetDevice(was);
-        });
+        return {std::shared_ptr<void>(p,
+                                      [device](void* q) {
+                                          int was = 0;
+                                          cudaGetDevice(&was);
+                                          if (was != device) cudaSetDevice(device);
+                                          cudaFree(q);
+                                          if (was != device) cudaSetDevice(was);
+                                      }),
+                {},
+                0};
+    }
+
+    /// allocate_host(len): host memory that a peer on this host can map (as
+    /// memory::host allocates it), page-locked on the backend's device so
+    /// that the GPU copies straight into it; cudaMallocHost memory, which
+    /// no peer maps, where the kernel has no memfd.
+    static allocation allocate_host(const backend_state& b, std::size_t len) {
+        cuda::device_scope on(b.device);
+        allocation a = host::allocate_shared(len);
+        if (!a.memory) {
+            void* p = nullptr;
+            cuda::check_cuda(cudaMallocHost(&p, len), "allocate_host: cudaMallocHost(" + std::to_string(len) + ")");
+            a.memory = std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
+            return a;
+        }
+        void* const p = a.memory.get();
+        cuda::check_cuda(cudaHostRegister(p, static_cast<std::size_t>(a.share_size), cudaHostRegisterPortable),
+                         "allocate_host: cudaHostRegister(" + std::to_string(a.share_size) + ")");
+        // Unregistered before the memory it pins is unmapped.
+        a.memory = std::shared_ptr<void>(p, [keep = std::move(a.memory)](void* q) { cudaHostUnregister(q); });
+        return a;
     }
 };
 

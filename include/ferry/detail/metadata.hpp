@@ -23,19 +23,24 @@ namespace detail {
 //      u32 worker address length, worker address
 //      u8 host id length, host id (the sender's kernel boot id; equal ids
 //         mean one host, where CUDA IPC may connect the two)
+//      u32 process id, u64 PID namespace id (0: unknown); equal namespaces
+//         on one host mean the process id names the sender here too
 //      u32 region count, then per region:
 //          u64 addr, u64 len, u32 dev, u32 packed rkey length, packed rkey,
 //          u8 memory kind (0 host, 1 CUDA device memory),
 //          u16 IPC handle length (0: none), IPC handle, and with a handle:
-//          u64 offset of addr in the handle's allocation, u64 allocation size
+//          u64 offset of addr in the handle's allocation, u64 allocation size.
+//          A CUDA region's handle is a CUDA IPC handle; a host region's is
+//          its shared-memory file: u32 descriptor in the sender, u64 inode.
 inline constexpr std::uint32_t metadata_magic = 0x59525246U;  // "FRRY" read as little-endian
-inline constexpr std::uint16_t metadata_format_version = 2;
+inline constexpr std::uint16_t metadata_format_version = 3;
 inline constexpr std::size_t metadata_header_size = 20;
 inline constexpr std::size_t max_agent_name = 255;
 inline constexpr std::size_t max_worker_address = 64 * 1024;
 inline constexpr std::size_t max_packed_rkey = 64 * 1024;
 inline constexpr std::size_t max_host_id = 64;
 inline constexpr std::size_t max_ipc_handle = 256;
+inline constexpr std::size_t host_share_handle_size = 4 + 8;
 inline constexpr std::size_t min_region_record = 8 + 8 + 4 + 4 + 1 + 1 + 2;
 
 /// What kind of memory a region is. Values are the wire encoding.
@@ -47,8 +52,9 @@ struct region_record {
     std::uint32_t dev = 0;
     std::span<const std::byte> rkey;
     memory_kind_code kind = memory_kind_code::host;
-    // CUDA IPC: a handle to the allocation holding the region, where in it
-    // the region starts, and how large the allocation is. Empty: none.
+    // A handle to the allocation holding the region (CUDA IPC, or a host
+    // region's shared-memory file), where in it the region starts, and how
+    // large the allocation is. Empty: none.
     std::span<const std::byte> ipc_handle;
     std::uint64_t ipc_offset = 0;
     std::uint64_t ipc_alloc_size = 0;
@@ -59,6 +65,8 @@ struct metadata_view {
     std::string_view name;
     std::span<const std::byte> worker_address;
     std::string_view host_id;
+    std::uint32_t pid = 0;
+    std::uint64_t pid_namespace = 0;
     std::vector<region_record> regions;
 };
 
@@ -77,6 +85,8 @@ inline std::vector<std::byte> encode_metadata(const metadata_view& md) {
     w.put_bytes(md.worker_address);
     w.put<std::uint8_t>(static_cast<std::uint8_t>(md.host_id.size()));
     w.put_bytes(md.host_id);
+    w.put<std::uint32_t>(md.pid);
+    w.put<std::uint64_t>(md.pid_namespace);
     w.put<std::uint32_t>(static_cast<std::uint32_t>(md.regions.size()));
     for (const auto& r : md.regions) {
         w.put<std::uint64_t>(r.addr);
@@ -131,6 +141,8 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
         r.fail("host id length", std::to_string(host_len) + " is more than " + std::to_string(max_host_id));
     auto host = r.get_bytes(host_len, "host id");
     md.host_id = {reinterpret_cast<const char*>(host.data()), host.size()};
+    md.pid = r.get<std::uint32_t>("process id");
+    md.pid_namespace = r.get<std::uint64_t>("PID namespace");
 
     auto count = r.get<std::uint32_t>("region count");
     if (count > r.remaining() / min_region_record)
@@ -156,8 +168,10 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
         auto ipc_len = r.get<std::uint16_t>("IPC handle length");
         if (ipc_len > max_ipc_handle)
             r.fail("IPC handle length", std::to_string(ipc_len) + " is more than " + std::to_string(max_ipc_handle));
-        if (ipc_len > 0 && rec.kind != memory_kind_code::cuda)
-            r.fail("IPC handle length", "region " + std::to_string(i) + " is host memory but has an IPC handle");
+        if (ipc_len > 0 && rec.kind == memory_kind_code::host && ipc_len != host_share_handle_size)
+            r.fail("IPC handle length", "region " + std::to_string(i) + " is host memory, whose handle has " +
+                                            std::to_string(host_share_handle_size) + " bytes, not " +
+                                            std::to_string(ipc_len));
         if (ipc_len > 0) {
             rec.ipc_handle = r.get_bytes(ipc_len, "IPC handle");
             rec.ipc_offset = r.get<std::uint64_t>("IPC offset");

@@ -115,12 +115,17 @@ public:
         return registration_.register_memory(ptr, len, dev);
     }
 
-    /// Allocates `len` bytes and registers them. memory::host: through UCX
-    /// (UCP_MEM_MAP_ALLOCATE); on one host a peer maps such memory, and a put
-    /// becomes a store. memory::cuda: device memory on CUDA device `dev`.
+    /// Allocates `len` bytes and registers them. memory::host: shared memory
+    /// that a peer on this host maps, so that its transfers to it take the
+    /// host_ipc path (a memcpy); memory::cuda: device memory on CUDA device `dev`.
     [[nodiscard]] region allocate(std::size_t len, std::uint32_t dev = 0) {
         return registration_.allocate(len, dev);
     }
+
+    /// Allocates `len` bytes of host memory that a peer on this host maps,
+    /// and registers them; memory::cuda page-locks them, so that the GPU
+    /// copies straight into them. memory::host: the same as allocate.
+    [[nodiscard]] region allocate_host(std::size_t len) { return registration_.allocate_host(len); }
 
     /// Deregisters a region now, or refuses with `busy` while a transfer
     /// over it is in flight (or expired and not yet let go of by UCX), so
@@ -174,8 +179,9 @@ public:
     }
 
     /// As above, on a chosen path: `automatic` takes cuda_ipc where it can
-    /// serve every pair (memory::cuda), else ucx; `cuda_ipc` throws, naming the
-    /// first pair it cannot serve and why; `ucx` always uses UCX RMA.
+    /// serve every pair (memory::cuda), else host_ipc where it can, else ucx;
+    /// `cuda_ipc` and `host_ipc` throw, naming the first pair they cannot
+    /// serve and why; `ucx` always uses UCX RMA.
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
                                xfer_path path);
 

@@ -60,6 +60,20 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
             return s;
         }
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
+        if constexpr (paths_type::any_direct) {
+            // A copy needs no worker: it runs here, and only a notification
+            // is handed to the progress thread.
+            const status copied = paths_.with(st->path, [&](auto& path) {
+                if constexpr (detail::direct_path<std::remove_reference_t<decltype(path)>>) return path.copy(*st);
+                else return status::in_progress;
+            });
+            if (copied != status::in_progress) {
+                if (copied != status::ok || notif.empty()) {
+                    st->finish(copied);
+                    return copied;
+                }
+            }
+        }
         engine_.submit(st);  // execute_post starts it there
         return status::in_progress;
     } else {
@@ -157,8 +171,11 @@ inline void ucx_backend<Policy>::execute_post(detail::command& c, void* self) no
     // Unloading runs on this thread too, so this answer cannot go stale.
     if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
     if (st.target->failed()) return st.finish(status::peer_failed);
-    const status started =
-        b.paths_.with(st.path, [&](auto& path) { return path.start(st, !st.notif_storage.empty()); });
+    const status started = b.paths_.with(st.path, [&](auto& path) {
+        // A direct path's post copied on the posting thread already.
+        if constexpr (detail::direct_path<std::remove_reference_t<decltype(path)>>) return path.notify(st);
+        else return path.start(st, !st.notif_storage.empty());
+    });
     if (started == status::in_progress && st.deadline != no_deadline) b.expiry_.list()->link(st);
 }
 

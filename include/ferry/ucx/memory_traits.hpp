@@ -1,7 +1,10 @@
 #pragma once
 
+#include <ferry/host/path_host_ipc.hpp>
+#include <ferry/host/shared_memory.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
+#include <ferry/ucx/allocation.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
 #include <ferry/ucx/memory_facts.hpp>
@@ -32,8 +35,8 @@ inline constexpr bool has_memory_traits = requires { sizeof(memory_traits<Memory
 
 template <>
 struct memory_traits<memory::host> {
-    /// No path but UCX's.
-    using paths = path_set<ucx_rma_path>;
+    /// host_ipc where it serves every pair (a peer on this host), else UCX RMA.
+    using paths = path_set<host_ipc_path, ucx_rma_path>;
 
     /// Per-backend state of the memory kind; host memory needs none.
     struct backend_state {
@@ -49,14 +52,18 @@ struct memory_traits<memory::host> {
         return {};
     }
 
-    /// allocate(): UCX allocates (UCP_MEM_MAP_ALLOCATE), so that a peer on
-    /// this host can map the memory. Null here means "let UCX allocate".
-    static std::shared_ptr<void> allocate(const backend_state&, std::size_t, std::uint32_t dev) {
+    /// allocate(): shared memory that a peer on this host maps (the host_ipc
+    /// path), registered with UCX as any memory; where the kernel has no
+    /// memfd, UCX allocates (UCP_MEM_MAP_ALLOCATE), which some UCX builds map.
+    static allocation allocate(const backend_state& b, std::size_t len, std::uint32_t dev) {
         if (dev != 0)
             throw error(status::invalid_argument,
                         "allocate: dev " + std::to_string(dev) + " given, but memory::host takes device 0 only");
-        return nullptr;
+        return allocate_host(b, len);
     }
+
+    /// Host memory, shared as allocate's.
+    static allocation allocate_host(const backend_state&, std::size_t len) { return host::allocate_shared(len); }
 };
 
 }  // namespace detail

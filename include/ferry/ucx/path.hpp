@@ -64,6 +64,17 @@ concept polled_path = xfer_path_impl<P> && requires(P& p, const P& cp, xfer_stat
     { p.poll(st, owner) } noexcept;
 };
 
+/// A path whose bytes move without the worker (host_ipc): copy(st) moves
+/// them on any thread, and notify(st) concludes such a post on the worker's
+/// thread by sending its notification. Under the thread policy the posting
+/// thread copies, so that the hand-off to the progress thread is paid only
+/// for a notification.
+template <class P>
+concept direct_path = xfer_path_impl<P> && requires(xfer_state& st) {
+    { P::copy(st) } noexcept -> std::same_as<status>;
+    { P::notify(st) } noexcept -> std::same_as<status>;
+};
+
 /// The paths a backend offers (memory_traits<M>::paths), in the order that
 /// prepare tries them for xfer_path::automatic: the most specific first, UCX
 /// RMA, which serves every pair, last. This is the one seam between the
@@ -78,6 +89,7 @@ class path_set {
 
 public:
     static constexpr bool any_polled = (polled_path<Paths> || ...);
+    static constexpr bool any_direct = (direct_path<Paths> || ...);
 
     // Each path is built from the memory kind's state: `memory` once per path.
     template <class Memory>

@@ -3,6 +3,7 @@
 #include <ferry/desc.hpp>
 #include <ferry/detail/host_id.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/detail/process_id.hpp>
 #include <ferry/detail/slot_table.hpp>
 #include <ferry/detail/thread_owner.hpp>
 #include <ferry/handles.hpp>
@@ -42,6 +43,8 @@ inline std::vector<std::byte> publish_metadata(const std::string& name, std::spa
     md.name = name;
     md.worker_address = worker_address;
     md.host_id = host_id();
+    md.pid = process_id();
+    md.pid_namespace = pid_namespace();
     for (const auto& r : snapshot) {
         region_record rec;
         rec.addr = r->begin();

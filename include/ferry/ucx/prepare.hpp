@@ -23,7 +23,8 @@ namespace detail {
 constexpr const char* path_requirement(xfer_path p) noexcept {
     switch (p) {
         case xfer_path::automatic:
-        case xfer_path::ucx: return "any backend";
+        case xfer_path::ucx:
+        case xfer_path::host_ipc: return "any backend";
         case xfer_path::cuda_ipc: return "a backend with memory::cuda";
     }
     return nullptr;

@@ -2,6 +2,7 @@
 
 #include <ferry/detail/describe.hpp>
 #include <ferry/status.hpp>
+#include <ferry/ucx/allocation.hpp>
 #include <ferry/ucx/context.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/memory_traits.hpp>
@@ -42,11 +43,12 @@ public:
 
     region allocate(std::size_t len, std::uint32_t dev) {
         if (len == 0) throw error(status::invalid_argument, "allocate: len is 0");
-        auto owner = Traits::allocate(memory_, len, dev);
-        if (!owner) return add(nullptr, len, dev, {}, nullptr);
-        void* const p = owner.get();  // before owner is moved from
-        auto facts = Traits::classify(memory_, "allocate", p, len, dev);
-        return add(p, len, dev, std::move(facts), std::move(owner));
+        return add_allocated(Traits::allocate(memory_, len, dev), "allocate", len, dev);
+    }
+
+    region allocate_host(std::size_t len) {
+        if (len == 0) throw error(status::invalid_argument, "allocate_host: len is 0");
+        return add_allocated(Traits::allocate_host(memory_, len), "allocate_host", len, 0);
     }
 
     void deregister(region& r) {
@@ -73,6 +75,18 @@ public:
     [[nodiscard]] registry& regions() const noexcept { return *registry_; }
 
 private:
+    region add_allocated(allocation a, const char* what, std::size_t len, std::uint32_t dev) {
+        if (!a.memory) return add(nullptr, len, dev, {}, nullptr);
+        void* const p = a.memory.get();
+        auto facts = Traits::classify(memory_, what, p, len, dev);
+        if (!a.share_handle.empty()) {
+            facts.ipc_handle = std::move(a.share_handle);
+            facts.ipc_offset = 0;
+            facts.ipc_alloc_size = a.share_size;
+        }
+        return add(p, len, dev, std::move(facts), std::move(a.memory));
+    }
+
     region add(void* ptr, std::size_t len, std::uint32_t dev, memory_facts facts, std::shared_ptr<void> owner) {
         const auto want = facts.ucx_type;
         auto r = std::make_shared<local_region>(context_, ptr, len, dev, std::move(facts), std::move(owner));

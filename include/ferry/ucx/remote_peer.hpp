@@ -2,6 +2,7 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/host/peer_process.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/endpoint.hpp>
@@ -35,9 +36,10 @@ struct remote_region {
     // stalls even mapped-memory puts on the endpoint until the peer answers,
     // and which UCX 1.13 over tcp cannot abandon without aborting.
     std::optional<rkey> key;
-    // The allocation mapped through CUDA IPC, opened by the first cuda_ipc
-    // transfer; transfers that use it hold it open too. `ipc_error` says why
-    // opening failed, so that it is tried once.
+    // The allocation mapped into this process (through CUDA IPC, or the
+    // peer's shared host memory file), opened by the first transfer on a
+    // path that maps it; transfers that use it hold it open too. `ipc_error`
+    // says why opening failed, so that it is tried once.
     std::shared_ptr<void> ipc_mapping;
     std::uintptr_t ipc_base = 0;
     std::string ipc_error;
@@ -57,6 +59,7 @@ public:
         : name_(md.name),
           host_id_(md.host_id),
           mode_(mode),
+          process_(md.host_id, md.pid, md.pid_namespace),
           failures_(failures),
           ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this) {
         regions_.reserve(md.regions.size());
@@ -85,6 +88,8 @@ public:
     /// The peer's kernel boot id: equal to ours means the same host.
     [[nodiscard]] const std::string& host_id() const noexcept { return host_id_; }
     [[nodiscard]] ucp_ep_h ep() const noexcept { return ep_.get(); }
+    /// The peer as a process on this host (the host_ipc path).
+    [[nodiscard]] host::peer_process& process() noexcept { return process_; }
 
     [[nodiscard]] remote_region* find(std::uint64_t addr, std::size_t len, std::uint32_t dev) noexcept {
         auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
@@ -153,6 +158,7 @@ private:
     std::string name_;
     std::string host_id_;
     error_mode mode_;
+    host::peer_process process_;
     std::atomic<std::uint64_t>* failures_;  // before ep_, whose error handler uses it
     endpoint ep_;
     std::vector<remote_region> regions_;
