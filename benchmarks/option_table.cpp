@@ -50,7 +50,9 @@ const option_spec table[] = {
      "initiator sees completion; bw is measured too, for the step's fraction of it). A list (bw,step), both "
      "(bw,lat) or all",
      "both", true, [](options& o, std::string_view n, std::string_view v) { o.mode = parse_modes(n, v); }},
-    {what, "--mem", "user|ucx", "user: memory the program allocates and registers; ucx: memory from allocate()",
+    {what, "--mem", "user|alloc",
+     "user: memory the program allocates and registers; alloc: memory from the backend's allocate() (host: "
+     "shared memory that a peer on this host maps, which the host_ipc path copies with memcpy)",
      "user", true, [](options& o, std::string_view n, std::string_view v) { o.mem = parse_mem(n, v); }},
     {what, "--pattern", "contiguous|strided|random",
      "where the remote blocks lie: back to back, every other block, or scattered at random over the buffer",
@@ -110,11 +112,12 @@ const option_spec table[] = {
     {transport, "--memory", "KIND[,KIND]",
      "where the initiator's and the target's buffers live: host or cuda (device 0); one value for both. Any cuda "
      "selects ferry::memory::cuda, and its host buffers are then page-locked (cudaMallocHost). Each row then also "
-     "times one cudaMemcpy of the same total bytes between the same kinds of memory (copy GB/s)",
+     "times one cudaMemcpy of the same total bytes between the same kinds of memory (copy GB/s); with host "
+     "memory on both sides, one thread's memcpy of the same blocks between two buffers of this process",
      "host", true, [](options& o, std::string_view n, std::string_view v) { parse_memory(n, v, o); }},
-    {transport, "--path", "auto|ucx|cuda_ipc",
+    {transport, "--path", "auto|ucx|cuda_ipc|host_ipc",
      "what ferry's transfers are prepared on: auto lets prepare choose (cuda_ipc for device memory on both "
-     "sides), or force one",
+     "sides, host_ipc for host memory on both sides of one host), or force one",
      "auto", true, [](options& o, std::string_view n, std::string_view v) { o.path = parse_path(n, v); }},
     {transport, "--buffer-size", "SIZE", "memory registered per side; blocks that do not fit wrap around inside it",
      "64M", true,

@@ -15,7 +15,7 @@
 
 namespace bench {
 
-std::string_view to_string(mem_kind m) noexcept { return m == mem_kind::user ? "user" : "ucx"; }
+std::string_view to_string(mem_kind m) noexcept { return m == mem_kind::user ? "user" : "alloc"; }
 std::string_view to_string(pattern_kind p) noexcept {
     switch (p) {
         case pattern_kind::contiguous: return "contiguous";
@@ -39,6 +39,7 @@ std::string_view to_string(path_kind p) noexcept {
         case path_kind::automatic: return "auto";
         case path_kind::ucx: return "ucx";
         case path_kind::cuda_ipc: return "cuda_ipc";
+        case path_kind::host_ipc: return "host_ipc";
     }
     return "auto";
 }
@@ -119,7 +120,10 @@ mode_set parse_modes(std::string_view option, std::string_view v) {
 
 path_kind parse_path(std::string_view option, std::string_view v) {
     return parse_choice<path_kind>(option, v,
-                                   {{"auto", path_kind::automatic}, {"ucx", path_kind::ucx}, {"cuda_ipc", path_kind::cuda_ipc}});
+                                   {{"auto", path_kind::automatic},
+                                    {"ucx", path_kind::ucx},
+                                    {"cuda_ipc", path_kind::cuda_ipc},
+                                    {"host_ipc", path_kind::host_ipc}});
 }
 
 baseline_kind parse_baseline(std::string_view option, std::string_view v) {
@@ -127,7 +131,7 @@ baseline_kind parse_baseline(std::string_view option, std::string_view v) {
 }
 
 mem_kind parse_mem(std::string_view option, std::string_view v) {
-    return parse_choice<mem_kind>(option, v, {{"user", mem_kind::user}, {"ucx", mem_kind::ucx}});
+    return parse_choice<mem_kind>(option, v, {{"user", mem_kind::user}, {"alloc", mem_kind::alloc}});
 }
 
 bool parse_error_handling(std::string_view option, std::string_view v) {

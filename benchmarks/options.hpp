@@ -17,7 +17,7 @@
 
 namespace bench {
 
-enum class mem_kind { user, ucx };
+enum class mem_kind { user, alloc };
 enum class pattern_kind { contiguous, strided, random };
 /// --mode: what each row measures. A step run measures bw too: the step's
 /// bandwidth is reported as a fraction of the back-to-back one.
@@ -33,7 +33,7 @@ enum class memory_kind { host, cuda };
 // Where a side's buffer lives.
 enum class buffer_kind { host, cuda };
 // --path: what the ferry transfer is prepared on.
-enum class path_kind { automatic, ucx, cuda_ipc };
+enum class path_kind { automatic, ucx, cuda_ipc, host_ipc };
 
 std::string_view to_string(mem_kind m) noexcept;
 std::string_view to_string(pattern_kind p) noexcept;
@@ -52,6 +52,7 @@ bool built_with_cuda() noexcept;
         case path_kind::automatic: return ferry::xfer_path::automatic;
         case path_kind::ucx: return ferry::xfer_path::ucx;
         case path_kind::cuda_ipc: return ferry::xfer_path::cuda_ipc;
+        case path_kind::host_ipc: return ferry::xfer_path::host_ipc;
     }
     return ferry::xfer_path::automatic;
 }

@@ -61,13 +61,13 @@ std::size_t allocated_key_size(ucp_context_h ctx) {
 std::string own_buffer_note(std::size_t mapped, std::size_t wanted) {
     unsigned major = 0, minor = 0, release = 0;
     ucp_get_version(&major, &minor, &release);
-    return std::string("ucp_mem_map over ferry's allocate()d buffer packed an rkey of ") + std::to_string(mapped) +
-           " bytes, against " + std::to_string(wanted) + " for memory that UCX allocates: the mapping lacks the " +
-           "allocation's shared-memory key, and the raw loop would be emulated where ferry stores directly. So it " +
-           "runs on a UCP_MEM_MAP_ALLOCATE buffer of its own, of the same size, at the same offsets. (Seen with UCX " +
-           "1.22 whatever UCX_RCACHE_ENABLE says, and with UCX 1.13 only when its registration cache is off: " +
-           "UCX_RCACHE_ENABLE=n, or valgrind. This is UCX " + std::to_string(major) + "." + std::to_string(minor) +
-           "." + std::to_string(release) + ".)";
+    return std::string("ucp_mem_map over ferry's allocate()d buffer (shared memory of ferry's own) packed an rkey "
+                       "of ") +
+           std::to_string(mapped) + " bytes, against " + std::to_string(wanted) +
+           " for memory that UCX allocates: UCX maps it as user memory, without a shared-memory key. So the raw "
+           "loop runs on a UCP_MEM_MAP_ALLOCATE buffer of its own, of the same size, at the same offsets: UCX's "
+           "mapped-memory loop where this UCX maps such memory into its peer (UCX " +
+           std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(release) + ").";
 }
 
 }  // namespace

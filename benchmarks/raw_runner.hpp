@@ -31,13 +31,13 @@ class raw_runner {
 public:
     /// Maps [base, base + len) in `ctx` (the context the backend uses) and
     /// sets this side's active-message handler on `worker`. `allocated` says
-    /// the memory came from UCP_MEM_MAP_ALLOCATE (ferry's allocate()), whose
-    /// shared-memory key lets a put be a plain store into the peer's mapping.
-    /// A second ucp_mem_map of that memory does not always get the key (UCX
-    /// 1.22 never gives it; 1.13 does through its registration cache, unless
-    /// the cache is off); the raw loop would then be emulated where ferry
-    /// stores, so it allocates a buffer of its own instead, of the same size
-    /// and kind, and own_buffer() and buffer_note() say so.
+    /// the memory came from ferry's allocate(): the raw loop then compares
+    /// with UCX's best on one host, memory from UCP_MEM_MAP_ALLOCATE, whose
+    /// shared-memory key (where the UCX build gives one, as 1.13 does) lets a
+    /// put be a plain store into the peer's mapping. A ucp_mem_map of
+    /// ferry's buffer gets no such key, so the loop then allocates a buffer
+    /// of its own, of the same size and kind, and own_buffer() and
+    /// buffer_note() say so.
     /// `device`: the buffer is CUDA device memory, mapped as such.
     raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated, double timeout,
                bool device = false);

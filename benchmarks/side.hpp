@@ -10,6 +10,7 @@
 #endif
 #include "ferry_runner.hpp"
 #include "options.hpp"
+#include "plan.hpp"
 #include "raw_runner.hpp"
 
 #include <cstdlib>
@@ -51,11 +52,17 @@ public:
             else region_.emplace(backend_->allocate(buffer));
             // Fault every page in now, not inside a timed loop.
             std::memset(region_->data(), 0x5A, buffer);
+            if (name == "bench-initiator") {
+                // The memcpy reference's other buffer.
+                scratch_.reset(static_cast<std::byte*>(std::aligned_alloc(4096, buffer)));
+                if (!scratch_) throw std::runtime_error("cannot allocate " + format_size(buffer) + " for memcpy");
+                std::memset(scratch_.get(), 0x5A, buffer);
+            }
         }
         if (o.baseline == baseline_kind::raw) {
             if constexpr (raw_capable<B>)
                 raw_.emplace(backend_->ucx_context(), backend_->ucx_worker(), region_->data(), buffer,
-                             !cuda && o.mem == mem_kind::ucx, o.timeout, cuda && mine == buffer_kind::cuda);
+                             !cuda && o.mem == mem_kind::alloc, o.timeout, cuda && mine == buffer_kind::cuda);
             else
                 throw usage_error("--baseline raw: this backend does not let the baseline drive its UCX worker "
                                   "(a progress thread owns it, or it exposes no UCX handles); use --baseline none");
@@ -124,6 +131,28 @@ public:
         return std::nullopt;
     }
 
+    /// GB/s of `iters` rounds of one thread's memcpy of the row's blocks,
+    /// between this side's buffer at the local offsets and a second buffer
+    /// of this process at the remote ones, in the direction the row moves
+    /// them: what the host_ipc path does through the peer's mapping. Host
+    /// memory only.
+    std::optional<double> memcpy_gbps(const layout& l, std::size_t block, std::size_t iters, bool write) {
+        if (!scratch_) return std::nullopt;
+        std::byte* const mine = static_cast<std::byte*>(region_->data());
+        std::byte* const other = scratch_.get();
+        const auto t0 = clock::now();
+        for (std::size_t it = 0; it < iters; ++it)
+            for (std::size_t i = 0; i < l.local.size(); ++i) {
+                if (write) std::memcpy(other + l.remote[i], mine + l.local[i], block);
+                else std::memcpy(mine + l.local[i], other + l.remote[i], block);
+            }
+        const double s = seconds_since(t0);
+        // Keep the copies: their result is read here, so none is dead.
+        volatile std::byte sink = other[l.remote.empty() ? 0 : l.remote.back()];
+        static_cast<void>(sink);
+        return static_cast<double>(block) * static_cast<double>(l.local.size()) * static_cast<double>(iters) / s / 1e9;
+    }
+
 private:
     struct free_deleter {
         void operator()(std::byte* p) const noexcept { std::free(p); }
@@ -132,6 +161,7 @@ private:
     options opts_;
     std::size_t buffer_;
     std::unique_ptr<std::byte, free_deleter> user_;
+    std::unique_ptr<std::byte, free_deleter> scratch_;  // host memory, initiator: the memcpy reference
 #if defined(FERRY_BENCH_CUDA)
     cuda_buffer gpu_mem_{nullptr, cuda_free{true}};
     std::optional<copy_reference> copy_;

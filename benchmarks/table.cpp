@@ -132,7 +132,7 @@ void table_printer::header(const options& o, std::size_t buffer) {
     add(raw_first_columns, raw);
     add(path_columns);
     add(raw_buffer_columns, raw);
-    add(copy_columns, o.memory == memory_kind::cuda);
+    add(copy_columns, o.mode.bw);
     std::fflush(out_);
 }
 

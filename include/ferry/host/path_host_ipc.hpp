@@ -13,7 +13,9 @@
 #include <ferry/xfer_cost.hpp>
 #include <ferry/xfer_path.hpp>
 
+#include <sys/mman.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +26,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
@@ -173,6 +176,32 @@ private:
             if (std::find(plan.mappings.begin(), plan.mappings.end(), r.ipc_mapping) == plan.mappings.end())
                 plan.mappings.push_back(r.ipc_mapping);
         }
+        prefault(plan, op);
+    }
+
+    // Maps the pages of the peer's memory that the transfer touches now, so
+    // that its first post does not take a page fault per page (milliseconds
+    // for 1024 blocks of 4 KiB). Best effort: kernels before 5.14 lack
+    // MADV_POPULATE_*, and the first post then pays as before.
+    static void prefault(const host_plan& plan, xfer_op op) {
+#if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+        const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
+        spans.reserve(plan.copies.size());
+        for (const host_copy& c : plan.copies) {
+            const auto at = reinterpret_cast<std::uintptr_t>(op == xfer_op::write ? c.to : c.from);
+            spans.emplace_back(at / page * page, (at + c.len + page - 1) / page * page);
+        }
+        std::sort(spans.begin(), spans.end());
+        const int advice = op == xfer_op::write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+        for (std::size_t i = 0; i < spans.size();) {
+            auto [lo, hi] = spans[i];
+            for (++i; i < spans.size() && spans[i].first <= hi; ++i) hi = std::max(hi, spans[i].second);
+            ::madvise(reinterpret_cast<void*>(lo), hi - lo, advice);
+        }
+#else
+        static_cast<void>(plan), static_cast<void>(op);
+#endif
     }
 
     static void build_vm(host_plan& plan, xfer_op, const resolved_pairs& pairs, host::peer_process& peer) {
