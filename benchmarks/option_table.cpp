@@ -50,9 +50,11 @@ const option_spec table[] = {
      "initiator sees completion; bw is measured too, for the step's fraction of it). A list (bw,step), both "
      "(bw,lat) or all",
      "both", true, [](options& o, std::string_view n, std::string_view v) { o.mode = parse_modes(n, v); }},
-    {what, "--mem", "user|alloc",
+    {what, "--mem", "user|alloc|ucx",
      "user: memory the program allocates and registers; alloc: memory from the backend's allocate() (host: "
-     "shared memory that a peer on this host maps, which the host_ipc path copies with memcpy)",
+     "shared memory that a peer on this host maps, which the host_ipc path copies with memcpy); ucx: memory that "
+     "UCX allocates (UCP_MEM_MAP_ALLOCATE), registered with register_memory, which some UCX builds (1.13) map "
+     "into a peer on this host, so that --path ucx puts are stores",
      "user", true, [](options& o, std::string_view n, std::string_view v) { o.mem = parse_mem(n, v); }},
     {what, "--pattern", "contiguous|strided|random",
      "where the remote blocks lie: back to back, every other block, or scattered at random over the buffer",

@@ -15,7 +15,14 @@
 
 namespace bench {
 
-std::string_view to_string(mem_kind m) noexcept { return m == mem_kind::user ? "user" : "alloc"; }
+std::string_view to_string(mem_kind m) noexcept {
+    switch (m) {
+        case mem_kind::user: return "user";
+        case mem_kind::alloc: return "alloc";
+        case mem_kind::ucx: return "ucx";
+    }
+    return "user";
+}
 std::string_view to_string(pattern_kind p) noexcept {
     switch (p) {
         case pattern_kind::contiguous: return "contiguous";
@@ -131,7 +138,7 @@ baseline_kind parse_baseline(std::string_view option, std::string_view v) {
 }
 
 mem_kind parse_mem(std::string_view option, std::string_view v) {
-    return parse_choice<mem_kind>(option, v, {{"user", mem_kind::user}, {"alloc", mem_kind::alloc}});
+    return parse_choice<mem_kind>(option, v, {{"user", mem_kind::user}, {"alloc", mem_kind::alloc}, {"ucx", mem_kind::ucx}});
 }
 
 bool parse_error_handling(std::string_view option, std::string_view v) {

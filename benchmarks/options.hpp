@@ -17,7 +17,7 @@
 
 namespace bench {
 
-enum class mem_kind { user, alloc };
+enum class mem_kind { user, alloc, ucx };
 enum class pattern_kind { contiguous, strided, random };
 /// --mode: what each row measures. A step run measures bw too: the step's
 /// bandwidth is reported as a fraction of the back-to-back one.

@@ -61,16 +61,29 @@ std::size_t allocated_key_size(ucp_context_h ctx) {
 std::string own_buffer_note(std::size_t mapped, std::size_t wanted) {
     unsigned major = 0, minor = 0, release = 0;
     ucp_get_version(&major, &minor, &release);
-    return std::string("ucp_mem_map over ferry's allocate()d buffer (shared memory of ferry's own) packed an rkey "
-                       "of ") +
-           std::to_string(mapped) + " bytes, against " + std::to_string(wanted) +
-           " for memory that UCX allocates: UCX maps it as user memory, without a shared-memory key. So the raw "
-           "loop runs on a UCP_MEM_MAP_ALLOCATE buffer of its own, of the same size, at the same offsets: UCX's "
+    return "ucp_mem_map over ferry's buffer packed an rkey of " + std::to_string(mapped) + " bytes, against " +
+           std::to_string(wanted) +
+           " for a fresh UCP_MEM_MAP_ALLOCATE buffer: the mapping lacks the shared-memory key (--mem alloc is "
+           "ferry's own shared memory, which UCX maps as user memory; --mem ucx gets the key back only through "
+           "UCX 1.13's registration cache, not with UCX_RCACHE_ENABLE=n, valgrind or UCX 1.22). So the raw loop "
+           "runs on a UCP_MEM_MAP_ALLOCATE buffer of its own, of the same size, at the same offsets: UCX's "
            "mapped-memory loop where this UCX maps such memory into its peer (UCX " +
            std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(release) + ").";
 }
 
 }  // namespace
+
+ucx_allocation::ucx_allocation(ucp_context_h ctx, std::size_t len) : ctx_(ctx), memh_(map(ctx, nullptr, len)) {
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+    if (auto s = ucp_mem_query(memh_, &attr); s != UCS_OK) {
+        ucp_mem_unmap(ctx_, memh_);
+        check(s, "ucp_mem_query");
+    }
+    base_ = attr.address;
+}
+
+ucx_allocation::~ucx_allocation() { ucp_mem_unmap(ctx_, memh_); }
 
 raw_runner::raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::size_t len, bool allocated,
                        double timeout, bool device)

@@ -27,6 +27,21 @@
 
 namespace bench {
 
+/// Memory that UCX allocates (UCP_MEM_MAP_ALLOCATE) in `ctx`, for --mem ucx.
+class ucx_allocation {
+public:
+    ucx_allocation(ucp_context_h ctx, std::size_t len);
+    ~ucx_allocation();
+    ucx_allocation(const ucx_allocation&) = delete;
+    ucx_allocation& operator=(const ucx_allocation&) = delete;
+    [[nodiscard]] void* data() const noexcept { return base_; }
+
+private:
+    ucp_context_h ctx_;
+    ucp_mem_h memh_ = nullptr;
+    void* base_ = nullptr;
+};
+
 class raw_runner {
 public:
     /// Maps [base, base + len) in `ctx` (the context the backend uses) and

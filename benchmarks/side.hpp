@@ -48,8 +48,16 @@ public:
                 copy_.emplace(gpu_mem_.get(), mine == buffer_kind::cuda, theirs == buffer_kind::cuda, buffer);
 #endif
         } else {
-            if (o.mem == mem_kind::user) region_.emplace(backend_->register_memory(user_.get(), buffer, 0));
-            else region_.emplace(backend_->allocate(buffer));
+            if (o.mem == mem_kind::user) {
+                region_.emplace(backend_->register_memory(user_.get(), buffer, 0));
+            } else if (o.mem == mem_kind::alloc) {
+                region_.emplace(backend_->allocate(buffer));
+            } else if constexpr (raw_capable<B>) {
+                ucx_mem_.emplace(backend_->ucx_context(), buffer);
+                region_.emplace(backend_->register_memory(ucx_mem_->data(), buffer, 0));
+            } else {
+                throw usage_error("--mem ucx: this backend exposes no UCX context to allocate from");
+            }
             // Fault every page in now, not inside a timed loop.
             std::memset(region_->data(), 0x5A, buffer);
             if (name == "bench-initiator") {
@@ -62,7 +70,7 @@ public:
         if (o.baseline == baseline_kind::raw) {
             if constexpr (raw_capable<B>)
                 raw_.emplace(backend_->ucx_context(), backend_->ucx_worker(), region_->data(), buffer,
-                             !cuda && o.mem == mem_kind::alloc, o.timeout, cuda && mine == buffer_kind::cuda);
+                             !cuda && o.mem != mem_kind::user, o.timeout, cuda && mine == buffer_kind::cuda);
             else
                 throw usage_error("--baseline raw: this backend does not let the baseline drive its UCX worker "
                                   "(a progress thread owns it, or it exposes no UCX handles); use --baseline none");
@@ -167,6 +175,7 @@ private:
     std::optional<copy_reference> copy_;
 #endif
     std::unique_ptr<B> backend_;
+    std::optional<ucx_allocation> ucx_mem_;  // --mem ucx: after the backend's context, before its region
     std::optional<typename B::region_type> region_;
     std::optional<raw_runner> raw_;
     std::vector<std::byte> blob_;
