@@ -31,11 +31,13 @@ struct options {
     bool thread = false;
     std::size_t blocks = 256;
     std::size_t block_size = 64 * 1024;
+    ferry::xfer_path path = ferry::xfer_path::automatic;
 };
 
 void usage(const char* argv0) {
     std::printf(
-        "usage: %s [--tls LIST] [--progress inline|thread] [--blocks N] [--block-size BYTES]\n"
+        "usage: %s [--tls LIST] [--progress inline|thread] [--path auto|ucx|host_ipc] [--blocks N]\n"
+        "          [--block-size BYTES]\n"
         "\n"
         "Forks a target and an initiator, WRITEs N scattered blocks into the\n"
         "target with a notification, READs them back, and checks every byte.\n"
@@ -44,6 +46,9 @@ void usage(const char* argv0) {
         "                      default: UCX's own choice\n"
         "  --progress MODE     inline: the application drives UCX (default);\n"
         "                      thread: a progress thread does\n"
+        "  --path PATH         auto: host_ipc (ferry copies into the target's memory\n"
+        "                      itself) where the kernel lets it, else ucx (default);\n"
+        "                      ucx: UCX RMA; host_ipc: fail if it cannot be had\n"
         "  --blocks N          number of blocks (default 256)\n"
         "  --block-size BYTES  size of each block (default 65536)\n"
         "  --help              this text\n",
@@ -77,6 +82,12 @@ options parse(int argc, char** argv) {
             if (m != "inline" && m != "thread")
                 throw std::invalid_argument("--progress: expected inline or thread, got '" + std::string(m) + "'");
             o.thread = m == "thread";
+        } else if (a == "--path") {
+            std::string_view p = value();
+            if (p == "auto") o.path = ferry::xfer_path::automatic;
+            else if (p == "ucx") o.path = ferry::xfer_path::ucx;
+            else if (p == "host_ipc") o.path = ferry::xfer_path::host_ipc;
+            else throw std::invalid_argument("--path: expected auto, ucx or host_ipc, got '" + std::string(p) + "'");
         } else if (a == "--blocks") {
             o.blocks = parse_size("--blocks", value());
         } else if (a == "--block-size") {
@@ -124,17 +135,19 @@ std::byte pattern(std::size_t block, std::size_t offset) {
 }
 
 // The target spreads the blocks out: block i lands at slot 2i, so the list is
-// scattered the way KV-cache blocks are.
+// scattered the way KV-cache blocks are. Its memory comes from allocate():
+// shared memory that the initiator, on this host, maps and copies into.
 template <class Backend>
 int run_target(int fd, const options& o) {
     Backend backend(make_config("target", o));
-    std::vector<std::byte> memory(2 * o.blocks * o.block_size);
-    auto region = backend.register_memory(memory.data(), memory.size());
+    auto region = backend.allocate(2 * o.blocks * o.block_size);
+    std::span<const std::byte> memory(static_cast<const std::byte*>(region.data()), region.size());
     send_blob(fd, backend.local_metadata());
     backend.load_remote(recv_blob(fd));
 
-    // User memory is reached through UCX's emulation, which needs this side
-    // to progress: so poll until the initiator says it is done.
+    // The notifications need this side to progress, and so does the data
+    // wherever UCX carries it (another host, or --path ucx, where UCX
+    // emulates RMA on this memory): so poll until the initiator says it is done.
     bool done = false;
     int failures = 0;
     while (!done) {
@@ -177,8 +190,8 @@ int run_initiator(int fd, const options& o) {
         local_r.push_back(dst.slice(b * o.block_size, o.block_size));
         remote_blocks.push_back({remote + 2 * b * o.block_size, o.block_size, 0});
     }
-    auto write = backend.prepare(ferry::xfer_op::write, local_w, remote_blocks, target);
-    auto read = backend.prepare(ferry::xfer_op::read, local_r, remote_blocks, target);
+    auto write = backend.prepare(ferry::xfer_op::write, local_w, remote_blocks, target, o.path);
+    auto read = backend.prepare(ferry::xfer_op::read, local_r, remote_blocks, target, o.path);
 
     auto wait = [&](ferry::xfer x, std::string_view notif) {
         auto t0 = clock::now();
@@ -194,11 +207,12 @@ int run_initiator(int fd, const options& o) {
     backend.send_notif(target, "done");
 
     auto cost = backend.estimate(write);
-    std::printf("initiator: WRITE %zu blocks x %zu B = %.1f KiB in %.1f us (%.2f GB/s)\n", o.blocks, o.block_size,
-                bytes / 1024, tw * 1e6, bytes / tw / 1e9);
+    std::printf("initiator: WRITE %zu blocks x %zu B = %.1f KiB in %.1f us (%.2f GB/s), path %s\n", o.blocks,
+                o.block_size, bytes / 1024, tw * 1e6, bytes / tw / 1e9,
+                std::string(ferry::to_string(backend.path_of(write))).c_str());
     std::printf("initiator: READ  %zu blocks x %zu B = %.1f KiB in %.1f us (%.2f GB/s); %s\n", o.blocks, o.block_size,
                 bytes / 1024, tr * 1e6, bytes / tr / 1e9, ok ? "every byte matches" : "data WRONG");
-    std::printf("initiator: UCX estimated the WRITE at %.1f us (%s)\n", static_cast<double>(cost.duration.count()) / 1e3,
+    std::printf("initiator: the WRITE was estimated at %.1f us (%s)\n", static_cast<double>(cost.duration.count()) / 1e3,
                 std::string(ferry::to_string(cost.method)).c_str());
     backend.release(write);
     backend.release(read);
