@@ -15,6 +15,10 @@
 #include <ferry/ucx/endpoint.hpp>  // endpoints and unpacked remote keys
 #include <ferry/ucx/memory.hpp>    // mapped memory, local regions and their registry
 
+// This host: shared host memory, and a peer seen as a process here.
+#include <ferry/host/shared_memory.hpp>  // memfd memory a peer maps; mapping a peer's
+#include <ferry/host/peer_process.hpp>   // same host and PID namespace, process_vm access, liveness
+
 // Memory: what each memory kind adds, and registration.
 #include <ferry/ucx/memory_traits.hpp>  // memory::host; memory::cuda's is in <ferry/cuda.hpp>
 #include <ferry/ucx/registration.hpp>   // register_memory, allocate, deregister_memory
@@ -30,6 +34,7 @@
 #include <ferry/ucx/path.hpp>        // the seam: what a path provides, dispatch by tag
 #include <ferry/ucx/prepare.hpp>     // checks, pairs resolved to regions, the path chosen
 #include <ferry/ucx/path_ucx.hpp>    // UCX RMA: puts or gets, one flush, the notification after it
+#include <ferry/host/path_host_ipc.hpp>  // host memory of a peer here: memcpy or process_vm, no worker
 #include <ferry/ucx/deadlines.hpp>   // transfers past their deadline, or to a failed peer
 
 // Notifications: the inbox, and the pool standalone ones leave from.
