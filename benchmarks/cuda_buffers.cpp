@@ -38,6 +38,15 @@ cuda_buffer cuda_alloc(std::size_t len, bool device, unsigned char fill) {
     return b;
 }
 
+void cuda_fill(void* p, std::size_t len, bool device, unsigned char fill) {
+    if (!device) {
+        std::memset(p, fill, len);
+        return;
+    }
+    check(cudaMemset(p, fill, len), "cudaMemset");
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
 copy_reference::copy_reference(void* local, bool, bool remote_device, std::size_t len)
     : local_(local), scratch_(cuda_alloc(len, remote_device, 0x3C)) {
     cudaStream_t s = nullptr;

@@ -19,6 +19,9 @@ using cuda_buffer = std::unique_ptr<void, cuda_free>;
 /// `len` bytes on CUDA device 0, or page-locked host memory, set to `fill`.
 cuda_buffer cuda_alloc(std::size_t len, bool device, unsigned char fill);
 
+/// Sets `len` bytes at `p`, on CUDA device 0 or in host memory, to `fill`.
+void cuda_fill(void* p, std::size_t len, bool device, unsigned char fill);
+
 class copy_reference {
 public:
     /// Copies between `local` (on the device or not) and a scratch buffer of

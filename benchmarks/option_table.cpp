@@ -52,7 +52,9 @@ const option_spec table[] = {
      "both", true, [](options& o, std::string_view n, std::string_view v) { o.mode = parse_modes(n, v); }},
     {what, "--mem", "user|alloc|ucx",
      "user: memory the program allocates and registers; alloc: memory from the backend's allocate() (host: "
-     "shared memory that a peer on this host maps, which the host_ipc path copies with memcpy); ucx: memory that "
+     "shared memory that a peer on this host maps, which the host_ipc path copies with memcpy; --memory cuda: "
+     "device memory from allocate, host memory from allocate_host, which a GPU peer on this host copies into); "
+     "ucx: memory that "
      "UCX allocates (UCP_MEM_MAP_ALLOCATE), registered with register_memory, which some UCX builds (1.13) map "
      "into a peer on this host, so that --path ucx puts are stores",
      "user", true, [](options& o, std::string_view n, std::string_view v) { o.mem = parse_mem(n, v); }},

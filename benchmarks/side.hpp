@@ -42,10 +42,23 @@ public:
 #if defined(FERRY_BENCH_CUDA)
             // Device memory, or page-locked host memory, which the copy
             // engine and UCX's CUDA transports reach directly.
-            gpu_mem_ = cuda_alloc(buffer, mine == buffer_kind::cuda, 0x5A);
-            region_.emplace(backend_->register_memory(gpu_mem_.get(), buffer, 0));
+            // --mem alloc: the backend's own memory, which a peer on this
+            // host maps (host memory from allocate_host: the host_ipc
+            // placement); else cudaMalloc / cudaMallocHost, registered.
+            if (o.mem == mem_kind::alloc) {
+                if constexpr (requires { backend_->allocate_host(buffer); }) {
+                    region_.emplace(mine == buffer_kind::cuda ? backend_->allocate(buffer, 0)
+                                                              : backend_->allocate_host(buffer));
+                    cuda_fill(region_->data(), buffer, mine == buffer_kind::cuda, 0x5A);
+                } else {
+                    throw usage_error("--mem alloc: this backend has no allocate_host");
+                }
+            } else {
+                gpu_mem_ = cuda_alloc(buffer, mine == buffer_kind::cuda, 0x5A);
+                region_.emplace(backend_->register_memory(gpu_mem_.get(), buffer, 0));
+            }
             if (name == "bench-initiator")
-                copy_.emplace(gpu_mem_.get(), mine == buffer_kind::cuda, theirs == buffer_kind::cuda, buffer);
+                copy_.emplace(region_->data(), mine == buffer_kind::cuda, theirs == buffer_kind::cuda, buffer);
 #endif
         } else {
             if (o.mem == mem_kind::user) {

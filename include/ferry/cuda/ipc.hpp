@@ -81,5 +81,34 @@ inline void open_ipc(remote_region& r, int device) noexcept {
     if (previous != device) cudaSetDevice(previous);
 }
 
+/// Registers a peer's shared host memory, already mapped (r.ipc_mapping),
+/// with CUDA, once, so that the copy kernel on `device` loads and stores it:
+/// afterwards r.gpu_base is where the GPU reaches the mapping's start, or
+/// r.gpu_error says why it cannot.
+inline void register_shared(remote_region& r, int device) noexcept {
+    if (r.gpu_registration || !r.gpu_error.empty() || !r.ipc_mapping) return;
+    int previous = 0;
+    cudaGetDevice(&previous);
+    if (previous != device) cudaSetDevice(device);
+    void* const base = reinterpret_cast<void*>(r.ipc_base);
+    const auto size = static_cast<std::size_t>(r.ipc_alloc_size);
+    void* on_gpu = nullptr;
+    cudaError_t e = cudaHostRegister(base, size, cudaHostRegisterPortable | cudaHostRegisterMapped);
+    if (e == cudaSuccess) {
+        e = cudaHostGetDevicePointer(&on_gpu, base, 0);
+        if (e != cudaSuccess) cudaHostUnregister(base);
+    }
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        r.gpu_error = std::string("cudaHostRegister of its mapping: ") + cudaGetErrorName(e) + ": " +
+                      cudaGetErrorString(e);
+    } else {
+        r.gpu_base = reinterpret_cast<std::uintptr_t>(on_gpu);
+        // Unregistered before the mapping it keeps is unmapped.
+        r.gpu_registration = std::shared_ptr<void>(base, [keep = r.ipc_mapping](void* p) { cudaHostUnregister(p); });
+    }
+    if (previous != device) cudaSetDevice(previous);
+}
+
 }  // namespace detail::cuda
 FERRY_NAMESPACE_END

@@ -7,6 +7,7 @@
 #include <ferry/detail/intrusive_list.hpp>
 #include <ferry/detail/metadata.hpp>
 #include <ferry/detail/thread_owner.hpp>
+#include <ferry/host/shared_memory.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/path.hpp>
@@ -33,8 +34,12 @@ namespace detail {
 /// CUDA IPC, and the whole descriptor list moved by one copy kernel on the
 /// backend's GPU, whose event completes the post. It serves a transfer only
 /// when every pair has GPU memory (or page-locked host memory) on our side
-/// and GPU memory of a peer on this host on the other. Nothing tells the
-/// worker when a kernel is done, so the path is polled (path.hpp).
+/// and memory of a peer on this host on the other: GPU memory, or host
+/// memory that the peer's backend allocated (allocate_host), which is mapped
+/// as the host_ipc path maps it and then registered with CUDA. Such a
+/// transfer is host_ipc's placement and reported so (path_of), and a caller
+/// that names host_ipc gets this path for it. Nothing tells the worker when
+/// a kernel is done, so the path is polled (path.hpp).
 class cuda_ipc_path {
 public:
     static constexpr xfer_path id = xfer_path::cuda_ipc;
@@ -42,12 +47,20 @@ public:
 
     explicit cuda_ipc_path(const cuda::backend_state& memory) noexcept : memory_(memory) {}
 
+    /// GPU memory to and from a peer's host memory on this host.
+    static constexpr bool serves(xfer_path p) noexcept { return p == xfer_path::host_ipc; }
+
     /// Builds the copy: its chunk table on the GPU, its stream and event,
     /// and one empty launch that pays the first launch's costs now.
-    bool prepare(xfer_state& st, const resolved_pairs& pairs, bool required) {
+    bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
+        const bool required = wanted == id;
+        bool gpu_there = false;
         for (std::size_t i = 0; i < pairs.local.size(); ++i) {
-            const auto why = refusal(*pairs.local_regions[i], *pairs.remote_regions[i], pairs.target.host_id());
-            if (why.empty()) continue;
+            const auto why = refusal(*pairs.local_regions[i], *pairs.remote_regions[i], pairs.target, wanted);
+            if (why.empty()) {
+                gpu_there = gpu_there || pairs.remote_regions[i]->kind == memory_kind_code::cuda;
+                continue;
+            }
             if (!required) return false;
             throw error(status::invalid_argument,
                         "prepare: path cuda_ipc: descriptor " + std::to_string(i) + ": " + why);
@@ -60,9 +73,11 @@ public:
             const std::uint64_t there = mapped_address(*pairs.remote_regions[i], pairs.remote[i].addr);
             if (st.op == xfer_op::write) copies.push_back({here, there, pairs.local[i].len});
             else copies.push_back({there, here, pairs.local[i].len});
-            const auto& mapping = pairs.remote_regions[i]->ipc_mapping;
+            const remote_region& r = *pairs.remote_regions[i];
+            const auto& mapping = r.kind == memory_kind_code::cuda ? r.ipc_mapping : r.gpu_registration;
             if (std::find(mappings.begin(), mappings.end(), mapping) == mappings.end()) mappings.push_back(mapping);
         }
+        st.shown_path = gpu_there ? xfer_path::cuda_ipc : xfer_path::host_ipc;
         auto copy = std::make_unique<cuda::device_copy>(memory_.device, copies, std::move(mappings));
         st.path_data = copy.release();
         st.destroy_path_data = [](void* p) noexcept { delete static_cast<cuda::device_copy*>(p); };
@@ -136,23 +151,39 @@ private:
     }
 
     // Why this path cannot serve a pair, or empty if it can. Opens the
-    // peer's IPC mapping on first use.
-    std::string refusal(const local_region& l, remote_region& r, const std::string& peer_host) const {
+    // peer's mapping on first use: CUDA IPC for its GPU memory; its shared
+    // host memory mapped and registered with CUDA.
+    std::string refusal(const local_region& l, remote_region& r, remote_peer& peer, xfer_path wanted) const {
         if (!l.facts.gpu_reachable)
             return "the local block is neither CUDA device memory nor page-locked host memory";
         if (l.facts.kind == memory_kind_code::cuda && static_cast<int>(l.dev) != memory_.device)
             return "the local block is on CUDA device " + std::to_string(l.dev) + ", the backend's is " +
                    std::to_string(memory_.device) + " (ucx_config::cuda_device)";
-        if (r.kind != memory_kind_code::cuda) return "the remote block is not CUDA device memory";
-        if (peer_host.empty() || peer_host != host_id()) return "the peer runs on another host";
-        cuda::open_ipc(r, memory_.device);
-        if (!r.ipc_error.empty()) return "the remote region cannot be mapped: " + r.ipc_error;
+        if (peer.host_id().empty() || peer.host_id() != host_id()) return "the peer runs on another host";
+        if (r.kind == memory_kind_code::cuda) {
+            if (wanted == xfer_path::host_ipc) return "the remote block is CUDA device memory, not host memory";
+            cuda::open_ipc(r, memory_.device);
+            if (!r.ipc_error.empty()) return "the remote region cannot be mapped: " + r.ipc_error;
+            return {};
+        }
+        if (wanted == xfer_path::cuda_ipc) return "the remote block is not CUDA device memory";
+        // The CPU copies host memory to host memory (host_ipc's own copy).
+        if (l.facts.kind != memory_kind_code::cuda) return "both blocks are host memory";
+        if (!peer.process().unreachable().empty()) return peer.process().unreachable();
+        if (r.ipc_handle.empty())
+            return "the remote block is host memory that the peer's backend did not allocate (allocate_host), "
+                   "which this process cannot map";
+        host::open_shared(r, static_cast<std::uint32_t>(peer.process().pid()));
+        if (!r.ipc_mapping) return "the remote block's shared memory cannot be mapped: " + r.ipc_error;
+        cuda::register_shared(r, memory_.device);
+        if (!r.gpu_registration) return "the remote block's shared memory cannot be reached by the GPU: " + r.gpu_error;
         return {};
     }
 
     // The device address, in this process, of `addr` in a mapped remote region.
     static std::uint64_t mapped_address(const remote_region& r, std::uint64_t addr) noexcept {
-        return r.ipc_base + r.ipc_offset + (addr - r.addr);
+        const std::uintptr_t base = r.kind == memory_kind_code::cuda ? r.ipc_base : r.gpu_base;
+        return base + r.ipc_offset + (addr - r.addr);
     }
 
     // The address at which the backend's GPU reaches `addr` in a local region.

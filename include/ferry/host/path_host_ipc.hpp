@@ -49,7 +49,8 @@ public:
     template <class Memory>
     explicit host_ipc_path(const Memory&) noexcept {}
 
-    bool prepare(xfer_state& st, const resolved_pairs& pairs, bool required) {
+    bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
+        const bool required = wanted == id;
         host::peer_process& peer = pairs.target.process();
         if (!peer.unreachable().empty()) {
             if (!required) return false;
@@ -60,7 +61,8 @@ public:
             remote_region& r = *pairs.remote_regions[i];
             std::string why;
             if (pairs.local_regions[i]->facts.kind != memory_kind_code::host)
-                why = "the local block is not host memory";
+                why = "the local block is not host memory (GPU memory reaches a peer's host memory on this "
+                      "host only where the peer allocated it with allocate_host)";
             else if (r.kind != memory_kind_code::host)
                 why = "the remote block is not host memory";
             if (!why.empty()) {

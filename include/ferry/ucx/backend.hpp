@@ -219,7 +219,7 @@ public:
     /// The path prepare chose for the transfer; `automatic` for an unknown handle.
     [[nodiscard]] xfer_path path_of(xfer x) const noexcept {
         const auto* st = xfers_.get(x.ref);
-        return st ? st->path : xfer_path::automatic;
+        return st ? st->shown_path : xfer_path::automatic;
     }
 
     /// Total bytes a post of this transfer moves; 0 for an unknown handle.

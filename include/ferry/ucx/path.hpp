@@ -34,23 +34,36 @@ struct resolved_pairs {
 /// backend holds one object of each path its memory kind offers, built from
 /// the memory kind's state; all of a path's code runs where the worker may be
 /// touched, except estimate when `estimate_on_worker` is false.
-///  - prepare(st, pairs, required): sets st up on this path and returns true,
-///    or returns false when the path cannot serve every pair; when `required`
-///    (the caller named this path) it throws instead, naming the first pair
-///    it cannot serve and why. Nothing is touched before it decides.
+///  - prepare(st, pairs, wanted): sets st up on this path and returns true,
+///    or returns false when the path cannot serve every pair. `wanted` is
+///    automatic or the path the caller named (this one, or one it serves);
+///    when it is this path's own id, it throws instead of returning false,
+///    naming the first pair it cannot serve and why. Nothing is touched
+///    before it decides.
 ///  - start(st, with_notif): starts one post of st, whose phase is busy and
 ///    whose regions are held, and, when `with_notif`, its notification (in
 ///    st.notif_storage) once the data is visible at the target. Returns ok
 ///    when it completed at once, in_progress, or the error, as post does.
 ///  - estimate(st): what one post is expected to take.
 template <class P>
-concept xfer_path_impl = requires(P& p, const P& cp, xfer_state& st, const resolved_pairs& pairs, bool flag) {
+concept xfer_path_impl =
+    requires(P& p, const P& cp, xfer_state& st, const resolved_pairs& pairs, xfer_path wanted, bool flag) {
     { P::id } -> std::convertible_to<xfer_path>;
     { P::estimate_on_worker } -> std::convertible_to<bool>;
-    { p.prepare(st, pairs, flag) } -> std::same_as<bool>;
+    { p.prepare(st, pairs, wanted) } -> std::same_as<bool>;
     { p.start(st, flag) } noexcept -> std::same_as<status>;
     { cp.estimate(st) } -> std::same_as<xfer_cost>;
 };
+
+/// Whether path P takes transfers asked for by `id`: its own id, and, for a
+/// path that also serves another's placements (cuda_ipc copies GPU memory
+/// to a peer's host memory, which is host_ipc's), that one where P says so
+/// with a static `serves(id)`.
+template <class P>
+constexpr bool serves(xfer_path id) noexcept {
+    if constexpr (requires { { P::serves(id) } -> std::convertible_to<bool>; }) return P::id == id || P::serves(id);
+    else return P::id == id;
+}
 
 /// A path whose transfers complete without telling the worker (GPU work)
 /// is polled instead: progress() polls every transfer of its in flight and
@@ -95,7 +108,7 @@ public:
     template <class Memory>
     explicit path_set(const Memory& memory) : paths_((static_cast<void>(sizeof(Paths)), memory)...) {}
 
-    [[nodiscard]] static constexpr bool offers(xfer_path id) noexcept { return ((Paths::id == id) || ...); }
+    [[nodiscard]] static constexpr bool offers(xfer_path id) noexcept { return (serves<Paths>(id) || ...); }
 
     /// f(path) for the path with tag `id`, which must be one of these.
     template <class F>
@@ -104,7 +117,8 @@ public:
     }
 
     /// prepare's choice: the first path that serves every pair when `wanted`
-    /// is automatic, else the path named, which throws if it cannot.
+    /// is automatic, else the paths that serve the one named, of which the
+    /// one whose own id it is throws if it cannot.
     void choose(xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
         std::apply([&](auto&... path) { static_cast<void>((offer(path, st, pairs, wanted) || ...)); }, paths_);
     }
@@ -140,8 +154,9 @@ private:
 
     template <class P>
     static bool offer(P& path, xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
-        if (wanted != xfer_path::automatic && wanted != P::id) return false;
-        if (!path.prepare(st, pairs, wanted == P::id)) return false;
+        if (wanted != xfer_path::automatic && !serves<P>(wanted)) return false;
+        st.shown_path = P::id;  // prepare may name the placement it serves instead
+        if (!path.prepare(st, pairs, wanted)) return false;
         st.path = P::id;
         return true;
     }

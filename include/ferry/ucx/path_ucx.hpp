@@ -36,7 +36,7 @@ public:
 
     /// Resolves each pair into exactly what ucp_put_nbx / ucp_get_nbx take.
     /// Unpacks a remote region's key on its first use, which touches the worker.
-    bool prepare(xfer_state& st, const resolved_pairs& pairs, bool) {
+    bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path) {
         st.blocks.reserve(pairs.local.size());
         st.keys.reserve(pairs.local.size());
         for (std::size_t i = 0; i < pairs.local.size(); ++i) {

@@ -43,6 +43,13 @@ struct remote_region {
     std::shared_ptr<void> ipc_mapping;
     std::uintptr_t ipc_base = 0;
     std::string ipc_error;
+    // A peer's shared host memory, mapped as above and then registered with
+    // CUDA by the first GPU transfer to it: the address at which the GPU
+    // reaches the mapping's start, and the registration, which keeps the
+    // mapping and is held like it. `gpu_error` says why registering failed.
+    std::shared_ptr<void> gpu_registration;
+    std::uintptr_t gpu_base = 0;
+    std::string gpu_error;
 
     [[nodiscard]] bool contains(std::uint64_t a, std::size_t n, std::uint32_t device) const noexcept {
         return device == dev && a >= addr && n <= len && a - addr <= len - n;

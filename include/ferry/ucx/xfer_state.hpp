@@ -59,7 +59,8 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     enum : std::uint8_t { idle, busy, released, expired };
 
     xfer_op op = xfer_op::write;
-    xfer_path path = xfer_path::ucx;
+    xfer_path path = xfer_path::ucx;        // the path object that moves it (path_set::with)
+    xfer_path shown_path = xfer_path::ucx;  // what path_of reports: the placement it serves
     slot_ref peer_ref;
     remote_peer* target = nullptr;
     std::shared_ptr<remote_peer> keep_target;  // keeps `target` valid while this state lives
