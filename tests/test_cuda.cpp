@@ -114,10 +114,19 @@ bool gpu_ready() {
 constexpr std::size_t device_bytes = std::size_t{160} << 20;
 constexpr std::size_t host_bytes = std::size_t{40} << 20;
 
-// Device memory, pageable host memory, page-locked host memory.
-enum class kind { host, device, pinned };
+// Device memory, pageable host memory, page-locked host memory, and the
+// backend's shared host memory (allocate_host: page-locked, mappable by a peer).
+enum class kind { host, device, pinned, shared };
 
-std::string name_of(kind k) { return k == kind::host ? "host" : k == kind::device ? "device" : "page-locked host"; }
+std::string name_of(kind k) {
+    switch (k) {
+        case kind::host: return "host";
+        case kind::device: return "device";
+        case kind::pinned: return "page-locked host";
+        case kind::shared: return "allocate_host";
+    }
+    return "?";
+}
 
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) fail(std::string(what) + ": " + cudaGetErrorString(e));
@@ -143,14 +152,15 @@ struct memory_pair {
           pinned_mem(host_bytes),
           dev(b.allocate(device_bytes, 0)),
           host(b.register_memory(host_mem.data(), host_bytes)),
-          pinned(b.register_memory(pinned_mem.p, host_bytes)) {}
+          pinned(b.register_memory(pinned_mem.p, host_bytes)),
+          shared(b.allocate_host(host_bytes)) {}
 
     [[nodiscard]] std::byte* host_bytes_of(kind k) {
-        return k == kind::host ? host_mem.data() : static_cast<std::byte*>(pinned_mem.p);
+        return reinterpret_cast<std::byte*>(base(k));
     }
     [[nodiscard]] std::uintptr_t base(kind k) const {
-        return reinterpret_cast<std::uintptr_t>(k == kind::host ? host.data() : k == kind::pinned ? pinned.data()
-                                                                                                   : dev.data());
+        const ferry::region& r = k == kind::host ? host : k == kind::pinned ? pinned : k == kind::shared ? shared : dev;
+        return reinterpret_cast<std::uintptr_t>(r.data());
     }
 
     // Sets [0, extent) to `untouched`, then the blocks to their pattern.
@@ -176,6 +186,7 @@ struct memory_pair {
     ferry::region dev;
     ferry::region host;
     ferry::region pinned;
+    ferry::region shared;
     std::vector<std::byte> staging;
 
 private:
@@ -260,6 +271,20 @@ std::vector<gpu_case> cases_for(bool full) {
             // copy kernel reaches both.
             out.push_back({op, P, D, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::cuda_ipc});
         }
+        // The peer's allocate_host memory: GPU memory to and from it moves as
+        // one copy kernel over its mapping (host_ipc's placement); host memory
+        // to and from it, as the CPU's memcpy; either way forced or chosen.
+        const kind S = kind::shared;
+        const std::vector<shape> shared = full ? std::vector<shape>{{1, 4096, false, 0}, {1024, 4096, true, 0},
+                                                                    {16, 1 << 20, true, 0}, {33, 1000, true, 3}}
+                                               : std::vector<shape>{{1024, 4096, true, 0}, {16, 1 << 20, true, 0}};
+        for (const auto& s : shared) {
+            out.push_back({op, D, S, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
+            out.push_back({op, D, S, s.count, s.len, s.scatter, s.skew, xfer_path::host_ipc, xfer_path::host_ipc});
+            out.push_back({op, S, D, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::cuda_ipc});
+            out.push_back({op, H, S, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
+            out.push_back({op, P, S, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
+        }
     }
     return out;
 }
@@ -274,14 +299,18 @@ struct target_bases {
     std::uint64_t dev = 0;
     std::uint64_t host = 0;
     std::uint64_t pinned = 0;
-    [[nodiscard]] std::uint64_t of(kind k) const { return k == kind::host ? host : k == kind::pinned ? pinned : dev; }
+    std::uint64_t shared = 0;
+    [[nodiscard]] std::uint64_t of(kind k) const {
+        return k == kind::host ? host : k == kind::pinned ? pinned : k == kind::shared ? shared : dev;
+    }
 };
 
 // The target's half of the set-up: its metadata, then where its regions start.
 template <class Backend>
 void publish(Backend& b, const memory_pair<Backend>& m, ferry_test::channel& ch) {
     ch.send(b.local_metadata());
-    const std::array<std::uint64_t, 3> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned)};
+    const std::array<std::uint64_t, 4> addrs{m.base(kind::device), m.base(kind::host), m.base(kind::pinned),
+                                             m.base(kind::shared)};
     ch.send_u64s(addrs);
 }
 
@@ -290,8 +319,8 @@ template <class Backend>
 std::pair<ferry::peer, target_bases> load_target(Backend& b, ferry_test::channel& ch) {
     const ferry::peer p = b.load_remote(ch.recv_bytes());
     const auto addrs = ch.recv_u64s();
-    expect(addrs.size() == 3, "the target sent " + std::to_string(addrs.size()) + " addresses");
-    return {p, target_bases{addrs[0], addrs[1], addrs[2]}};
+    expect(addrs.size() == 4, "the target sent " + std::to_string(addrs.size()) + " addresses");
+    return {p, target_bases{addrs[0], addrs[1], addrs[2], addrs[3]}};
 }
 
 template <class Backend>
@@ -427,6 +456,25 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
                                                         std::string(ferry::to_string(b.path_of(z))));
         const auto cost = b.estimate(z);
         expect(cost.method == ferry::cost_method::cuda_ipc_model && cost.duration.count() > 0, "estimate of cuda_ipc");
+        // The peer's allocate_host memory is host_ipc's placement, also when
+        // the GPU copies: cuda_ipc by name refuses it, host_ipc by name takes
+        // it, and host_ipc by name refuses the peer's device memory.
+        const std::vector<ferry::desc> shared_r = {{t.shared, 4096, 0}};
+        e = ferry_test::error_from([&] {
+            static_cast<void>(b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), shared_r, p, xfer_path::cuda_ipc));
+        });
+        expect(e.has_value() &&
+                   starts_with(e->what(), "prepare: path cuda_ipc: descriptor 0: the remote block is not CUDA device memory"),
+               "cuda_ipc by name on the peer's allocate_host memory: " + std::string(e ? e->what() : "(none)"));
+        auto h = b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), shared_r, p, xfer_path::host_ipc);
+        expect(b.path_of(h) == xfer_path::host_ipc, "host_ipc by name on the peer's allocate_host memory chose " +
+                                                        std::string(ferry::to_string(b.path_of(h))));
+        expect(b.estimate(h).method == ferry::cost_method::cuda_ipc_model, "estimate of a GPU copy to host memory");
+        e = ferry_test::error_from([&] {
+            static_cast<void>(b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), dev_r, p, xfer_path::host_ipc));
+        });
+        expect(e.has_value() && starts_with(e->what(), "prepare: path host_ipc: descriptor 0: the local block is not host memory"),
+               "host_ipc by name between device memory: " + std::string(e ? e->what() : "(none)"));
         // dev must name the device the memory is on.
         e = ferry_test::error_from([&] { static_cast<void>(b.register_memory(m.dev.data(), 4096, 1)); });
         expect(e.has_value() && starts_with(e->what(), "register_memory: dev 1 given, but the memory is on CUDA device 0"),
