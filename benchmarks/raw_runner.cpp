@@ -35,6 +35,17 @@ ucp_mem_h map(ucp_context_h ctx, void* base, std::size_t len, bool device = fals
     return memh;
 }
 
+// Where memory that UCX allocated lies; unmaps it if UCX cannot say.
+void* address_of(ucp_context_h ctx, ucp_mem_h memh) {
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+    if (auto s = ucp_mem_query(memh, &attr); s != UCS_OK) {
+        ucp_mem_unmap(ctx, memh);
+        check(s, "ucp_mem_query");
+    }
+    return attr.address;
+}
+
 std::size_t packed_size(ucp_context_h ctx, ucp_mem_h memh) {
     void* buf = nullptr;
     std::size_t n = 0;
@@ -73,15 +84,8 @@ std::string own_buffer_note(std::size_t mapped, std::size_t wanted) {
 
 }  // namespace
 
-ucx_allocation::ucx_allocation(ucp_context_h ctx, std::size_t len) : ctx_(ctx), memh_(map(ctx, nullptr, len)) {
-    ucp_mem_attr_t attr{};
-    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
-    if (auto s = ucp_mem_query(memh_, &attr); s != UCS_OK) {
-        ucp_mem_unmap(ctx_, memh_);
-        check(s, "ucp_mem_query");
-    }
-    base_ = attr.address;
-}
+ucx_allocation::ucx_allocation(ucp_context_h ctx, std::size_t len)
+    : ctx_(ctx), memh_(map(ctx, nullptr, len)), base_(address_of(ctx, memh_)) {}
 
 ucx_allocation::~ucx_allocation() { ucp_mem_unmap(ctx_, memh_); }
 
@@ -94,13 +98,7 @@ raw_runner::raw_runner(ucp_context_h ctx, ucp_worker_h worker, void* base, std::
         if (mapped < wanted) {
             ucp_mem_unmap(ctx_, memh_);
             memh_ = map(ctx_, nullptr, len);
-            ucp_mem_attr_t attr{};
-            attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
-            if (auto s = ucp_mem_query(memh_, &attr); s != UCS_OK) {
-                ucp_mem_unmap(ctx_, memh_);
-                check(s, "ucp_mem_query");
-            }
-            base_ = attr.address;
+            base_ = address_of(ctx_, memh_);
             std::memset(base_, 0x5A, len_);
             note_ = own_buffer_note(mapped, wanted);
         }
