@@ -13,7 +13,8 @@ PREFIX (PREFIX/lib/cmake/ucx), then runs, with PREFIX/lib first on the
 library path:
   - the whole ctest suite (sanitizer and fuzz sub-builds off),
   - ferry-demo over shm and tcp with --progress inline and thread,
-  - ferry-bench over shm with both policies, WRITE and READ, a short sweep.
+  - ferry-bench over shm with both policies, WRITE and READ, on the
+    automatic path (host_ipc) and on ucx, a short sweep.
 ferry-gpu-demo and the CUDA rows run too where ferry::cuda is built and a
 GPU is visible.
 
@@ -80,12 +81,18 @@ done
 bench="$build_dir/benchmarks/ferry-bench"
 for progress in inline thread; do
     for op in write read; do
-        run "$bench" --tls shm --progress "$progress" --op "$op" --block-sizes 64,4K,64K --batch 1,16,256 --time 0.01
+        for path in auto ucx; do
+            run "$bench" --tls shm --progress "$progress" --op "$op" --path "$path" --block-sizes 64,4K,64K \
+                --batch 1,16,256 --time 0.01
+        done
+        run "$bench" --tls shm --progress "$progress" --op "$op" --mem alloc --block-sizes 64,4K,64K \
+            --batch 1,16,1024 --time 0.01
     done
 done
 if [ -x "$build_dir/examples/ferry-gpu-demo" ] && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     for progress in inline thread; do run "$build_dir/examples/ferry-gpu-demo" --progress "$progress"; done
     run "$bench" --memory cuda --progress inline --block-sizes 4K,64K --batch 1,1024 --time 0.01
+    run "$bench" --memory cuda,host --mem alloc --progress inline --block-sizes 4K,1M --batch 1,16 --time 0.01
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
