@@ -154,6 +154,7 @@ inline xfer_cost ucx_backend<Policy>::estimate(xfer x) {
     if (!st) throw error(status::invalid_argument, "estimate: the transfer handle is unknown or released");
     return paths_.with(st->path, [&](auto& path) -> xfer_cost {
         if constexpr (!std::remove_reference_t<decltype(path)>::estimate_on_worker) {
+            if (!peers_.get(st->peer_ref)) throw error(status::no_such_peer, "estimate: the peer was unloaded");
             return path.estimate(*st);
         } else {
             return on_worker("estimate", [&] {
