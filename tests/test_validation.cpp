@@ -308,6 +308,22 @@ TEST_CASE("unknown and unloaded peers are refused with no_such_peer") {
     }
 }
 
+// Whichever path a transfer took, estimate, a set-up call, refuses it once
+// its peer is gone, as prepare and post do.
+TEST_CASE("estimate refuses a transfer whose peer was unloaded, on every path") {
+    const xfer_path path = GENERATE(xfer_path::ucx, xfer_path::automatic);
+    CAPTURE(path);
+    loopback lb;
+    const ferry::desc local = lb.src.slice(0, 8);
+    const ferry::desc remote = lb.dst.slice(0, 8);
+    auto x = lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), lb.self, path);
+    CHECK(lb.b.path_of(x) == ferry_test::local_host_path(path));
+    lb.b.unload_remote(lb.self);
+    REQUIRE_FERRY_ERROR(lb.b.estimate(x), status::no_such_peer,
+                        Equals(what("estimate: the peer was unloaded", status::no_such_peer)));
+    CHECK(lb.b.release(x) == status::ok);
+}
+
 TEST_CASE("post, check and release refuse released and never-prepared transfers") {
     loopback lb;
     const ferry::desc local = lb.src.slice(0, 8);
