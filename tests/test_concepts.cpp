@@ -196,7 +196,14 @@ TEST_CASE("vocabulary types print and compare") {
     CHECK(ferry::to_string(ferry::xfer_op::read) == "read");
     CHECK(ferry::to_string(ferry::xfer_op::write) == "write");
     CHECK(ferry::to_string(ferry::cost_method::ucx_evaluate_perf) == "ucx_evaluate_perf");
+    CHECK(ferry::to_string(ferry::cost_method::cuda_ipc_model) == "cuda_ipc_model");
+    CHECK(ferry::to_string(ferry::cost_method::host_ipc_model) == "host_ipc_model");
     CHECK(ferry::to_string(ferry::cost_method::unknown) == "unknown");
+    CHECK(ferry::to_string(ferry::xfer_path::automatic) == "automatic");
+    CHECK(ferry::to_string(ferry::xfer_path::ucx) == "ucx");
+    CHECK(ferry::to_string(ferry::xfer_path::cuda_ipc) == "cuda_ipc");
+    CHECK(ferry::to_string(ferry::xfer_path::host_ipc) == "host_ipc");
+    CHECK(ferry::to_string(static_cast<ferry::xfer_path>(200)) == "unknown");
 
     const ferry::xfer_cost none;
     CHECK(none.duration.count() == 0);

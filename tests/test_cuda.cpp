@@ -1,8 +1,10 @@
 // memory::cuda between two real processes on one GPU: READ and WRITE of
 // descriptor lists between device and device, host and device, device and
-// host, over UCX RMA and over the cuda_ipc path (one copy kernel over the
-// peer's memory mapped through CUDA IPC), with notifications that the target
-// checks the bytes against when they arrive, under both progress policies.
+// host, host and host, over UCX RMA, over the cuda_ipc path (one copy kernel
+// over the peer's memory mapped through CUDA IPC) and over the host_ipc path
+// (ferry's own copy between host memory of two processes), with
+// notifications that the target checks the bytes against when they arrive,
+// under both progress policies.
 //
 // Every test needs a CUDA device and a UCX built with CUDA; where either is
 // missing it is reported as skipped, naming what is missing. The parent
@@ -285,6 +287,17 @@ std::vector<gpu_case> cases_for(bool full) {
             out.push_back({op, H, S, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
             out.push_back({op, P, S, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
         }
+        // Host memory on both sides, pageable or page-locked: host_ipc, and
+        // UCX when asked for.
+        const std::vector<shape> host = full ? std::vector<shape>{{1, 4096, false, 0}, {16, 65536, true, 0},
+                                                                  {1024, 256, true, 3}}
+                                             : std::vector<shape>{{16, 65536, true, 0}};
+        for (const auto& s : host) {
+            out.push_back({op, H, H, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
+            out.push_back({op, P, H, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
+            out.push_back({op, H, P, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
+            out.push_back({op, H, H, s.count, s.len, s.scatter, s.skew, xfer_path::ucx, xfer_path::ucx});
+        }
     }
     return out;
 }
@@ -466,15 +479,34 @@ TEST_CASE("memory::cuda: prepare says which pair cuda_ipc cannot serve, and why"
         expect(e.has_value() &&
                    starts_with(e->what(), "prepare: path cuda_ipc: descriptor 0: the remote block is not CUDA device memory"),
                "cuda_ipc by name on the peer's allocate_host memory: " + std::string(e ? e->what() : "(none)"));
-        auto h = b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), shared_r, p, xfer_path::host_ipc);
-        expect(b.path_of(h) == xfer_path::host_ipc, "host_ipc by name on the peer's allocate_host memory chose " +
-                                                        std::string(ferry::to_string(b.path_of(h))));
-        expect(b.estimate(h).method == ferry::cost_method::cuda_ipc_model, "estimate of a GPU copy to host memory");
+        auto hs = b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), shared_r, p, xfer_path::host_ipc);
+        expect(b.path_of(hs) == xfer_path::host_ipc, "host_ipc by name on the peer's allocate_host memory chose " +
+                                                        std::string(ferry::to_string(b.path_of(hs))));
+        expect(b.estimate(hs).method == ferry::cost_method::cuda_ipc_model, "estimate of a GPU copy to host memory");
         e = ferry_test::error_from([&] {
             static_cast<void>(b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), dev_r, p, xfer_path::host_ipc));
         });
         expect(e.has_value() && starts_with(e->what(), "prepare: path host_ipc: descriptor 0: the local block is not host memory"),
                "host_ipc by name between device memory: " + std::string(e ? e->what() : "(none)"));
+        // host_ipc: host memory on both sides, and only there.
+        const std::vector<ferry::desc> host_r = {{t.host, 4096, 0}};
+        auto h = b.prepare(xfer_op::write, host_l, host_r, p);
+        expect(b.path_of(h) == xfer_path::host_ipc, "automatic on host memory of one host chose " +
+                                                        std::string(ferry::to_string(b.path_of(h))));
+        expect(b.estimate(h).method == ferry::cost_method::host_ipc_model, "estimate of host_ipc");
+        e = ferry_test::error_from([&] {
+            static_cast<void>(b.prepare(xfer_op::write, std::span(dev_dev_l).first(1), host_r, p, xfer_path::host_ipc));
+        });
+        expect(e.has_value() &&
+                   starts_with(e->what(), "prepare: path host_ipc: descriptor 0: the local block is not host memory"),
+               "prepare(host_ipc) with a device block: " + std::string(e ? e->what() : "(none)"));
+        // allocate_host: page-locked, so the copy kernel reaches it too.
+        auto staging = b.allocate_host(4096);
+        const std::vector<ferry::desc> staging_l = {staging.whole()};
+        auto k = b.prepare(xfer_op::read, staging_l, dev_r, p);
+        expect(b.path_of(k) == xfer_path::cuda_ipc, "automatic from allocate_host memory to device memory chose " +
+                                                        std::string(ferry::to_string(b.path_of(k))));
+        for (ferry::xfer done : {x, y, z, h, k, hs}) expect_status(b.release(done), status::ok, "release");
         // dev must name the device the memory is on.
         e = ferry_test::error_from([&] { static_cast<void>(b.register_memory(m.dev.data(), 4096, 1)); });
         expect(e.has_value() && starts_with(e->what(), "register_memory: dev 1 given, but the memory is on CUDA device 0"),

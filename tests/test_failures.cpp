@@ -4,6 +4,12 @@
 // deregistering memory that transfers still use, and backends destroyed
 // while their target is dead or does not progress.
 //
+// Every transfer here goes over UCX (xfer_path::ucx): what is under test is
+// how ferry lives with UCX operations that a target holds in flight or a
+// dead peer leaves behind. Between two processes of one host, prepare would
+// otherwise choose host_ipc, which copies inside post and leaves nothing in
+// flight.
+//
 // Some tests need a process to die from outside. There the target role is a
 // supervisor that makes no UCX object itself: it forks the real targets
 // (grandchildren of the test program), relays their metadata, kills them
@@ -45,6 +51,7 @@
 using namespace std::chrono_literals;
 using ferry::status;
 using ferry::xfer_op;
+using ferry::xfer_path;
 using ferry_test::channel;
 using ferry_test::expect;
 using ferry_test::expect_status;
@@ -339,7 +346,7 @@ void await_landed(Backend& b, channel& ch, std::uint64_t seed, std::size_t off, 
 template <class Backend>
 ferry::xfer prepare_write(Backend& b, const command_peer& t, std::byte* local, std::size_t off) {
     return b.prepare(xfer_op::write, split(addr_of(local), cmd_blocks, cmd_block),
-                     split(t.sink + off, cmd_blocks, cmd_block), t.p);
+                     split(t.sink + off, cmd_blocks, cmd_block), t.p, xfer_path::ucx);
 }
 
 void fill_write(std::byte* local, std::uint64_t seed, std::size_t off) {
@@ -515,7 +522,7 @@ public:
             l.push_back({addr_of(at), stream_block, 0});
             r.push_back({(write ? t.sink : t.source) + remote_offset(k, j), stream_block, 0});
         }
-        const ferry::xfer x = b_.prepare(write ? xfer_op::write : xfer_op::read, l, r, t.p);
+        const ferry::xfer x = b_.prepare(write ? xfer_op::write : xfer_op::read, l, r, t.p, xfer_path::ucx);
         const status s = b_.post(x, has_notif_step(k) ? step_notif(t.name, k) : std::string());
         t.results.push_back(s);
         t.xfers.push_back(x);
@@ -718,7 +725,7 @@ void stream_initiator(side& s, mem kind, bool large_fifo) {
             expect_status(victim.results[k], status::peer_failed, st.describe(victim, k) + ", posted to the failed victim");
         // Kept prepared for the old peer until it has been replaced.
         const ferry::xfer stale = b.prepare(xfer_op::write, split(addr_of(victim.local), 2, stream_block),
-                                            split(victim.sink, 2, stream_block), victim.p);
+                                            split(victim.sink, 2, stream_block), victim.p, xfer_path::ucx);
         for (int i = 0; i < 2; ++i) {
             const status posted = b.post(stale, "never sent");
             note_status(posted, status::peer_failed, "repost " + std::to_string(i) + " to the failed victim");
@@ -972,7 +979,7 @@ TEST_CASE("under inline progress, checking an expired transfer lets UCX let go o
             auto region = b.register_memory(local.data(), local.size());
             const command_peer t = load_command_target(b, s.ch);
             const ferry::xfer x = b.prepare(xfer_op::write, std::vector<ferry::desc>{region.whole()},
-                                            std::vector<ferry::desc>{{t.sink, len, 0}}, t.p);
+                                            std::vector<ferry::desc>{{t.sink, len, 0}}, t.p, xfer_path::ucx);
             s.ch.send("serve");
             ferry_test::fill_pattern(local.data(), len, 1, 0);
             ferry_test::post_and_wait(b, x, {}, "the warm-up WRITE");
@@ -1096,10 +1103,11 @@ void deregister_initiator(side& s) {
         const command_peer t = load_command_target(b, s.ch);
         const ferry::xfer x = prepare_write(b, t, both.data(), 0);
         const ferry::xfer y = b.prepare(xfer_op::read, split(addr_of(both.data()) + cmd_span, cmd_blocks, cmd_block),
-                                        split(t.source, cmd_blocks, cmd_block), t.p);
+                                        split(t.source, cmd_blocks, cmd_block), t.p, xfer_path::ucx);
         const ferry::xfer e = prepare_write(b, t, expiring.data(), cmd_span);
         const ferry::xfer u = b.prepare(xfer_op::write, std::vector<ferry::desc>{unrelated_region.whole()},
-                                        std::vector<ferry::desc>{{t.sink + 2 * cmd_span, unrelated.size(), 0}}, t.p);
+                                        std::vector<ferry::desc>{{t.sink + 2 * cmd_span, unrelated.size(), 0}}, t.p,
+                                        xfer_path::ucx);
         s.ch.send("serve");
         fill_write(both.data(), 1, 0);
         ferry_test::post_and_wait(b, x, {}, "the warm-up WRITE");
@@ -1217,7 +1225,7 @@ TEST_CASE("deregister_memory refuses a region used by a READ released in flight"
             auto region = b.register_memory(dst.data(), dst.size());
             const command_peer t = load_command_target(b, s.ch);
             const ferry::xfer r = b.prepare(xfer_op::read, split(addr_of(dst.data()), cmd_blocks, cmd_block),
-                                            split(t.source, cmd_blocks, cmd_block), t.p);
+                                            split(t.source, cmd_blocks, cmd_block), t.p, xfer_path::ucx);
             s.ch.send("serve");
             ferry_test::post_and_wait(b, r, {}, "the warm-up READ");
             hold(b, s.ch);
@@ -1288,7 +1296,7 @@ void destroy_initiator(side& s, bool kill_target) {
         const command_peer t = load_command_target(*b, s.ch);
         const ferry::xfer w = prepare_write(*b, t, local.data(), 0);
         const ferry::xfer r = b->prepare(xfer_op::read, split(addr_of(local.data()) + cmd_span, cmd_blocks, cmd_block),
-                                         split(t.source, cmd_blocks, cmd_block), t.p);
+                                         split(t.source, cmd_blocks, cmd_block), t.p, xfer_path::ucx);
         const ferry::xfer expired = prepare_write(*b, t, local.data() + 2 * cmd_span, 2 * cmd_span);
         const ferry::xfer released = prepare_write(*b, t, local.data() + 3 * cmd_span, 3 * cmd_span);
         s.ch.send("serve");

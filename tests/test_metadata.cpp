@@ -4,11 +4,14 @@
 // the field, before UCX sees any of it.
 
 #include <ferry/detail/crc32.hpp>
+#include <ferry/detail/host_id.hpp>
 #include <ferry/detail/metadata.hpp>
 #include <ferry/detail/notif_codec.hpp>
+#include <ferry/detail/process_id.hpp>
 #include <ferry/ferry.hpp>
 
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -23,6 +26,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 using Catch::Matchers::Contains;
@@ -89,18 +93,35 @@ region_record host_record(std::uint64_t addr, std::uint64_t len, std::span<const
     return r;
 }
 
+// Values whose every byte differs, so that a field written in the wrong
+// place or order does not read back.
+constexpr std::uint32_t sample_pid = 0x01020304U;
+constexpr std::uint64_t sample_pid_namespace = 0xF0E1D2C3B4A59687ULL;
+
 metadata_view sample_view() {
     metadata_view md;
     md.ucx_version = 0x0001000DU;
     md.name = "sample";
     md.worker_address = fake_address;
     md.host_id = "host-a";
+    md.pid = sample_pid;
+    md.pid_namespace = sample_pid_namespace;
     md.regions = {host_record(0x1000, 4096, fake_rkey), host_record(0x7F0000001000, 1, std::span(fake_rkey).first(1))};
     return md;
 }
 
-// Where the region count sits in a blob of sample_view()'s shape.
-constexpr std::size_t sample_count_at = 32 + 8 + 1 + 6;
+// Where the process id, the PID namespace and the region count sit in a
+// blob of sample_view()'s shape: after the host id, which starts at 41.
+constexpr std::size_t sample_pid_at = 32 + 8 + 1 + 6;
+constexpr std::size_t sample_pid_namespace_at = sample_pid_at + 4;
+constexpr std::size_t sample_count_at = sample_pid_namespace_at + 8;
+
+// A host region's shared-memory handle: a u32 descriptor and a u64 inode.
+const std::array<std::byte, ferry::detail::host_share_handle_size> fake_host_handle = [] {
+    std::array<std::byte, ferry::detail::host_share_handle_size> h{};
+    for (std::size_t i = 0; i < h.size(); ++i) h[i] = static_cast<std::byte>(0x50 + i);
+    return h;
+}();
 
 // A sample with a third region: CUDA memory with an IPC handle.
 metadata_view cuda_view() {
@@ -132,20 +153,22 @@ TEST_CASE("encode_metadata writes the documented layout and decode_metadata read
     const metadata_view md = sample_view();
     const blob_t blob = encode_metadata(md);
 
-    // Header: magic "FRRY", version 2, flags 0, total length, CRC of [16, end).
+    // Header: magic "FRRY", version 3, flags 0, total length, CRC of [16, end).
     REQUIRE(blob.size() > ferry::detail::metadata_header_size);
     CHECK(std::string_view(reinterpret_cast<const char*>(blob.data()), 4) == "FRRY");
-    CHECK(read_at<std::uint16_t>(blob, 4) == 2);
+    CHECK(read_at<std::uint16_t>(blob, 4) == 3);
     CHECK(read_at<std::uint16_t>(blob, 6) == 0);
     CHECK(read_at<std::uint32_t>(blob, 8) == blob.size());
     CHECK(read_at<std::uint32_t>(blob, 12) == ferry::detail::crc32(std::span(blob).subspan(16)));
     CHECK(read_at<std::uint32_t>(blob, 16) == 0x0001000DU);
     CHECK(read_at<std::uint16_t>(blob, 20) == 6);
-    // 20 header + 2 + name + 4 + address + 1 + host id + 4 count + two host
-    // records of 24 bytes, their rkeys, 1 byte of memory kind and 2 of
-    // (empty) IPC handle length.
-    CHECK(blob.size() == 20 + 2 + 6 + 4 + 8 + 1 + 6 + 4 + (24 + 5 + 3) + (24 + 1 + 3));
+    // 20 header + 2 + name + 4 + address + 1 + host id + 4 process id + 8
+    // PID namespace + 4 count + two host records of 24 bytes, their rkeys,
+    // 1 byte of memory kind and 2 of (empty) IPC handle length.
+    CHECK(blob.size() == 20 + 2 + 6 + 4 + 8 + 1 + 6 + 4 + 8 + 4 + (24 + 5 + 3) + (24 + 1 + 3));
     CHECK(read_at<std::uint8_t>(blob, 40) == 6);
+    CHECK(read_at<std::uint32_t>(blob, sample_pid_at) == sample_pid);
+    CHECK(read_at<std::uint64_t>(blob, sample_pid_namespace_at) == sample_pid_namespace);
     CHECK(read_at<std::uint32_t>(blob, sample_count_at) == 2);
 
     const metadata_view back = decode_metadata(blob);
@@ -153,6 +176,8 @@ TEST_CASE("encode_metadata writes the documented layout and decode_metadata read
     CHECK(back.name == "sample");
     CHECK(std::ranges::equal(back.worker_address, md.worker_address));
     CHECK(back.host_id == "host-a");
+    CHECK(back.pid == sample_pid);
+    CHECK(back.pid_namespace == sample_pid_namespace);
     REQUIRE(back.regions.size() == 2);
     for (std::size_t i = 0; i < 2; ++i) {
         INFO("region " << i);
@@ -186,6 +211,42 @@ TEST_CASE("a CUDA region's device, memory kind and IPC export round-trip") {
     CHECK(encode_metadata(back) == blob);
 }
 
+TEST_CASE("a host region's shared-memory handle round-trips") {
+    metadata_view md = sample_view();
+    md.regions[0].ipc_handle = fake_host_handle;
+    md.regions[0].ipc_offset = 0;
+    md.regions[0].ipc_alloc_size = 8192;
+    const blob_t blob = encode_metadata(md);
+    // The handle's 12 bytes and two u64 after it.
+    CHECK(blob.size() == encode_metadata(sample_view()).size() + 12 + 16);
+    const metadata_view back = decode_metadata(blob);
+    REQUIRE(back.regions.size() == 2);
+    const auto& r = back.regions[0];
+    CHECK(r.kind == ferry::detail::memory_kind_code::host);
+    CHECK(std::ranges::equal(r.ipc_handle, fake_host_handle));
+    CHECK(r.ipc_offset == 0);
+    CHECK(r.ipc_alloc_size == 8192);
+    CHECK(back.regions[1].ipc_handle.empty());
+    CHECK(encode_metadata(back) == blob);
+}
+
+TEST_CASE("the process id and PID namespace round-trip at their limits") {
+    for (const auto& [pid, ns] : {std::pair<std::uint32_t, std::uint64_t>{0, 0},
+                                  {1, 1},
+                                  {std::numeric_limits<std::uint32_t>::max(), std::numeric_limits<std::uint64_t>::max()}}) {
+        INFO("pid " << pid << ", PID namespace " << ns);
+        metadata_view md = sample_view();
+        md.pid = pid;
+        md.pid_namespace = ns;
+        const blob_t blob = encode_metadata(md);
+        const metadata_view back = decode_metadata(blob);
+        CHECK(back.pid == pid);
+        CHECK(back.pid_namespace == ns);
+        CHECK(back.host_id == "host-a");
+        CHECK(back.regions.size() == 2);
+    }
+}
+
 TEST_CASE("a metadata blob with no regions round-trips") {
     metadata_view md = sample_view();
     md.regions.clear();
@@ -211,6 +272,11 @@ TEST_CASE("local_metadata publishes the backend's name, UCX version and every re
     CHECK(md.ucx_version == ((major << 16) | minor));
     CHECK(md.name == "metadata-agent");
     CHECK_FALSE(md.worker_address.empty());
+    // Which process on which host: what a peer needs to reach it through host_ipc.
+    CHECK(md.host_id == ferry::detail::host_id());
+    CHECK(md.pid == static_cast<std::uint32_t>(::getpid()));
+    CHECK(md.pid_namespace != 0);
+    CHECK(md.pid_namespace == ferry::detail::pid_namespace());
 
     std::vector<ferry::desc> want = {agent.a.whole(), agent.b.whole(), agent.c.whole()};
     std::ranges::sort(want, {}, &ferry::desc::addr);
@@ -221,6 +287,17 @@ TEST_CASE("local_metadata publishes the backend's name, UCX version and every re
         CHECK(md.regions[i].len == want[i].len);
         CHECK(md.regions[i].dev == 0);
         CHECK_FALSE(md.regions[i].rkey.empty());
+        CHECK(md.regions[i].kind == ferry::detail::memory_kind_code::host);
+        // Allocated memory is shared: its handle names the file that holds
+        // it, from its start, a whole number of pages at least as large.
+        if (md.regions[i].addr == agent.c.whole().addr) {
+            CHECK(md.regions[i].ipc_handle.size() == ferry::detail::host_share_handle_size);
+            CHECK(md.regions[i].ipc_offset == 0);
+            CHECK(md.regions[i].ipc_alloc_size >= md.regions[i].len);
+            CHECK(md.regions[i].ipc_alloc_size % static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) == 0);
+        } else {
+            CHECK(md.regions[i].ipc_handle.empty());
+        }
     }
 
     // The blob loads, and the peer it makes publishes the same regions.
@@ -316,13 +393,14 @@ TEST_CASE("decode_metadata refuses a bad header") {
         REQUIRE_FERRY_ERROR(decode_metadata(bytes_of(json)), ferry::status::invalid_argument,
                             Contains("metadata: magic at offset ") && Contains(": not a ferry metadata blob"));
     }
-    SECTION("format versions 0, 1 (ferry 0.1) and 3") {
-        for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{3}, std::uint16_t{0xFFFF}}) {
+    SECTION("format versions 0, 1 (ferry 0.1), 2 (no process id) and 4") {
+        for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{2}, std::uint16_t{4},
+                                std::uint16_t{0xFFFF}}) {
             blob_t bad = good;
             patch<std::uint16_t>(bad, 4, v);
             REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
                                 Contains("metadata: format version at offset ") &&
-                                    Contains(": version " + std::to_string(v) + " is not supported (expected 2)"));
+                                    Contains(": version " + std::to_string(v) + " is not supported (expected 3)"));
         }
     }
     SECTION("unknown flags") {
@@ -417,6 +495,20 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
                             Contains("metadata: host id at offset 41: needs 6 bytes but only 3 remain (truncated)"));
     }
+    SECTION("process id and PID namespace cut short") {
+        blob_t bad = encode_metadata(sample_view());
+        bad.resize(sample_pid_at + 3);
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: process id at offset " + std::to_string(sample_pid_at) +
+                                     ": needs 4 bytes but only 3 remain (truncated)"));
+        bad = encode_metadata(sample_view());
+        bad.resize(sample_pid_namespace_at + 7);
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: PID namespace at offset " + std::to_string(sample_pid_namespace_at) +
+                                     ": needs 8 bytes but only 7 remain (truncated)"));
+    }
     SECTION("absurd region count") {
         blob_t bad = encode_metadata(sample_view());
         const std::size_t count_at = sample_count_at;
@@ -478,13 +570,34 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
                             Contains("metadata: memory kind at offset " + std::to_string(kind_at) +
                                      ": region 1: unknown memory kind 2"));
     }
-    SECTION("an IPC handle on host memory") {
+    SECTION("a host region's handle of any length but 12 bytes") {
+        // A CUDA IPC handle (64 bytes) on host memory, and lengths next to 12.
+        for (std::size_t len : {std::size_t{64}, std::size_t{1}, std::size_t{11}, std::size_t{13}}) {
+            INFO("handle of " << len << " bytes");
+            metadata_view md = sample_view();
+            md.regions[1].ipc_handle = std::span(fake_ipc_handle).first(len);
+            md.regions[1].ipc_alloc_size = 4096;
+            REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
+                                Contains("metadata: IPC handle length at offset ") &&
+                                    Contains(": region 1 is host memory, whose handle has 12 bytes, not " +
+                                             std::to_string(len)));
+        }
+        // 12 bytes: accepted.
         metadata_view md = sample_view();
-        md.regions[1].ipc_handle = fake_ipc_handle;
+        md.regions[1].ipc_handle = fake_host_handle;
         md.regions[1].ipc_alloc_size = 4096;
+        CHECK(decode_metadata(encode_metadata(md)).regions[1].ipc_handle.size() == 12);
+    }
+    SECTION("a host region that leaves its shared-memory file") {
+        metadata_view md = sample_view();
+        md.regions[0].ipc_handle = fake_host_handle;
+        md.regions[0].ipc_offset = 1;
+        md.regions[0].ipc_alloc_size = 4096;
         REQUIRE_FERRY_ERROR(decode_metadata(encode_metadata(md)), ferry::status::invalid_argument,
-                            Contains("metadata: IPC handle length at offset ") &&
-                                Contains(": region 1 is host memory but has an IPC handle"));
+                            Contains("metadata: IPC allocation size at offset ") &&
+                                Contains(": region 0 (offset 1, 4096 bytes) does not lie inside its IPC allocation"));
+        md.regions[0].ipc_offset = 0;
+        CHECK(decode_metadata(encode_metadata(md)).regions[0].ipc_alloc_size == 4096);
     }
     SECTION("an IPC handle longer than 256 bytes") {
         const std::vector<std::byte> big(257, std::byte{1});
@@ -552,8 +665,9 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
 TEST_CASE("load_remote refuses a hostile real blob before connecting") {
     real_agent agent;
     const metadata_view md = decode_metadata(agent.blob);
+    // After the host id: a u32 process id and a u64 PID namespace.
     const std::size_t count_at =
-        offset_in(agent.blob, md.worker_address.data()) + md.worker_address.size() + 1 + md.host_id.size();
+        offset_in(agent.blob, md.worker_address.data()) + md.worker_address.size() + 1 + md.host_id.size() + 4 + 8;
     REQUIRE(read_at<std::uint32_t>(agent.blob, count_at) == 3);
 
     SECTION("absurd region count") {
@@ -567,9 +681,10 @@ TEST_CASE("load_remote refuses a hostile real blob before connecting") {
     SECTION("last rkey length past the end") {
         blob_t bad = agent.blob;
         const auto& last = md.regions.back();
-        const std::size_t rkey_len_at = offset_in(agent.blob, last.rkey.data()) - 4;
-        // Past the memory kind and IPC handle length that follow it too.
-        patch<std::uint32_t>(bad, rkey_len_at, static_cast<std::uint32_t>(last.rkey.size() + 3 + 1));
+        const std::size_t rkey_at = offset_in(agent.blob, last.rkey.data());
+        // Past what follows it too: memory kind, IPC handle length, and the
+        // handle where the last region is the allocated one.
+        patch<std::uint32_t>(bad, rkey_at - 4, static_cast<std::uint32_t>(bad.size() - rkey_at + 1));
         reseal(bad);
         REQUIRE_FERRY_ERROR(agent.backend.load_remote(bad), ferry::status::invalid_argument,
                             Contains("metadata: rkey at offset ") && Contains(" remain (truncated)"));

@@ -1,7 +1,15 @@
 // progress::thread: many application threads posting to two target
 // processes, start/stop with transfers in flight, and an idle progress thread
 // that stays off the CPU.
+//
+// Under the thread policy a post on host_ipc (prepare's automatic choice for
+// host memory on one host) copies on the posting thread and hands only its
+// notification to the progress thread; on UCX the progress thread does all
+// of it. The many-threads and racing tests run on both paths; the tests of
+// transfers in flight, and of the progress thread's own sleeping and waking,
+// ask for UCX.
 #include "support/ferry_catch.hpp"
+#include "support/paths.hpp"
 #include "support/pattern.hpp"
 #include "support/two_process.hpp"
 
@@ -22,8 +30,11 @@
 
 using namespace std::chrono_literals;
 using threaded_backend = ferry::ucx_backend<ferry::policy<ferry::progress::thread, ferry::memory::host>>;
+using ferry::xfer_path;
 
 namespace {
+
+xfer_path path_under_test() { return GENERATE(xfer_path::ucx, xfer_path::automatic); }
 
 constexpr std::size_t app_threads = 4;
 constexpr std::size_t blocks_per_xfer = 4;
@@ -93,8 +104,9 @@ void serve_as_target(ferry_test::channel& ch, const std::string& name, const std
     ch.send("ok " + std::to_string(got));
 }
 
-void run_many_threads(const std::string& tls, std::size_t per_thread) {
+void run_many_threads(const std::string& tls, std::size_t per_thread, xfer_path path) {
     const plan p{per_thread};
+    const xfer_path taken = ferry_test::local_host_path(path);
 
     auto initiator = [&](ferry_test::side& s) {
         auto cfg = s.config("initiator");
@@ -123,11 +135,14 @@ void run_many_threads(const std::string& tls, std::size_t per_thread) {
                     r.push_back({base + remote_block(j) * block, block, 0});
                 }
                 if (write) ferry_test::fill_pattern(buffer.data(), slot_size, index, 0);
-                auto x = b.prepare(write ? ferry::xfer_op::write : ferry::xfer_op::read, l, r, targets[to]);
+                auto x = b.prepare(write ? ferry::xfer_op::write : ferry::xfer_op::read, l, r, targets[to], path);
                 auto st = b.post(x, (write ? "w " : "r ") + std::to_string(index));
                 if (st == ferry::status::in_progress) st = b.wait(x, 30s);
                 std::string bad;
-                if (st != ferry::status::ok) {
+                if (b.path_of(x) != taken) {
+                    bad = "transfer " + std::to_string(index) + " took path " + ferry_test::str(b.path_of(x)) +
+                          ", expected " + ferry_test::str(taken);
+                } else if (st != ferry::status::ok) {
                     bad = "transfer " + std::to_string(index) + " ended " + ferry_test::str(st);
                 } else if (!write) {
                     for (std::size_t j = 0; j < blocks_per_xfer && bad.empty(); ++j)
@@ -209,10 +224,10 @@ std::chrono::microseconds other_threads_cpu() {
     return std::chrono::duration_cast<std::chrono::microseconds>(us(all) - us(self));
 }
 
-// One backend that transfers between two of its own buffers, through its
-// own worker: enough for what needs no second process.
+// One backend that transfers between two of its own buffers, on `path`:
+// enough for what needs no second process.
 struct loopback {
-    explicit loopback(const std::string& name, std::size_t bytes)
+    loopback(const std::string& name, std::size_t bytes, xfer_path path)
         : b([&] {
               ferry::ucx_config cfg;
               cfg.name = name;
@@ -225,7 +240,7 @@ struct loopback {
           d(b.register_memory(dst.data(), dst.size())) {
         const ferry::desc l[] = {s.whole()};
         const ferry::desc r[] = {d.whole()};
-        x = b.prepare(ferry::xfer_op::write, l, r, b.load_remote(b.local_metadata()));
+        x = b.prepare(ferry::xfer_op::write, l, r, b.load_remote(b.local_metadata()), path);
     }
 
     threaded_backend b;
@@ -237,11 +252,15 @@ struct loopback {
 }  // namespace
 
 TEST_CASE("four threads post 100 000 transfers to two targets over shm, every byte and notification checked") {
-    run_many_threads("shm", 25'000);
+    const xfer_path path = path_under_test();
+    CAPTURE(path);
+    run_many_threads("shm", 25'000, path);
 }
 
 TEST_CASE("four threads post transfers to two targets over tcp, every byte and notification checked") {
-    run_many_threads("tcp", 2'500);
+    const xfer_path path = path_under_test();
+    CAPTURE(path);
+    run_many_threads("tcp", 2'500, path);
 }
 
 TEST_CASE("a backend with transfers in flight starts and stops 100 times (25 under the sanitizers)") {
@@ -273,7 +292,8 @@ TEST_CASE("a backend with transfers in flight starts and stops 100 times (25 und
                     l.push_back(local.slice(i * block_size, block_size));
                     r.push_back({remote + (blocks - 1 - i) * block_size, block_size, 0});
                 }
-                auto x = b.prepare(ferry::xfer_op::write, l, r, p);
+                // Over UCX: on host_ipc the data would have moved inside post.
+                auto x = b.prepare(ferry::xfer_op::write, l, r, p, xfer_path::ucx);
                 auto st = b.post(x, "round " + std::to_string(round));
                 ferry_test::expect(st == ferry::status::ok || st == ferry::status::in_progress,
                                    "post: " + ferry_test::str(st));
@@ -318,7 +338,9 @@ TEST_CASE("a backend with transfers in flight starts and stops 100 times (25 und
 }
 
 TEST_CASE("an idle progress thread stays off the CPU") {
-    loopback lb("idle", 4096);
+    // Over UCX, so that every post wakes the progress thread: on host_ipc a
+    // post without a notification never reaches it.
+    loopback lb("idle", 4096, xfer_path::ucx);
     auto& [b, src, dst, s, d, x] = lb;
     ferry_test::fill_pattern(src.data(), src.size(), 7, 0);
     auto st = b.post(x, "warm-up");
@@ -344,7 +366,10 @@ TEST_CASE("an idle progress thread stays off the CPU") {
 }
 
 TEST_CASE("threads racing to post one transfer: one wins, the others are told busy") {
-    loopback lb("race", 1 << 20);
+    const xfer_path path = path_under_test();
+    CAPTURE(path);
+    loopback lb("race", 1 << 20, path);
+    REQUIRE(lb.b.path_of(lb.x) == ferry_test::local_host_path(path));
     auto& b = lb.b;
     const ferry::xfer x = lb.x;
 

@@ -4,6 +4,7 @@
 // UCX, not only on a UCX >= 1.18 built with assertions.
 
 #include "support/ferry_catch.hpp"
+#include "support/paths.hpp"
 
 #include <ferry/detail/thread_owner.hpp>
 #include <ferry/ferry.hpp>
@@ -116,9 +117,13 @@ TEST_CASE("inline progress: driving the backend from a thread other than its con
 TEST_CASE("progress::thread: set-up, transfers and destruction from other threads keep the owner rule") {
     // Every worker call of a thread-policy backend runs on its progress
     // thread, whichever thread constructs, uses or destroys the backend; a
-    // breach would abort the child.
+    // breach would abort the child. On host_ipc (the automatic choice here)
+    // the posting thread copies and the progress thread sends the
+    // notification; on UCX the progress thread does both.
     using threaded = ferry::ucx_backend<ferry::policy<ferry::progress::thread, ferry::memory::host>>;
-    const ended e = in_child([] {
+    const ferry::xfer_path path = GENERATE(ferry::xfer_path::ucx, ferry::xfer_path::automatic);
+    CAPTURE(path);
+    const ended e = in_child([path] {
         threaded target(shm_config("target"));
         std::vector<std::byte> sink(4096);
         auto sink_region = target.register_memory(sink.data(), sink.size());
@@ -130,7 +135,8 @@ TEST_CASE("progress::thread: set-up, transfers and destruction from other thread
             const ferry::peer p = initiator->load_remote(blob);
             const ferry::desc local{reinterpret_cast<std::uintptr_t>(source.data()), source.size(), 0};
             const ferry::desc remote{reinterpret_cast<std::uintptr_t>(sink.data()), sink.size(), 0};
-            const ferry::xfer x = initiator->prepare(ferry::xfer_op::write, {&local, 1}, {&remote, 1}, p);
+            const ferry::xfer x = initiator->prepare(ferry::xfer_op::write, {&local, 1}, {&remote, 1}, p, path);
+            if (initiator->path_of(x) != ferry_test::local_host_path(path)) std::_Exit(8);
             const ferry::status posted = initiator->post(x, "done");
             if (posted != ferry::status::in_progress && posted != ferry::status::ok) std::_Exit(3);
             if (initiator->wait(x, std::chrono::seconds(20)) != ferry::status::ok) std::_Exit(4);
@@ -147,6 +153,6 @@ TEST_CASE("progress::thread: set-up, transfers and destruction from other thread
         if (sink[4095] != std::byte{7}) std::_Exit(7);
         std::thread([&] { initiator.reset(); }).join();
     });
-    INFO("child stderr: " << e.err);
+    INFO("child stderr: " << e.err << ", wait status " << e.wait_status);
     CHECK(exited_ok(e));
 }

@@ -18,6 +18,10 @@
 // of a peer that cannot be reached must not block for the kernel's SYN
 // retries, and check() alone must let an expired transfer be reposted.
 //
+// Every transfer asks for xfer_path::ucx: the two namespaces share one
+// kernel, and prepare's automatic choice, host_ipc, would copy through the
+// peer's memory and bypass the veth link that the cases are about.
+//
 // Every case prints its timings. Needs root, iproute2 and network
 // namespaces; the netem case needs sch_netem, the loss case clsact, cls_bpf
 // and act_mirred. A case that lacks one skips, naming it.
@@ -47,6 +51,7 @@
 
 using ferry::status;
 using ferry::xfer_op;
+using ferry::xfer_path;
 using ferry_test::expect;
 using ferry_test::expect_status;
 using ferry_test::fail;
@@ -318,7 +323,8 @@ public:
         peer_ = b_.load_remote(blob_);
         xs_.clear();
         for (const planned& it : pl_)
-            xs_.push_back(b_.prepare(it.op, it.local_descs(region_.data()), it.remote_descs(remote_region_), peer_));
+            xs_.push_back(b_.prepare(it.op, it.local_descs(region_.data()), it.remote_descs(remote_region_), peer_,
+                                     xfer_path::ucx));
     }
 
     backend& b() { return b_; }
@@ -815,8 +821,8 @@ TEST_CASE("load_remote of a peer behind a link that is down returns at once") {
             expect(ms < 500, "load_remote blocked for " + fmt_ms(ms) + " and " + outcome);
             expect(pair->wait_running(pair->a(), std::chrono::seconds(5)).empty(), "the link does not come back");
             const ferry::peer p = b.load_remote(blob);
-            const ferry::xfer x =
-                b.prepare(xfer_op::write, pl[w].local_descs(region.data()), pl[w].remote_descs(addrs.at(0)), p);
+            const ferry::xfer x = b.prepare(xfer_op::write, pl[w].local_descs(region.data()),
+                                            pl[w].remote_descs(addrs.at(0)), p, xfer_path::ucx);
             ferry_test::post_and_wait(b, x, {}, "a WRITE once the link is back");
             expect_status(b.release(x), status::ok, "release");
         }

@@ -6,6 +6,11 @@
 // Every byte that moves is checked on the side that received it, against a
 // pattern that depends on the round and the offset, and the bytes around
 // the blocks are checked to be untouched.
+//
+// Between two processes of one host prepare's automatic choice for host
+// memory is host_ipc, which copies inside post. Tests of delivered bytes run
+// on it and on UCX RMA; tests of transfers in flight, and of peers that stall
+// or die, are about UCX and ask for it (support/paths.hpp).
 
 #include <ferry/ferry.hpp>
 
@@ -14,6 +19,7 @@
 
 #include "support/blocks.hpp"
 #include "support/ferry_catch.hpp"
+#include "support/paths.hpp"
 #include "support/pattern.hpp"
 #include "support/two_process.hpp"
 
@@ -30,6 +36,7 @@
 
 using ferry::status;
 using ferry::xfer_op;
+using ferry::xfer_path;
 using ferry_test::expect;
 using ferry_test::expect_status;
 using ferry_test::fail;
@@ -47,6 +54,9 @@ using ferry_test::untouched;
 using ferry_test::verify_blocks;
 
 std::string tls_under_test() { return GENERATE(as<std::string>{}, "shm", "tcp"); }
+
+// What a delivery test asks prepare for: UCX RMA, and the automatic choice.
+xfer_path path_under_test() { return GENERATE(xfer_path::ucx, xfer_path::automatic); }
 
 enum class mem { user, alloc };
 
@@ -159,8 +169,8 @@ std::vector<xfer_case> all_cases() {
     return out;
 }
 
-void run_write_cases(const std::string& tls) {
-    auto initiator = [](side& s) {
+void run_write_cases(const std::string& tls, xfer_path path) {
+    auto initiator = [path](side& s) {
         {
             backend b(s.config("initiator"));
             memory_pair m(b, region_bytes);
@@ -171,12 +181,15 @@ void run_write_cases(const std::string& tls) {
                 fill_blocks(m.bytes(c.local), c.local_blocks, c.remote_blocks, 1000 + c.index);
                 const auto local = c.local_blocks.descs(reinterpret_cast<std::uintptr_t>(m.of(c.local).data()));
                 const auto remote = c.remote_blocks.descs(t.of(c.remote));
-                const ferry::xfer x = b.prepare(xfer_op::write, local, remote, t.p);
+                const ferry::xfer x = b.prepare(xfer_op::write, local, remote, t.p, path);
+                const xfer_path taken = ferry_test::local_host_path(path);
+                ferry_test::expect_path(b, x, taken, what);
                 expect(b.size_of(x) == c.shape.count * c.shape.len, what + ": size_of is wrong");
                 const ferry::xfer_cost cost = b.estimate(x);
-                expect(cost.method == ferry::cost_method::ucx_evaluate_perf && cost.duration.count() >= 0 &&
+                expect(cost.method == ferry_test::cost_method_of(taken) && cost.duration.count() >= 0 &&
                            cost.margin == cost.duration / 2,
-                       what + ": estimate did not come from UCX's model");
+                       what + ": estimate came from " + std::string(ferry::to_string(cost.method)) +
+                           ", not from the model of path " + ferry_test::str(taken));
                 ferry_test::post_and_wait(b, x, {}, what);
                 expect_status(b.release(x), status::ok, what + ": release");
                 s.ch.send("written " + std::to_string(c.index));
@@ -207,8 +220,8 @@ void run_write_cases(const std::string& tls) {
     ferry_test::run_two_process(tls, initiator, target);
 }
 
-void run_read_cases(const std::string& tls) {
-    auto initiator = [](side& s) {
+void run_read_cases(const std::string& tls, xfer_path path) {
+    auto initiator = [path](side& s) {
         {
             backend b(s.config("initiator"));
             memory_pair m(b, region_bytes);
@@ -220,7 +233,11 @@ void run_read_cases(const std::string& tls) {
                 s.ch.expect_message("ready " + k);
                 const auto local = c.local_blocks.descs(reinterpret_cast<std::uintptr_t>(m.of(c.local).data()));
                 const auto remote = c.remote_blocks.descs(t.of(c.remote));
-                const ferry::xfer x = b.prepare(xfer_op::read, local, remote, t.p);
+                const ferry::xfer x = b.prepare(xfer_op::read, local, remote, t.p, path);
+                const xfer_path taken = ferry_test::local_host_path(path);
+                ferry_test::expect_path(b, x, taken, what);
+                expect(b.estimate(x).method == ferry_test::cost_method_of(taken),
+                       what + ": estimate did not come from the model of path " + ferry_test::str(taken));
                 ferry_test::post_and_wait(b, x, "read " + k, what);
                 // check() == ok for a READ means the data is here.
                 if (auto e =
@@ -261,7 +278,7 @@ void run_read_cases(const std::string& tls) {
 
 constexpr int repost_rounds = 100;
 
-void run_reposts(const std::string& tls, xfer_op op) {
+void run_reposts(const std::string& tls, xfer_op op, xfer_path path) {
     // Two prepared transfers: user memory to user memory and allocated to allocated.
     const blocks local_blocks = packed(16, 1000);
     const blocks remote_blocks = scattered(16, 1000, 3, 1500);
@@ -275,9 +292,12 @@ void run_reposts(const std::string& tls, xfer_op op) {
             memory_pair m(b, bytes);
             const remote_pair t = load_target(b, s.ch);
             std::array<ferry::xfer, 2> xs;
-            for (std::size_t j = 0; j < 2; ++j)
+            for (std::size_t j = 0; j < 2; ++j) {
                 xs[j] = b.prepare(op, local_blocks.descs(reinterpret_cast<std::uintptr_t>(m.of(kinds[j]).data())),
-                                  remote_blocks.descs(t.of(kinds[j])), t.p);
+                                  remote_blocks.descs(t.of(kinds[j])), t.p, path);
+                ferry_test::expect_path(b, xs[j], ferry_test::local_host_path(path),
+                                        "the " + name_of(kinds[j]) + " transfer");
+            }
             for (int round = 0; round < repost_rounds; ++round) {
                 const std::string r = std::to_string(round);
                 if (op == xfer_op::read) s.ch.expect_message("ready " + r);
@@ -334,33 +354,38 @@ void run_reposts(const std::string& tls, xfer_op op) {
 
 TEST_CASE("WRITE delivers exact bytes for every layout and memory kind") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
-    run_write_cases(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
+    run_write_cases(tls, path);
 }
 
 TEST_CASE("READ fetches exact bytes for every layout and memory kind") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
-    run_read_cases(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
+    run_read_cases(tls, path);
 }
 
 TEST_CASE("a prepared WRITE posted 100 times delivers each round's data") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
-    run_reposts(tls, xfer_op::write);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
+    run_reposts(tls, xfer_op::write, path);
 }
 
 TEST_CASE("a prepared READ posted 100 times fetches each round's data") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
-    run_reposts(tls, xfer_op::read);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
+    run_reposts(tls, xfer_op::read, path);
 }
 
 TEST_CASE("posting a transfer that is in flight returns busy and changes nothing") {
     const std::string tls = tls_under_test();
     CAPTURE(tls);
-    // User memory on the target: the WRITE is emulated and cannot complete
-    // while the target does not progress, which holds it in flight.
+    // Over UCX, into user memory on the target: the WRITE is emulated and
+    // cannot complete while the target does not progress, which holds it in
+    // flight (host_ipc would finish it inside post).
     const blocks local_blocks = packed(64, 16 * 1024);
     const blocks remote_blocks = scattered(64, 16 * 1024, 100, 100);
     const std::size_t bytes = std::max(local_blocks.end(), remote_blocks.end());
@@ -373,7 +398,7 @@ TEST_CASE("posting a transfer that is in flight returns busy and changes nothing
             const remote_pair t = load_target(b, s.ch);
             const ferry::xfer x =
                 b.prepare(xfer_op::write, local_blocks.descs(reinterpret_cast<std::uintptr_t>(region.data())),
-                          remote_blocks.descs(t.user), t.p);
+                          remote_blocks.descs(t.user), t.p, xfer_path::ucx);
             fill_blocks(mem_local.data(), local_blocks, remote_blocks, 1);
             expect_status(b.post(x, "first"), status::in_progress, "first post to a target that does not progress");
             for (int i = 0; i < 1000; ++i)
@@ -416,6 +441,8 @@ TEST_CASE("posting a transfer that is in flight returns busy and changes nothing
     ferry_test::run_two_process(tls, initiator, target);
 }
 
+// Over UCX, as every test below of transfers held in flight by a target that
+// does not progress: host_ipc would finish them inside post.
 TEST_CASE("releasing a transfer in flight abandons it safely") {
     const std::string tls = tls_under_test();
     CAPTURE(tls);
@@ -432,7 +459,8 @@ TEST_CASE("releasing a transfer in flight abandons it safely") {
             auto region = b.register_memory(mem_local.data(), mem_local.size());
             const remote_pair t = load_target(b, s.ch);
             const auto local = local_blocks.descs(reinterpret_cast<std::uintptr_t>(region.data()));
-            const ferry::xfer abandoned = b.prepare(xfer_op::write, local, first_half.descs(t.user), t.p);
+            const ferry::xfer abandoned =
+                b.prepare(xfer_op::write, local, first_half.descs(t.user), t.p, xfer_path::ucx);
             fill_blocks(mem_local.data(), local_blocks, first_half, 1);
             expect_status(b.post(abandoned, "abandoned"), status::in_progress,
                           "post to a target that does not progress");
@@ -448,7 +476,7 @@ TEST_CASE("releasing a transfer in flight abandons it safely") {
             auto region_next = b.register_memory(mem_next.data(), mem_next.size());
             const ferry::xfer next =
                 b.prepare(xfer_op::write, local_blocks.descs(reinterpret_cast<std::uintptr_t>(region_next.data())),
-                          second_half.descs(t.user), t.p);
+                          second_half.descs(t.user), t.p, xfer_path::ucx);
             fill_blocks(mem_next.data(), local_blocks, second_half, 2);
             ferry_test::post_and_wait(b, next, "next", "a transfer after the release");
             s.ch.send("next done");
@@ -491,7 +519,7 @@ TEST_CASE("unloading a peer with a transfer in flight, then loading it again") {
             const ferry::peer p = b.load_remote(blob);
             const auto addrs = s.ch.recv_u64s();
             const auto local = local_blocks.descs(reinterpret_cast<std::uintptr_t>(region.data()));
-            const ferry::xfer x = b.prepare(xfer_op::write, local, remote_blocks.descs(addrs.at(0)), p);
+            const ferry::xfer x = b.prepare(xfer_op::write, local, remote_blocks.descs(addrs.at(0)), p, xfer_path::ucx);
             fill_blocks(mem_local.data(), local_blocks, remote_blocks, 1);
             expect_status(b.post(x), status::in_progress, "post to a target that does not progress");
             b.unload_remote(p);
@@ -503,7 +531,8 @@ TEST_CASE("unloading a peer with a transfer in flight, then loading it again") {
             expect_status(b.post(x), status::no_such_peer, "post after the transfer completed");
             const ferry::peer again = b.load_remote(blob);
             expect(again != p, "the reloaded peer has the old handle");
-            const ferry::xfer y = b.prepare(xfer_op::write, local, remote_blocks.descs(addrs.at(0)), again);
+            const ferry::xfer y =
+                b.prepare(xfer_op::write, local, remote_blocks.descs(addrs.at(0)), again, xfer_path::ucx);
             fill_blocks(mem_local.data(), local_blocks, remote_blocks, 2);
             ferry_test::post_and_wait(b, y, "reloaded", "a transfer to the reloaded peer");
             s.ch.send("done");
@@ -533,7 +562,8 @@ TEST_CASE("unloading a peer with a transfer in flight, then loading it again") {
 
 TEST_CASE("loading a peer's new metadata replaces the old peer and its published regions") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
     constexpr std::size_t bytes = 64 * 1024;
     const blocks blocks_a = scattered(8, 1024, 16, 3000);
 
@@ -547,7 +577,8 @@ TEST_CASE("loading a peer's new metadata replaces the old peer and its published
             const ferry::peer p1 = b.load_remote(s.ch.recv_bytes());
             const auto r1 = s.ch.recv_u64s().at(0);
             expect(b.remote_regions(p1) == std::vector<ferry::desc>{{r1, bytes, 0}}, "first metadata: regions");
-            const ferry::xfer x1 = b.prepare(xfer_op::write, local, blocks_a.descs(r1), p1);
+            const ferry::xfer x1 = b.prepare(xfer_op::write, local, blocks_a.descs(r1), p1, path);
+            ferry_test::expect_path(b, x1, ferry_test::local_host_path(path), "write to the first region");
             fill_blocks(mem_local.data(), blocks_a, blocks_a, 1);
             ferry_test::post_and_wait(b, x1, {}, "write to the first region");
             s.ch.send("first written");
@@ -561,10 +592,11 @@ TEST_CASE("loading a peer's new metadata replaces the old peer and its published
             expect(b.remote_regions(p2) == both, "second metadata: regions");
             expect_status(b.post(x1), status::no_such_peer, "post of a transfer to the replaced peer");
             auto old = ferry_test::error_from(
-                [&] { static_cast<void>(b.prepare(xfer_op::write, local, blocks_a.descs(r1), p1)); });
+                [&] { static_cast<void>(b.prepare(xfer_op::write, local, blocks_a.descs(r1), p1, path)); });
             expect(old && old->code_status() == status::no_such_peer,
                    "prepare with the replaced handle was not refused");
-            const ferry::xfer x2 = b.prepare(xfer_op::write, local, blocks_a.descs(r2), p2);
+            const ferry::xfer x2 = b.prepare(xfer_op::write, local, blocks_a.descs(r2), p2, path);
+            ferry_test::expect_path(b, x2, ferry_test::local_host_path(path), "write to the second region");
             fill_blocks(mem_local.data(), blocks_a, blocks_a, 2);
             ferry_test::post_and_wait(b, x2, {}, "write to the second region");
             s.ch.send("second written");
@@ -573,12 +605,12 @@ TEST_CASE("loading a peer's new metadata replaces the old peer and its published
             const ferry::peer p3 = b.load_remote(s.ch.recv_bytes());
             expect(b.remote_regions(p3) == std::vector<ferry::desc>{{r2, bytes, 0}}, "third metadata: regions");
             auto gone = ferry_test::error_from(
-                [&] { static_cast<void>(b.prepare(xfer_op::write, local, blocks_a.descs(r1), p3)); });
+                [&] { static_cast<void>(b.prepare(xfer_op::write, local, blocks_a.descs(r1), p3, path)); });
             expect(gone && gone->code_status() == status::not_registered &&
                        std::string(gone->what()).find("is not inside any region that peer 'target' published") !=
                            std::string::npos,
                    "prepare into a withdrawn region: " + std::string(gone ? gone->what() : "not refused"));
-            const ferry::xfer x3 = b.prepare(xfer_op::write, local, blocks_a.descs(r2), p3);
+            const ferry::xfer x3 = b.prepare(xfer_op::write, local, blocks_a.descs(r2), p3, path);
             fill_blocks(mem_local.data(), blocks_a, blocks_a, 3);
             ferry_test::post_and_wait(b, x3, {}, "write to the second region, third metadata");
             s.ch.send("third written");
@@ -633,7 +665,7 @@ TEST_CASE("deregistering a region while a WRITE over it is in flight keeps the d
             const remote_pair t = load_target(b, s.ch);
             const ferry::xfer x =
                 b.prepare(xfer_op::write, local_blocks.descs(reinterpret_cast<std::uintptr_t>(m.of(kind).data())),
-                          remote_blocks.descs(t.user), t.p);
+                          remote_blocks.descs(t.user), t.p, xfer_path::ucx);
             fill_blocks(m.bytes(kind), local_blocks, remote_blocks, 4);
             expect_status(b.post(x, "after deregistration"), status::in_progress,
                           "post to a target that does not progress");
@@ -670,7 +702,8 @@ TEST_CASE("deregistering a region while a WRITE over it is in flight keeps the d
 
 TEST_CASE("one transfer spans many regions on both sides") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
     // The target publishes 64 user and 64 allocated regions of its own; the
     // initiator's blocks come from 32 regions, two of them registered twice
     // over the same memory. Block i goes to region perm(i), at an offset
@@ -706,7 +739,8 @@ TEST_CASE("one transfer spans many regions on both sides") {
             for (int round = 1; round <= 2; ++round) {
                 for (std::size_t i = 0; i < regions; ++i)
                     ferry_test::fill_pattern(reinterpret_cast<std::byte*>(local[i].addr), block, round * 1000 + i, 0);
-                const ferry::xfer x = b.prepare(xfer_op::write, local, remote, p);
+                const ferry::xfer x = b.prepare(xfer_op::write, local, remote, p, path);
+                ferry_test::expect_path(b, x, ferry_test::local_host_path(path), "WRITE across 128 regions");
                 ferry_test::post_and_wait(b, x, "round " + std::to_string(round), "WRITE across 128 regions");
                 expect_status(b.release(x), status::ok, "release");
                 // Read everything back into other memory and compare.
@@ -714,7 +748,8 @@ TEST_CASE("one transfer spans many regions on both sides") {
                 auto back = b.register_memory(back_mem.data(), back_mem.size());
                 std::vector<ferry::desc> back_local;
                 for (std::size_t i = 0; i < regions; ++i) back_local.push_back(back.slice(i * block, block));
-                const ferry::xfer r = b.prepare(xfer_op::read, back_local, remote, p);
+                const ferry::xfer r = b.prepare(xfer_op::read, back_local, remote, p, path);
+                ferry_test::expect_path(b, r, ferry_test::local_host_path(path), "READ across 128 regions");
                 ferry_test::post_and_wait(b, r, {}, "READ across 128 regions");
                 expect_status(b.release(r), status::ok, "release");
                 for (std::size_t i = 0; i < regions; ++i)
@@ -760,7 +795,8 @@ TEST_CASE("one transfer spans many regions on both sides") {
 
 TEST_CASE("a restarted target is reached again once its new metadata is loaded") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
     // The target destroys its backend and makes a new one under the same
     // name, as a restarted process would; the initiator loads the new blob.
     const blocks the_blocks = scattered(8, 2048, 32, 64);
@@ -786,7 +822,8 @@ TEST_CASE("a restarted target is reached again once its new metadata is loaded")
                     expect_status(b.release(previous_xfer), status::ok, what + ": release");
                 }
                 expect(b.find_peer("target") == t.p, what + ": find_peer");
-                const ferry::xfer x = b.prepare(xfer_op::write, local, the_blocks.descs(t.user), t.p);
+                const ferry::xfer x = b.prepare(xfer_op::write, local, the_blocks.descs(t.user), t.p, path);
+                ferry_test::expect_path(b, x, ferry_test::local_host_path(path), what);
                 fill_blocks(mem_local.data(), the_blocks, the_blocks, 50 + life);
                 ferry_test::post_and_wait(b, x, what, what);
                 s.ch.send("written");
@@ -869,7 +906,7 @@ TEST_CASE("destroying a backend with a transfer in flight to a target that does 
             const remote_pair t = load_target(b, s.ch);
             const ferry::xfer x =
                 b.prepare(xfer_op::write, local_blocks.descs(reinterpret_cast<std::uintptr_t>(region.data())),
-                          remote_blocks.descs(t.user), t.p);
+                          remote_blocks.descs(t.user), t.p, xfer_path::ucx);
             fill_blocks(mem_local.data(), local_blocks, remote_blocks, 3);
             expect_status(b.post(x, "never delivered"), status::in_progress, "post to a target that does not progress");
             if (how == "released") expect_status(b.release(x), status::ok, "release in flight");
@@ -890,7 +927,8 @@ TEST_CASE("destroying a backend with a transfer in flight to a target that does 
 }
 
 TEST_CASE("with peer error handling, a peer that dies fails transfers and notifications instead of hanging") {
-    // Over tcp only: shm cannot provide peer error handling (next test).
+    // Over tcp only: shm cannot provide peer error handling (next test). Over
+    // UCX, whose handling of a dead peer is under test.
     const blocks the_blocks = packed(16, 4096);
 
     auto initiator = [&](side& s) {
@@ -901,7 +939,7 @@ TEST_CASE("with peer error handling, a peer that dies fails transfers and notifi
             const remote_pair t = load_target(b, s.ch);
             const ferry::xfer x =
                 b.prepare(xfer_op::write, the_blocks.descs(reinterpret_cast<std::uintptr_t>(region.data())),
-                          the_blocks.descs(t.user), t.p);
+                          the_blocks.descs(t.user), t.p, xfer_path::ucx);
             fill_blocks(mem_local.data(), the_blocks, the_blocks, 1);
             ferry_test::post_and_wait(b, x, "alive", "a WRITE while the target is alive");
             s.ch.send("die");
@@ -966,7 +1004,8 @@ TEST_CASE("over shm with UCX's shared-memory error handling off, load_remote is 
 
 TEST_CASE("two agents that load each other write into each other and notify each other") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
     const blocks local_blocks = packed(16, 3000);
     const blocks remote_blocks = scattered(16, 3000, 40, 17);
     const std::size_t bytes = std::max(local_blocks.end(), remote_blocks.end());
@@ -986,7 +1025,9 @@ TEST_CASE("two agents that load each other write into each other and notify each
                     ferry::region& src = m.of(kinds[1 - j]);
                     xs[j] = b.prepare(xfer_op::write,
                                       local_blocks.descs(reinterpret_cast<std::uintptr_t>(src.data()) + bytes),
-                                      remote_blocks.descs(peer.of(kinds[j])), peer.p);
+                                      remote_blocks.descs(peer.of(kinds[j])), peer.p, path);
+                    ferry_test::expect_path(b, xs[j], ferry_test::local_host_path(path),
+                                            "the WRITE into the other's " + name_of(kinds[j]) + " region");
                 }
                 for (std::size_t j = 0; j < 2; ++j) {
                     fill_blocks(m.bytes(kinds[1 - j]) + bytes, local_blocks, remote_blocks, my_seed + j);
@@ -1019,27 +1060,19 @@ TEST_CASE("two agents that load each other write into each other and notify each
 
 namespace {
 
-// Whether this UCX moves puts and gets on a peer's allocated memory over
-// shm without the target. UCX 1.13 maps the peer's segment and serves both
-// with loads and stores, at every size. The protocols that UCX >= 1.16 turns
-// on by default choose per operation and size: on 1.22 a 4 KiB put goes
-// one-sided (cma) but a 4 KiB get goes through the target's progress. UCX
-// exposes no query for its choice, so its version stands for it.
-bool one_sided_on_allocated_memory() {
-    unsigned major = 0, minor = 0, release = 0;
-    ucp_get_version(&major, &minor, &release);
-    return major == 1 && minor < 14;
-}
-
 // Transfers on a peer's allocated memory over shm, with a target that
-// progresses only when told to. Where UCX maps the memory (see above), both
-// must complete while the target never progresses; elsewhere each that
-// stays in flight must complete once the target progresses, and the test
-// says which did. Either way every byte is checked. `also_user` makes the
-// target publish a register_memory region as well, which the transfers
-// never touch: ferry does not unpack its (emulated) rkey, whose wire-up
-// exchange UCX 1.13 would make every put on the endpoint wait for.
-void run_mapped_memory(bool also_user) {
+// progresses only when told to. allocate() gives shared memory that a peer
+// on this host maps, and host_ipc, prepare's automatic choice here, copies
+// through that mapping inside post: both transfers must be over when post
+// returns, the target never progressing. Over UCX that memory is registered
+// as register_memory's is, and UCX may need the target to move it: each
+// transfer that stays in flight must complete once the target progresses,
+// and the test says which did. Either way every byte is checked.
+// `also_user` makes the target publish a register_memory region as well,
+// which the transfers never touch: ferry does not unpack its (emulated)
+// rkey, whose wire-up exchange UCX 1.13 would make every put on the endpoint
+// wait for.
+void run_mapped_memory(bool also_user, xfer_path path) {
     const blocks local_blocks = packed(16, 4096);
     const blocks remote_blocks = scattered(16, 4096, 1, 1);
     constexpr std::size_t bytes = 256 * 1024;
@@ -1047,7 +1080,7 @@ void run_mapped_memory(bool also_user) {
     // progress at the target, an emulated transfer never completes.
     constexpr int max_checks = 100'000;
 
-    const bool one_sided = one_sided_on_allocated_memory();
+    const xfer_path taken = ferry_test::local_host_path(path);
     auto initiator = [&](side& s) {
         std::string stuck;
         {
@@ -1056,13 +1089,13 @@ void run_mapped_memory(bool also_user) {
             const remote_pair t = load_target(b, s.ch);
             const auto remote = remote_blocks.descs(t.alloc);
             auto run = [&](ferry::xfer x, const std::string& what) {
+                ferry_test::expect_path(b, x, taken, what);
                 status st = b.post(x);
+                if (taken == xfer_path::host_ipc && st == status::in_progress && stuck.empty())
+                    stuck = what + " was still in progress when post returned: host_ipc copies inside post";
                 for (int i = 0; st == status::in_progress && i < max_checks; ++i) st = b.check(x);
                 const std::string how = st == status::in_progress ? "needed the target's progress" : "one-sided";
-                std::printf("%s: %s\n", what.c_str(), how.c_str());
-                if (st == status::in_progress && one_sided && stuck.empty())
-                    stuck = what + " was still in progress after " + std::to_string(max_checks) +
-                            " checks while the target did not progress";
+                std::printf("%s over %s: %s\n", what.c_str(), ferry_test::str(taken).c_str(), how.c_str());
                 // Let the target progress so that both can finish cleanly.
                 if (st == status::in_progress) {
                     s.ch.send("progress");
@@ -1074,10 +1107,10 @@ void run_mapped_memory(bool also_user) {
             };
             fill_blocks(m.bytes(mem::user), local_blocks, remote_blocks, 5);
             run(b.prepare(xfer_op::write, local_blocks.descs(reinterpret_cast<std::uintptr_t>(m.user.data())), remote,
-                          t.p),
+                          t.p, path),
                 "a WRITE into the target's allocated memory");
             run(b.prepare(xfer_op::read, remote_blocks.descs(reinterpret_cast<std::uintptr_t>(m.alloc.data())), remote,
-                          t.p),
+                          t.p, path),
                 "a READ from the target's allocated memory");
             if (auto e = verify_blocks(m.bytes(mem::alloc), remote_blocks, remote_blocks, 5, bytes); !e.empty())
                 fail("read back: " + e);
@@ -1115,12 +1148,16 @@ void run_mapped_memory(bool also_user) {
 
 }  // namespace
 
-TEST_CASE("over shm, transfers on allocated memory complete, without the target where UCX maps it") {
-    run_mapped_memory(false);
+TEST_CASE("over shm, transfers on allocated memory complete, without the target where ferry maps it") {
+    const xfer_path path = path_under_test();
+    CAPTURE(path);
+    run_mapped_memory(false, path);
 }
 
-TEST_CASE("over shm, transfers on allocated memory complete, without the target where UCX maps it, beside user memory") {
-    run_mapped_memory(true);
+TEST_CASE("over shm, transfers on allocated memory complete, without the target where ferry maps it, beside user memory") {
+    const xfer_path path = path_under_test();
+    CAPTURE(path);
+    run_mapped_memory(true, path);
 }
 
 // ---- notifications ------------------------------------------------------------------
@@ -1310,7 +1347,8 @@ TEST_CASE("notifications are grouped under each sender's exact name") {
 
 TEST_CASE("a notification posted with a WRITE arrives only after the WRITE's data") {
     const std::string tls = tls_under_test();
-    CAPTURE(tls);
+    const xfer_path path = path_under_test();
+    CAPTURE(tls, path);
     // Many transfers in flight at once, each writing a slot of its own with
     // a notification; every notification is checked against its slot the
     // moment it is delivered. Passes reuse the slots with new patterns.
@@ -1348,7 +1386,8 @@ TEST_CASE("a notification posted with a WRITE arrives only after the WRITE's dat
                     remote.push_back(
                         {static_cast<std::uintptr_t>(t.of(remote_kind(r)) + r * slot + pc.offset), pc.len, 0});
                 }
-                xs.push_back(b.prepare(xfer_op::write, local, remote, t.p));
+                xs.push_back(b.prepare(xfer_op::write, local, remote, t.p, path));
+                ferry_test::expect_path(b, xs.back(), ferry_test::local_host_path(path), "round " + std::to_string(r));
             }
             for (int pass = 0; pass < passes; ++pass) {
                 for (std::size_t r = 0; r < rounds; ++r)

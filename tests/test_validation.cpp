@@ -1,7 +1,8 @@
 // Everything a backend refuses, with the exact status and a message that
 // names what was wrong and where. One process: the backend loads its own
 // metadata (loopback), which is all that validation needs, and small
-// loopback transfers show that refusals leave it working.
+// loopback transfers show that refusals leave it working. The loopback peer
+// is a process on this host, so prepare's automatic choice is host_ipc.
 
 #include <ferry/detail/metadata.hpp>
 #include <ferry/ferry.hpp>
@@ -9,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/ferry_catch.hpp"
+#include "support/paths.hpp"
 #include "support/pattern.hpp"
 
 #include <algorithm>
@@ -26,6 +28,7 @@
 using Catch::Matchers::Contains;
 using Catch::Matchers::Equals;
 using ferry::status;
+using ferry::xfer_path;
 
 namespace {
 
@@ -276,8 +279,6 @@ TEST_CASE("unknown and unloaded peers are refused with no_such_peer") {
         CHECK(lb.b.send_notif(lb.self, "hi") == status::no_such_peer);
         CHECK(lb.b.post(x) == status::no_such_peer);
         CHECK(lb.b.post(x, "with a notification") == status::no_such_peer);
-        REQUIRE_FERRY_ERROR(lb.b.estimate(x), status::no_such_peer,
-                            Equals(what("estimate: the peer was unloaded", status::no_such_peer)));
         REQUIRE_FERRY_ERROR(
             lb.b.unload_remote(lb.self), status::no_such_peer,
             Equals(what("unload_remote: the peer handle is unknown or already unloaded", status::no_such_peer)));
@@ -305,6 +306,22 @@ TEST_CASE("unknown and unloaded peers are refused with no_such_peer") {
         CHECK(lb.b.release(y) == status::ok);
         CHECK(lb.b.release(x) == status::ok);
     }
+}
+
+// Whichever path a transfer took, estimate, a set-up call, refuses it once
+// its peer is gone, as prepare and post do.
+TEST_CASE("estimate refuses a transfer whose peer was unloaded, on every path") {
+    const xfer_path path = GENERATE(xfer_path::ucx, xfer_path::automatic);
+    CAPTURE(path);
+    loopback lb;
+    const ferry::desc local = lb.src.slice(0, 8);
+    const ferry::desc remote = lb.dst.slice(0, 8);
+    auto x = lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), lb.self, path);
+    CHECK(lb.b.path_of(x) == ferry_test::local_host_path(path));
+    lb.b.unload_remote(lb.self);
+    REQUIRE_FERRY_ERROR(lb.b.estimate(x), status::no_such_peer,
+                        Equals(what("estimate: the peer was unloaded", status::no_such_peer)));
+    CHECK(lb.b.release(x) == status::ok);
 }
 
 TEST_CASE("post, check and release refuse released and never-prepared transfers") {
@@ -424,6 +441,8 @@ TEST_CASE("register_memory and allocate refuse bad arguments") {
     REQUIRE_FERRY_ERROR(
         b.allocate(64, 7), status::invalid_argument,
         Equals(what("allocate: dev 7 given, but memory::host takes device 0 only", status::invalid_argument)));
+    REQUIRE_FERRY_ERROR(b.allocate_host(0), status::invalid_argument,
+                        Equals(what("allocate_host: len is 0", status::invalid_argument)));
     // None of the refusals registered anything.
     CHECK(ferry::detail::decode_metadata(b.local_metadata()).regions.empty());
 }
@@ -609,13 +628,93 @@ TEST_CASE("estimate reports UCX's model of a prepared transfer") {
         local.push_back(lb.src.slice(i * 1024, 1000));
         remote.push_back(lb.dst.slice(i * 1024, 1000));
     }
-    auto x = lb.b.prepare(ferry::xfer_op::write, local, remote, lb.self);
+    // Over UCX: the automatic choice here is host_ipc, whose model is ferry's (next test).
+    auto x = lb.b.prepare(ferry::xfer_op::write, local, remote, lb.self, xfer_path::ucx);
+    CHECK(lb.b.path_of(x) == xfer_path::ucx);
     CHECK(lb.b.size_of(x) == 4000);
     const ferry::xfer_cost cost = lb.b.estimate(x);
     CHECK(cost.method == ferry::cost_method::ucx_evaluate_perf);
     CHECK(cost.duration.count() >= 0);
     CHECK(cost.margin == cost.duration / 2);
     CHECK(lb.b.release(x) == status::ok);
+}
+
+TEST_CASE("estimate reports ferry's model of a host_ipc transfer, more for more bytes") {
+    loopback lb;
+    // Into register_memory'd memory (process_vm_writev) and into allocated
+    // memory, which the peer maps (memcpy).
+    auto shared = lb.b.allocate(loopback::size);
+    lb.self = lb.b.load_remote(lb.b.local_metadata());
+    for (const ferry::region* into : {&lb.dst, &shared}) {
+        INFO((into == &shared ? "into allocated memory" : "into register_memory'd memory"));
+        std::vector<ferry::desc> local, remote;
+        for (std::size_t i = 0; i < 4; ++i) {
+            local.push_back(lb.src.slice(i * 1024, 1000));
+            remote.push_back(into->slice(i * 1024, 1000));
+        }
+        auto x = lb.b.prepare(ferry::xfer_op::write, local, remote, lb.self);
+        auto small = lb.b.prepare(ferry::xfer_op::write, std::span(local).first(1), std::span(remote).first(1),
+                                  lb.self, xfer_path::host_ipc);
+        CHECK(lb.b.path_of(x) == xfer_path::host_ipc);
+        CHECK(lb.b.path_of(small) == xfer_path::host_ipc);
+        const ferry::xfer_cost cost = lb.b.estimate(x);
+        CHECK(cost.method == ferry::cost_method::host_ipc_model);
+        CHECK(cost.duration.count() > 0);
+        CHECK(cost.margin == cost.duration / 2);
+        CHECK(lb.b.estimate(small).duration < cost.duration);
+        CHECK(lb.b.release(x) == status::ok);
+        CHECK(lb.b.release(small) == status::ok);
+    }
+}
+
+// A peer that is not a process of this host, or does not say which it is,
+// is out of host_ipc's reach: the automatic choice falls back to UCX, and
+// asking for host_ipc is refused with the reason. The peers are this
+// backend itself under an edited identity.
+TEST_CASE("prepare takes host_ipc only for a process on this host, and says why not when asked for it") {
+    loopback lb;
+    const ferry::desc local = lb.src.slice(0, 64);
+    const ferry::desc remote = lb.dst.slice(0, 64);
+    const auto blob = lb.b.local_metadata();
+    auto moves = [&](ferry::xfer x, std::uint64_t seed) {
+        ferry_test::fill_pattern(lb.src_mem.data(), 64, seed, 0);
+        const status s = lb.b.post(x);
+        CHECK((s == status::ok || s == status::in_progress));
+        CHECK(wait_for(lb.b, x) == status::ok);
+        CHECK(ferry_test::check_pattern(lb.dst_mem.data(), 64, seed, 0).empty());
+        CHECK(lb.b.release(x) == status::ok);
+    };
+    auto as_is = lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), lb.self);
+    CHECK(lb.b.path_of(as_is) == xfer_path::host_ipc);
+    moves(as_is, 1);
+
+    auto refused_with = [&](const std::string& why, auto&& edit) {
+        auto md = ferry::detail::decode_metadata(blob);
+        edit(md);
+        const auto edited = ferry::detail::encode_metadata(md);
+        const ferry::peer p = lb.b.load_remote(edited);
+        auto x = lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), p);
+        CHECK(lb.b.path_of(x) == xfer_path::ucx);
+        moves(x, 2);
+        REQUIRE_FERRY_ERROR(
+            lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), p, xfer_path::host_ipc),
+            status::invalid_argument, Equals(what("prepare: path host_ipc: " + why, status::invalid_argument)));
+    };
+    SECTION("another host") {
+        refused_with("the peer runs on another host", [](auto& md) { md.host_id = "another host"; });
+    }
+    SECTION("no host id") {
+        refused_with("the peer runs on another host", [](auto& md) { md.host_id = {}; });
+    }
+    SECTION("no process id") {
+        refused_with("the peer did not say which process it is", [](auto& md) { md.pid = 0; });
+    }
+    SECTION("no PID namespace") {
+        refused_with("the peer did not say which process it is", [](auto& md) { md.pid_namespace = 0; });
+    }
+    SECTION("another PID namespace") {
+        refused_with("the peer runs in another PID namespace", [](auto& md) { md.pid_namespace ^= 1; });
+    }
 }
 
 TEST_CASE("a backend keeps working after refusing bad calls") {

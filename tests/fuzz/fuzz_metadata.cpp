@@ -25,8 +25,14 @@ void check(std::span<const std::byte> blob) {
     try {
         const auto md = ferry::detail::decode_metadata(blob);
         const auto name = std::as_bytes(std::span(md.name.data(), md.name.size()));
-        bool ok = inside(name, blob) && inside(md.worker_address, blob);
-        for (const auto& r : md.regions) ok = ok && inside(r.rkey, blob) && r.len != 0 && r.addr + r.len >= r.addr;
+        const auto host = std::as_bytes(std::span(md.host_id.data(), md.host_id.size()));
+        bool ok = inside(name, blob) && inside(md.worker_address, blob) && inside(host, blob);
+        for (const auto& r : md.regions) {
+            ok = ok && inside(r.rkey, blob) && inside(r.ipc_handle, blob) && r.len != 0 && r.addr + r.len >= r.addr;
+            // A host region's handle is a shared-memory file's, of one size.
+            ok = ok && (r.kind != ferry::detail::memory_kind_code::host || r.ipc_handle.empty() ||
+                        r.ipc_handle.size() == ferry::detail::host_share_handle_size);
+        }
         // A blob that decodes must encode back to itself.
         ok = ok && ferry::detail::encode_metadata(md) == std::vector<std::byte>(blob.begin(), blob.end());
         if (!ok) std::abort();

@@ -1,8 +1,8 @@
 // Writes the fuzzers' seed corpus (tests/fuzz/corpus/) from the real encoder:
 // the metadata blobs that real backends publish (no region; one user region
-// over TCP; two user regions and one allocated region over shared memory; a
-// CUDA region with its IPC export), and notification inputs in
-// ferry-fuzz-notif's format.
+// over TCP; one allocated region, shared memory with its 12-byte handle; two
+// user regions and one allocated region over shared memory; a CUDA region
+// with its IPC export), and notification inputs in ferry-fuzz-notif's format.
 //
 // tests/fuzz/corpus/README.md has the commands that build and run it.
 #include <ferry/detail/metadata.hpp>
@@ -28,8 +28,17 @@ void write_file(const std::filesystem::path& path, const void* data, std::size_t
     std::printf("%s: %zu bytes\n", path.c_str(), size);
 }
 
-void write_blob(const std::filesystem::path& path, const std::vector<std::byte>& blob) {
-    static_cast<void>(ferry::detail::decode_metadata(blob));  // what the fuzzer starts from must decode
+void write_blob(const std::filesystem::path& path, const std::vector<std::byte>& blob,
+                std::size_t host_handles = 0) {
+    const auto md = ferry::detail::decode_metadata(blob);  // what the fuzzer starts from must decode
+    std::size_t found = 0;
+    for (const auto& r : md.regions)
+        if (r.kind == ferry::detail::memory_kind_code::host && !r.ipc_handle.empty()) ++found;
+    // Allocated host memory is published with its shared-memory handle,
+    // unless this kernel has no memfd: such a seed would miss the handle.
+    if (found != host_handles)
+        throw std::runtime_error(path.string() + ": " + std::to_string(found) + " host region(s) with a handle, not " +
+                                 std::to_string(host_handles));
     write_file(path, blob.data(), blob.size());
 }
 
@@ -72,13 +81,18 @@ int main(int argc, char** argv) try {
         write_blob(dir / "metadata" / "one-user-region-tcp", b.local_metadata());
     }
     {
+        ferry::ucx_backend<> b(config("shared-0", "shm"));
+        ferry::region r = b.allocate(4096);
+        write_blob(dir / "metadata" / "one-shared-region-shm", b.local_metadata(), 1);
+    }
+    {
         ferry::ucx_backend<> b(config("decode-0", "shm"));
         std::vector<std::byte> user_a(4096);
         std::vector<std::byte> user_b(100'003);
         ferry::region a = b.register_memory(user_a.data(), user_a.size());
         ferry::region c = b.register_memory(user_b.data(), user_b.size());
         ferry::region d = b.allocate(64 * 1024);
-        write_blob(dir / "metadata" / "three-regions-shm", b.local_metadata());
+        write_blob(dir / "metadata" / "three-regions-shm", b.local_metadata(), 1);
     }
 
     {

@@ -20,6 +20,10 @@ template <>
 struct StringMaker<ferry::cost_method> {
     static std::string convert(ferry::cost_method m) { return std::string(ferry::to_string(m)); }
 };
+template <>
+struct StringMaker<ferry::xfer_path> {
+    static std::string convert(ferry::xfer_path p) { return std::string(ferry::to_string(p)); }
+};
 }  // namespace Catch
 
 namespace ferry_test {
