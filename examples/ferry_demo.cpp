@@ -4,6 +4,7 @@
 // then the initiator READs the blocks back and checks them too.
 #include <ferry/ferry.hpp>
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -165,7 +166,20 @@ int run_target(int fd, const options& o) {
             }
         });
     }
+    // Tell the initiator it may go: its worker must outlive our connection
+    // to it, which it does not otherwise wait for (host_ipc needs nothing of us).
+    const char bye = 'k';
+    if (write(fd, &bye, 1) != 1) throw std::runtime_error("telling the initiator it may go: write failed");
     return failures == 0 ? 0 : 1;
+}
+
+// Progresses until the target says it is done with us.
+template <class Backend>
+void await_target(int fd, Backend& backend) {
+    pollfd p{fd, POLLIN, 0};
+    while (::poll(&p, 1, 1) == 0) backend.progress();
+    char bye = 0;
+    if (read(fd, &bye, 1) != 1) throw std::runtime_error("waiting for the target: it closed the connection");
 }
 
 template <class Backend>
@@ -205,6 +219,7 @@ int run_initiator(int fd, const options& o) {
     double tr = wait(read, {});
     bool ok = readback == source;
     backend.send_notif(target, "done");
+    await_target(fd, backend);
 
     auto cost = backend.estimate(write);
     std::printf("initiator: WRITE %zu blocks x %zu B = %.1f KiB in %.1f us (%.2f GB/s), path %s\n", o.blocks,

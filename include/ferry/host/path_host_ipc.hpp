@@ -105,7 +105,10 @@ public:
             std::atomic_thread_fence(std::memory_order_release);
             return status::ok;
         }
-        if (!plan.process->alive()) return status::peer_failed;
+        if (!plan.process->alive()) {
+            st.target->mark_failed(UCS_ERR_CONNECTION_RESET);
+            return status::peer_failed;
+        }
         const bool write = st.op == xfer_op::write;
         const iovec* here = plan.local.data();
         const iovec* there = plan.remote.data();
@@ -113,7 +116,11 @@ public:
             const std::size_t n = std::min<std::size_t>(plan.local.data() + plan.local.size() - here, max_iov);
             const auto moved = write ? ::process_vm_writev(plan.process->pid(), here, n, there, n, 0)
                                      : ::process_vm_readv(plan.process->pid(), here, n, there, n, 0);
-            if (moved < 0) return from_errno(errno);
+            if (moved < 0) {
+                const int e = errno;
+                if (e == ESRCH) st.target->mark_failed(UCS_ERR_CONNECTION_RESET);
+                return from_errno(e);
+            }
             // Short: a remote block is no longer mapped in the peer.
             if (static_cast<std::size_t>(moved) != bytes) return status::not_registered;
             here += n;

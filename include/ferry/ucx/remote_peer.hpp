@@ -129,6 +129,16 @@ public:
 
     [[nodiscard]] error_mode mode() const noexcept { return mode_; }
 
+    /// Records that the peer failed with `s`, as UCX's error handler does;
+    /// the host_ipc path calls it when the peer's process is gone. Any thread.
+    void mark_failed(ucs_status_t s) noexcept {
+        ucs_status_t healthy = UCS_OK;
+        if (failure_.compare_exchange_strong(healthy, s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s,
+                                             std::memory_order_acq_rel) &&
+            failures_)
+            failures_->fetch_add(1, std::memory_order_relaxed);
+    }
+
     /// Transfers to this peer that UCX has not completed yet, and how many of
     /// them passed their deadline. Touched only by the thread that drives the worker.
     std::size_t in_flight = 0;
@@ -157,9 +167,7 @@ public:
 
 private:
     static void on_error(void* arg, ucp_ep_h, ucs_status_t s) noexcept {
-        auto* self = static_cast<remote_peer*>(arg);
-        self->failure_.store(s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s, std::memory_order_release);
-        if (self->failures_) self->failures_->fetch_add(1, std::memory_order_relaxed);
+        static_cast<remote_peer*>(arg)->mark_failed(s);
     }
 
     std::string name_;
