@@ -257,7 +257,8 @@ struct block_set {
 
     // The regions that hold a block: the whole cycle unless there are fewer blocks.
     [[nodiscard]] std::vector<std::size_t> regions() const {
-        std::set<std::size_t> used(cycle.begin(), cycle.begin() + std::min(cycle.size(), std::max<std::size_t>(s.count, 1)));
+        const std::size_t n = std::min(cycle.size(), std::max<std::size_t>(s.count, 1));
+        std::set<std::size_t> used(cycle.begin(), cycle.begin() + static_cast<std::ptrdiff_t>(n));
         return {used.begin(), used.end()};
     }
 
@@ -282,8 +283,8 @@ struct block_set {
         b.s.contiguous = contiguous != 0;
         b.cycle.resize(n);
         for (auto& r : b.cycle) in >> r;
-        if (!in || n == 0 || std::any_of(b.cycle.begin(), b.cycle.end(), [](std::size_t r) { return r >= region_count; }))
-            fail("a malformed block set");
+        const bool known = std::all_of(b.cycle.begin(), b.cycle.end(), [](std::size_t r) { return r < region_count; });
+        if (!in || n == 0 || !known) fail("a malformed block set");
         return b;
     }
 };
@@ -583,7 +584,7 @@ void verify_at_target(Backend& b, channel& ch, std::uint64_t seed, const block_s
     verify_at_target(b, ch, seed, std::vector<block_set>{remote});
 }
 
-// ---- 1, 2: every byte of every layout, both directions, both modes ------------------------------
+// ---- every byte of every layout, both directions, both modes ------------------------------
 
 constexpr std::uint64_t read_seed = 77;
 
@@ -712,7 +713,7 @@ void run_layouts(const variant& v, const std::vector<shape>& shapes, std::size_t
 
 const variant every_variant[] = {{"shm", false}, {"shm", true}, {"tcp", false}, {"tcp", true}};
 
-// ---- 3: notifications ------------------------------------------------------------------------
+// ---- one-sided completion, and notifications ------------------------------------------------------------------------
 
 // The four transfers of a mode test: WRITE and READ, mapped and vm.
 struct mode_xfer {
@@ -836,7 +837,7 @@ void notif_target(side& s) {
                                       : check_region_source(m, mx.remote_region, round_seed(k));
             if (!e.empty()) fail(what + ", " + when + ": " + e);
         };
-        check_data("before the target did anything");
+        check_data("before the target took any notification");
         if (notify) {
             want.push_back("initiator: " + note(k));
             collect_until(want.back(), what);
@@ -856,7 +857,7 @@ void notif_target(side& s) {
     if (got != want) fail("notifications arrived late: " + joined(got) + ", expected " + joined(want));
 }
 
-// ---- 4: peers whose metadata rules host_ipc out ------------------------------------------------
+// ---- peers whose metadata rules host_ipc out ------------------------------------------------
 
 // A real peer's metadata, changed the way `change` says and published under another name.
 std::vector<std::byte> forged(const std::vector<std::byte>& blob, const std::string& name,
@@ -893,9 +894,10 @@ void forged_initiator(side& s) {
         for (const forgery& f : forgeries) {
             const std::string what = std::string("a peer forged as ") + f.name;
             const ferry::peer p = b.load_remote(forged(t.blob, std::string("target-") + f.name, f.change));
-            expect_error([&] { (void)b.prepare(xfer_op::write, local.descs(m.addrs()), remote.descs(t.base), p,
-                                               xfer_path::host_ipc); },
-                         status::invalid_argument, std::string("prepare: path host_ipc: ") + f.why,
+            const auto forced = [&] {
+                return b.prepare(xfer_op::write, local.descs(m.addrs()), remote.descs(t.base), p, xfer_path::host_ipc);
+            };
+            expect_error(forced, status::invalid_argument, std::string("prepare: path host_ipc: ") + f.why,
                          what + ": prepare on host_ipc");
             // Allocated memory, which host_ipc would map, goes through UCX instead.
             const ferry::xfer x = b.prepare(xfer_op::write, local.descs(m.addrs()), remote.descs(t.base), p);
@@ -920,12 +922,15 @@ void forged_initiator(side& s) {
             }));
             const block_set mixed_local{{4, 1000, false}, {user0}, 5, 10};
             const block_set mixed_remote{{4, 1000, false}, {alloc0, user0}, 11, 11};
-            expect_error([&] { (void)b.prepare(xfer_op::write, mixed_local.descs(m.addrs()), mixed_remote.descs(t.base),
-                                               p, xfer_path::host_ipc); },
-                         status::invalid_argument,
+            const auto forced = [&] {
+                return b.prepare(xfer_op::write, mixed_local.descs(m.addrs()), mixed_remote.descs(t.base), p,
+                                 xfer_path::host_ipc);
+            };
+            expect_error(forced, status::invalid_argument,
                          "prepare: path host_ipc: descriptor 1: the remote block is not host memory",
                          what + ": prepare on host_ipc");
-            const ferry::xfer x = b.prepare(xfer_op::write, mixed_local.descs(m.addrs()), mixed_remote.descs(t.base), p);
+            const ferry::xfer x =
+                b.prepare(xfer_op::write, mixed_local.descs(m.addrs()), mixed_remote.descs(t.base), p);
             expect(b.path_of(x) == xfer_path::ucx,
                    what + ": path_of says " + std::string(ferry::to_string(b.path_of(x))) + ", expected ucx");
             fill_blocks(m, mixed_local.spots(), mixed_remote.spots(), 1000, 950);
@@ -952,7 +957,7 @@ void forged_initiator(side& s) {
     s.ch.send("bye");
 }
 
-// ---- 5: a target killed while the initiator posts ---------------------------------------------
+// ---- a target killed while the initiator posts ---------------------------------------------
 
 // A process forked by a supervising role, which holds no UCX object (UCX
 // state does not survive fork). It writes its output where its parent does
@@ -1044,44 +1049,45 @@ void death_initiator(side& s) {
         Backend b(s.config("initiator"));
         memory_set m(b, mode_bytes);
         const target_view t = load_target(b, s.ch);
+        // The four mode transfers, then a READ of what the mapped WRITE
+        // wrote in the same round: the memory file outlives its creator
+        // while mapped here, and stays shared between the two transfers.
+        struct tracked {
+            mode_xfer mx;
+            block_set local, remote;
+            bool written_here;  // the blocks hold what a WRITE of this round wrote, else the target's source
+            ferry::xfer x;
+        };
+        std::vector<tracked> all;
         const auto xs = prepare_mode_xfers(b, m, t);
-        // A READ of what the mapped WRITE wrote: the memory file outlives its creator while mapped here.
-        const mode_xfer readback{xfer_op::read, user1, alloc0, "READ back from allocated memory (mapped)"};
-        const ferry::xfer rb = b.prepare(xfer_op::read, block_set{mode_shape, {user1}, 5, 3}.descs(m.addrs()),
-                                         mode_remote(mode_xfers[0]).descs(t.base), t.p);
-        std::vector<const mode_xfer*> all;
-        std::vector<ferry::xfer> handles;
         for (std::size_t j = 0; j < std::size(mode_xfers); ++j) {
-            all.push_back(&mode_xfers[j]);
-            handles.push_back(xs[j]);
-            if (j == 0) {
-                all.push_back(&readback);
-                handles.push_back(rb);
-            }
+            const mode_xfer& mx = mode_xfers[j];
+            all.push_back({mx, mode_local(mx), mode_remote(mx), mx.op == xfer_op::write, xs[j]});
         }
-        const auto written = mode_remote(mode_xfers[0]).spots();
-        // One post; its status, after checking what a READ that succeeded brought.
-        auto post_one = [&](std::size_t j) {
-            const mode_xfer& mx = *all[j];
-            const auto local = (j == 1 ? block_set{mode_shape, {user1}, 5, 3} : mode_local(mx)).spots();
-            const auto remote = (j == 1 ? written : mode_remote(mx).spots());
-            if (mx.op == xfer_op::write) fill_blocks(m, local, remote, mode_shape.len, death_write_seed);
-            else m.reset(mx.local_region);
-            const status st = b.post(handles[j]);
+        const mode_xfer readback{xfer_op::read, user1, alloc0, "READ back from allocated memory (mapped)"};
+        const block_set readback_local = mode_local(mode_xfers[2]), readback_remote = mode_remote(mode_xfers[0]);
+        all.push_back({readback, readback_local, readback_remote, true,
+                       b.prepare(xfer_op::read, readback_local.descs(m.addrs()), readback_remote.descs(t.base), t.p)});
+        std::uint64_t round = 0;
+        // One post, and its status, once what a READ that succeeded brought is checked.
+        auto post_one = [&](const tracked& tx) {
+            const auto local = tx.local.spots(), remote = tx.remote.spots();
+            const std::uint64_t seed = tx.written_here ? death_write_seed + round : read_seed;
+            if (tx.mx.op == xfer_op::write) fill_blocks(m, local, remote, mode_shape.len, seed);
+            else m.reset(tx.mx.local_region);
+            const status st = b.post(tx.x);
             // Without a notification a host_ipc post is over when it returns.
-            expect(st != status::in_progress, std::string(mx.name) + ": post returned in_progress");
-            const status checked = b.check(handles[j]);
-            expect(checked != status::in_progress, std::string(mx.name) + ": check returned in_progress");
-            if (st == status::ok && mx.op == xfer_op::read) {
-                const std::uint64_t seed = j == 1 ? death_write_seed : read_seed;
-                if (auto e = verify_blocks(m, local, remote, mode_shape.len, seed, {mx.local_region}); !e.empty())
-                    fail(std::string(mx.name) + ": ok, but " + e);
-            }
+            expect(st != status::in_progress, std::string(tx.mx.name) + ": post returned in_progress");
+            const status checked = b.check(tx.x);
+            expect(checked != status::in_progress, std::string(tx.mx.name) + ": check returned in_progress");
+            if (st == status::ok && tx.mx.op == xfer_op::read)
+                if (auto e = verify_blocks(m, local, remote, mode_shape.len, seed, {tx.mx.local_region}); !e.empty())
+                    fail(std::string(tx.mx.name) + ": ok, but " + e);
             return st;
         };
-        for (int round = 0; round < 3; ++round)
-            for (std::size_t j = 0; j < all.size(); ++j)
-                expect_status(post_one(j), status::ok, std::string(all[j]->name) + " before the kill");
+        for (; round < 3; ++round)
+            for (const tracked& tx : all)
+                expect_status(post_one(tx), status::ok, std::string(tx.mx.name) + " before the kill");
 
         s.ch.send("kill");
         std::vector<status> last(all.size(), status::ok);
@@ -1094,8 +1100,8 @@ void death_initiator(side& s) {
                 reaped = true;
             }
             for (std::size_t j = 0; j < all.size(); ++j) {
-                const mode_xfer& mx = *all[j];
-                const status st = post_one(j);
+                const mode_xfer& mx = all[j].mx;
+                const status st = post_one(all[j]);
                 const std::string what = std::string(mx.name) + (reaped ? " after" : " while") +
                                          " the target was killed: post returned " + str(st);
                 // vm: the process is gone (peer_failed), or its memory is going (not_registered).
@@ -1108,6 +1114,7 @@ void death_initiator(side& s) {
                 last[j] = st;
             }
             if (reaped) ++rounds_after;
+            ++round;
             p.check("the supervisor to report the kill");
         }
 
@@ -1117,21 +1124,20 @@ void death_initiator(side& s) {
             if (b.progress() == 0) ::sched_yield();
             q.check("peer_status to say peer_failed; it says " + str(b.peer_status(t.p)));
         }
-        for (std::size_t j = 0; j < all.size(); ++j) {
-            const std::string what = std::string(all[j]->name) + " once UCX found the target failed";
-            expect_status(b.post(handles[j]), status::peer_failed, what + ": post");
-            expect_status(b.post(handles[j], "to the dead"), status::peer_failed, what + ": post with a notification");
-            const status waited = b.wait(handles[j], 5s);
+        for (const tracked& tx : all) {
+            const std::string what = std::string(tx.mx.name) + " once UCX found the target failed";
+            expect_status(b.post(tx.x), status::peer_failed, what + ": post");
+            expect_status(b.post(tx.x, "to the dead"), status::peer_failed, what + ": post with a notification");
+            const status waited = b.wait(tx.x, 5s);
             expect(waited != status::in_progress, what + ": wait returned in_progress");
-            expect_status(b.release(handles[j]), status::ok, what + ": release");
+            expect_status(b.release(tx.x), status::ok, what + ": release");
         }
         expect_status(b.send_notif(t.p, "anyone?"), status::peer_failed, "send_notif to the dead target");
     }
     s.ch.send("bye");
 }
 
-
-// ---- 6: sealed memory files, and hostile ones ---------------------------------------------------
+// ---- sealed memory files, and hostile ones ---------------------------------------------------
 
 // A memory file made as a hostile peer would: sealed against growing only, or not at all.
 class hostile_file {
@@ -1287,8 +1293,8 @@ void hostile_target(side& s, bool restricted) {
             for (std::size_t i = 0; i < hostile_blocks; ++i) {
                 if (auto e = check_untouched(base + pos, hostile_offset(i) - pos, pos); !e.empty())
                     fail(std::string(hostile_names[k]) + ", outside the blocks: " + e);
-                if (auto e = ferry_test::check_pattern(base + hostile_offset(i), hostile_block, seed, hostile_offset(i));
-                    !e.empty())
+                const std::size_t at = hostile_offset(i);
+                if (auto e = ferry_test::check_pattern(base + at, hostile_block, seed, at); !e.empty())
                     fail(std::string(hostile_names[k]) + ", descriptor " + std::to_string(i) + ": " + e);
                 pos = hostile_offset(i) + hostile_block;
             }
@@ -1434,13 +1440,15 @@ void restricted_initiator(side& s) {
         const int fd = ::open(proc_fd.c_str(), O_RDWR | O_CLOEXEC);
         expect(fd >= 0, "the test made the kernel refuse to open " + proc_fd + " as well: " + errno_text(errno));
         ::close(fd);
-        const std::string refusal = "process_vm_readv on pid " + pid +
-                                    " fails (Operation not permitted: another user, or ptrace access control forbids it)";
+        const std::string refusal =
+            "process_vm_readv on pid " + pid +
+            " fails (Operation not permitted: another user, or ptrace access control forbids it)";
 
         // Allocated memory needs no process_vm: mapped.
         {
             const mode_xfer& mx = mode_xfers[0];
-            const ferry::xfer x = b.prepare(mx.op, mode_local(mx).descs(m.addrs()), mode_remote(mx).descs(h.t.base), h.t.p);
+            const ferry::xfer x =
+                b.prepare(mx.op, mode_local(mx).descs(m.addrs()), mode_remote(mx).descs(h.t.base), h.t.p);
             expect_host_ipc(b, x, mode_shape.count * mode_shape.len, mx.name);
             expect(maps_memory_file(h.t.file[alloc0].inode), std::string(mx.name) + ": the file is not mapped here");
             fill_blocks(m, mode_local(mx).spots(), mode_remote(mx).spots(), mode_shape.len, 90);
@@ -1454,48 +1462,51 @@ void restricted_initiator(side& s) {
             std::string what;
             std::vector<ferry::desc> local, remote;
             std::string why;
-            std::function<void()> verify;
+            std::function<void(std::uint64_t)> fill, verify;
         };
         const block_set user_remote{{16, 1000, false}, {user0}, 11, 21};
         const block_set user_local{{16, 1000, false}, {user1}, 5, 22};
         const block_set mixed_remote{{2, 1000, false}, {alloc1, user1}, 11, 23};
         const block_set mixed_local{{2, 1000, false}, {user1}, 40'000, 24};
         std::vector<refused_case> cases;
-        cases.push_back({"a WRITE into registered memory", user_local.descs(m.addrs()), user_remote.descs(h.t.base),
-                         "descriptor 0: the remote block is not in memory the peer's backend allocated, and " + refusal,
-                         [&] { verify_at_target(b, s.ch, 91, user_remote); }});
-        cases.push_back({"a WRITE into allocated and registered memory", mixed_local.descs(m.addrs()),
-                         mixed_remote.descs(h.t.base),
-                         "descriptor 1: the remote block is not in memory the peer's backend allocated, and " + refusal,
-                         [&] { verify_at_target(b, s.ch, 92, mixed_remote); }});
+        auto blocks_case = [&](std::string what, const block_set& local, const block_set& remote, std::string why) {
+            return refused_case{std::move(what), local.descs(m.addrs()), remote.descs(h.t.base), std::move(why),
+                                [&, local, remote](std::uint64_t seed) {
+                                    fill_blocks(m, local.spots(), remote.spots(), local.s.len, seed);
+                                },
+                                [&, remote](std::uint64_t seed) { verify_at_target(b, s.ch, seed, remote); }};
+        };
+        cases.push_back(blocks_case(
+            "a WRITE into registered memory", user_local, user_remote,
+            "descriptor 0: the remote block is not in memory the peer's backend allocated, and " + refusal));
+        cases.push_back(blocks_case(
+            "a WRITE into allocated and registered memory", mixed_local, mixed_remote,
+            "descriptor 1: the remote block is not in memory the peer's backend allocated, and " + refusal));
         for (std::size_t k = 0; k < 2; ++k)
-            cases.push_back({std::string("a WRITE into ") + hostile_names[k], hostile_local(m), hostile_descs(h.base[k]),
+            cases.push_back({std::string("a WRITE into ") + hostile_names[k], hostile_local(m),
+                             hostile_descs(h.base[k]),
                              "descriptor 0: the remote block's shared memory cannot be mapped: /proc/" + pid + "/fd/" +
                                  std::to_string(h.file[k].fd) +
                                  " is not sealed against shrinking, so a mapping of it could fault, and " + refusal,
-                             [&, k] {
-                                 command(b, s.ch, "check-hostile " + std::to_string(k) + " " + std::to_string(93 + k),
+                             [&](std::uint64_t seed) { fill_hostile_local(m, seed); },
+                             [&, k](std::uint64_t seed) {
+                                 command(b, s.ch, "check-hostile " + std::to_string(k) + " " + std::to_string(seed),
                                          "checked");
                              }});
         std::uint64_t seed = 91;
         for (const refused_case& c : cases) {
-            expect_error([&] { (void)b.prepare(xfer_op::write, c.local, c.remote, h.t.p, xfer_path::host_ipc); },
-                         status::invalid_argument, "prepare: path host_ipc: " + c.why, c.what + ": prepare on host_ipc");
+            expect_error([&] { return b.prepare(xfer_op::write, c.local, c.remote, h.t.p, xfer_path::host_ipc); },
+                         status::invalid_argument, "prepare: path host_ipc: " + c.why,
+                         c.what + ": prepare on host_ipc");
             const ferry::xfer x = b.prepare(xfer_op::write, c.local, c.remote, h.t.p);
             expect(b.path_of(x) == xfer_path::ucx,
                    c.what + ": path_of says " + std::string(ferry::to_string(b.path_of(x))) + ", expected ucx");
             for (const memory_file& f : h.file)
                 expect(!maps_memory_file(f.inode), c.what + ": a hostile file is mapped here");
-            if (c.what.find("hostile") == std::string::npos && c.what.find("memory file") == std::string::npos) {
-                const block_set& l = seed == 91 ? user_local : mixed_local;
-                const block_set& r = seed == 91 ? user_remote : mixed_remote;
-                fill_blocks(m, l.spots(), r.spots(), 1000, seed);
-            } else {
-                fill_hostile_local(m, seed);
-            }
+            c.fill(seed);
             s.ch.send("serve");
             ferry_test::post_and_wait(b, x, {}, c.what);
-            c.verify();
+            c.verify(seed);
             expect_status(b.release(x), status::ok, c.what + ": release");
             ++seed;
         }
@@ -1507,7 +1518,7 @@ void restricted_initiator(side& s) {
     if (::setresuid(0, 0, 0) != 0) fail("setresuid back: " + errno_text(errno));
 }
 
-// ---- 7: deregistration ------------------------------------------------------------------------------
+// ---- deregistration ------------------------------------------------------------------------------
 
 std::string in_use_message(const ferry::region& r, std::size_t transfers) {
     return "deregister_memory: region " + ferry::detail::hex(addr_of(r.data())) + " (+" + std::to_string(r.size()) +
@@ -1545,7 +1556,7 @@ void dereg_initiator(side& s) {
             expect_status(b.post(xs[j], "n"), status::not_registered,
                           std::string(mx.name) + ": post with a notification once deregistered");
             const auto gone = ferry_test::error_from(
-                [&] { (void)b.prepare(mx.op, mode_local(mx).descs(m.addrs()), mode_remote(mx).descs(t.base), t.p); });
+                [&] { return b.prepare(mx.op, mode_local(mx).descs(m.addrs()), mode_remote(mx).descs(t.base), t.p); });
             expect(gone && gone->code_status() == status::not_registered &&
                        std::string(gone->what()).find("is not inside any registered region") != std::string::npos,
                    std::string(mx.name) + ": prepare over the deregistered region: " +
@@ -1555,7 +1566,7 @@ void dereg_initiator(side& s) {
             if (s.tls == "shm") {
                 // The target does not drain its FIFO, so the notification of
                 // this post waits behind the fillers, and the post with it.
-                const mode_xfer& mx = mode_xfers[2];  // its local region, user1, is still registered
+                // Its local region, user1, is still registered.
                 const block_set local{mode_shape, {user1}, 5, 30};
                 const block_set remote{mode_shape, {alloc1}, 11, 31};
                 const ferry::xfer x =
@@ -1583,7 +1594,6 @@ void dereg_initiator(side& s) {
                 b.deregister_memory(r);
                 expect_status(b.post(x), status::not_registered, "the WRITE once its region is deregistered");
                 expect_status(b.release(x), status::ok, "release");
-                (void)mx;
             }
         }
         for (auto x : xs) expect_status(b.release(x), status::ok, "release");
@@ -1592,7 +1602,7 @@ void dereg_initiator(side& s) {
     s.ch.send("bye");
 }
 
-// ---- 8: reposting ------------------------------------------------------------------------------
+// ---- reposting ------------------------------------------------------------------------------
 
 constexpr int repost_rounds = 100;
 
@@ -1619,7 +1629,8 @@ void repost_initiator(side& s) {
                 if (j == 0 && round % 10 == 0) {
                     const std::string n = "round " + std::to_string(round);
                     const status posted = b.post(xs[j], n);
-                    expect(posted == status::ok || posted == status::in_progress, what + ": post returned " + str(posted));
+                    expect(posted == status::ok || posted == status::in_progress,
+                           what + ": post returned " + str(posted));
                     expect_status(b.wait(xs[j], 20s), status::ok, what + ": wait");
                     want += (want.empty() ? "" : "|") + std::string("initiator: ") + n;
                 } else {
@@ -1665,7 +1676,8 @@ void protect_initiator(side& s) {
         const std::size_t tail = mode_bytes - 100;
         const ferry::desc tail_local{m.addrs()[alloc1] + tail, 100, 0};
         const ferry::desc tail_remote{t.base[user1] + tail, 100, 0};
-        const ferry::xfer tail_read = b.prepare(xfer_op::read, std::span(&tail_local, 1), std::span(&tail_remote, 1), t.p);
+        const ferry::xfer tail_read =
+            b.prepare(xfer_op::read, std::span(&tail_local, 1), std::span(&tail_remote, 1), t.p);
         expect_host_ipc(b, tail_read, 100, "a READ of the last page");
 
         auto post_all = [&](std::uint64_t seed, const std::array<status, 4>& want, status want_mixed) {
@@ -1767,7 +1779,7 @@ void unloaded_initiator(side& s) {
         for (auto y : ys) expect_status(b.release(y), status::ok, "release");
         // As for a transfer on the ucx path (test_validation), estimate refuses a transfer whose peer is gone.
         for (std::size_t j = 0; j < std::size(mode_xfers); ++j)
-            expect_error([&] { (void)b.estimate(xs[j]); }, status::no_such_peer, "estimate: the peer was unloaded",
+            expect_error([&] { return b.estimate(xs[j]); }, status::no_such_peer, "estimate: the peer was unloaded",
                          std::string(mode_xfers[j].name) + " to the unloaded peer: estimate");
         for (auto x : xs) expect_status(b.release(x), status::ok, "release");
         s.ch.send("serve");
@@ -1847,7 +1859,7 @@ TEST_CASE("allocated memory files are sealed against their owner, and a peer's u
     ferry_test::run_two_process("tcp", hostile_initiator, [](side& s) { hostile_target(s, false); });
 }
 
-TEST_CASE("where the kernel refuses process_vm, allocated memory is still mapped and the rest is refused or goes over ucx") {
+TEST_CASE("where the kernel refuses process_vm, allocated memory is still mapped, the rest refused or sent over ucx") {
     if (::geteuid() != 0) {
         ferry_test::skip("the kernel's refusal is staged with setresuid and capabilities, which need root");
         return;
@@ -1855,7 +1867,7 @@ TEST_CASE("where the kernel refuses process_vm, allocated memory is still mapped
     ferry_test::run_two_process("tcp", restricted_initiator, [](side& s) { hostile_target(s, true); });
 }
 
-TEST_CASE("deregister_memory refuses a region while a host_ipc notification is outstanding; later posts are not_registered") {
+TEST_CASE("deregister_memory refuses a region while a host_ipc notification is out; later posts are not_registered") {
     const variant v = GENERATE(variant{"shm", false}, variant{"tcp", true});
     CAPTURE(describe(v));
     against_command_target<dereg_role>(v);
