@@ -44,6 +44,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -1139,14 +1140,14 @@ void death_initiator(side& s) {
 
 // ---- sealed memory files, and hostile ones ---------------------------------------------------
 
-// A memory file made as a hostile peer would: sealed against growing only, or not at all.
+// A memory file made by a hostile peer, sealed as it likes.
 class hostile_file {
 public:
-    hostile_file(const char* name, bool seal_grow, std::size_t bytes) : size_(bytes) {
-        fd_ = ::memfd_create(name, MFD_CLOEXEC | (seal_grow ? MFD_ALLOW_SEALING : 0U));
+    hostile_file(const char* name, unsigned flags, int seals, std::size_t bytes) : size_(bytes) {
+        fd_ = ::memfd_create(name, MFD_CLOEXEC | flags);
         if (fd_ < 0) fail(std::string("memfd_create: ") + errno_text(errno));
         if (::ftruncate(fd_, static_cast<off_t>(bytes)) != 0) fail("ftruncate: " + errno_text(errno));
-        if (seal_grow && ::fcntl(fd_, F_ADD_SEALS, F_SEAL_GROW) != 0) fail("F_ADD_SEALS: " + errno_text(errno));
+        if (seals != 0 && ::fcntl(fd_, F_ADD_SEALS, seals) != 0) fail("F_ADD_SEALS: " + errno_text(errno));
         void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
         if (p == MAP_FAILED) fail("mmap of a memory file: " + errno_text(errno));
         data_ = static_cast<std::byte*>(p);
@@ -1165,9 +1166,9 @@ public:
     [[nodiscard]] std::byte* data() const noexcept { return data_; }
     [[nodiscard]] memory_file file() const noexcept { return {static_cast<std::uint32_t>(fd_), inode_}; }
 
-    // Cuts the file to nothing: what its seals, or their absence, allow.
+    // Cuts the file to nothing, as its lack of seals allows.
     void shrink() const {
-        if (::ftruncate(fd_, 0) != 0) fail("ftruncate of the unsealed hostile file: " + errno_text(errno));
+        if (::ftruncate(fd_, 0) != 0) fail("ftruncate of an unsealed hostile file: " + errno_text(errno));
     }
 
 private:
@@ -1180,8 +1181,45 @@ private:
 constexpr std::size_t hostile_bytes = 64 * 1024;
 constexpr std::size_t hostile_blocks = 4;
 constexpr std::size_t hostile_block = 1000;
-const char* const hostile_names[] = {"a memory file sealed against nothing",
-                                     "a memory file sealed against growing only"};
+constexpr std::uint32_t absent_fd = 1'000'000;
+
+// The memory files of a hostile peer, each registered and published with a
+// handle that the initiator must not map: the file itself unsealed or sealed
+// against growing only, or a sealed file behind a handle that names another
+// file's descriptor, claims more bytes than the file has, or names a
+// descriptor the peer does not have.
+struct hostile_kind {
+    const char* name;
+    unsigned flags;  // memfd_create's, besides MFD_CLOEXEC
+    int seals;
+    enum { own_fd, first_file_fd, no_fd } names;
+    std::uint64_t claimed_size;
+};
+const hostile_kind hostile_kinds[] = {
+    {"a memory file sealed against nothing", 0, 0, hostile_kind::own_fd, hostile_bytes},
+    {"a memory file sealed against growing only", MFD_ALLOW_SEALING, F_SEAL_GROW, hostile_kind::own_fd,
+     hostile_bytes},
+    {"a handle with another file's descriptor", MFD_ALLOW_SEALING, F_SEAL_SHRINK | F_SEAL_GROW,
+     hostile_kind::first_file_fd, hostile_bytes},
+    {"a handle that claims a larger file", MFD_ALLOW_SEALING, F_SEAL_SHRINK | F_SEAL_GROW, hostile_kind::own_fd,
+     2 * hostile_bytes},
+    {"a handle with a descriptor the peer does not have", MFD_ALLOW_SEALING, F_SEAL_SHRINK | F_SEAL_GROW,
+     hostile_kind::no_fd, hostile_bytes},
+};
+constexpr std::size_t hostile_count = std::size(hostile_kinds);
+
+// Why the initiator may not map hostile file k, whose handle names `proc_fd`.
+std::string hostile_reason(std::size_t k, const std::string& proc_fd) {
+    switch (k) {
+        case 0:
+        case 1: return proc_fd + " is not sealed against shrinking, so a mapping of it could fault";
+        case 2: return proc_fd + " is not the file the peer published (another inode: a restarted peer?)";
+        case 3:
+            return proc_fd + " holds " + std::to_string(hostile_bytes) + " bytes, not the " +
+                   std::to_string(2 * hostile_bytes) + " the peer published";
+        default: return "opening " + proc_fd + ": No such file or directory";
+    }
+}
 
 // Block i of a transfer to a hostile file, at this offset in the file (and in
 // the initiator's local region): what its pattern is keyed by.
@@ -1249,8 +1287,8 @@ void set_ptrace_capability(bool on, bool permanently = false) {
 }
 
 // The target of the hostile tests: a command target whose metadata attaches
-// two memory files it did not seal to two registered regions, as a hostile
-// peer could. `restricted`: it gives up CAP_SYS_PTRACE first, so that an
+// the hostile_kinds handles to registered memory files, as a hostile peer
+// could. `restricted`: it gives up CAP_SYS_PTRACE first, so that an
 // initiator without it may still open its files (see restricted_initiator).
 //   check-hostile K SEED   requires the blocks of hostile file K to hold SEED, the rest untouched; answers "checked"
 //   shrink                 cuts the unsealed file to nothing; answers "shrunk"
@@ -1259,52 +1297,61 @@ void hostile_target(side& s, bool restricted) {
     inline_backend b(s.config("target"));
     memory_set m(b, mode_bytes);
     expect_sealed(b.local_metadata(), m.regions[alloc0]);
-    const hostile_file unsealed("hostile-unsealed", false, hostile_bytes);
-    const hostile_file grow_only("hostile-grow-only", true, hostile_bytes);
-    const hostile_file* const files[] = {&unsealed, &grow_only};
-    const ferry::region r0 = b.register_memory(unsealed.data(), hostile_bytes);
-    const ferry::region r1 = b.register_memory(grow_only.data(), hostile_bytes);
+    std::vector<std::unique_ptr<hostile_file>> files;
+    std::vector<ferry::region> regions;
+    for (const hostile_kind& k : hostile_kinds) {
+        files.push_back(std::make_unique<hostile_file>("hostile", k.flags, k.seals, hostile_bytes));
+        regions.push_back(b.register_memory(files.back()->data(), hostile_bytes));
+    }
 
     const auto blob = b.local_metadata();
     auto md = ferry::detail::decode_metadata(blob);
-    const std::vector<std::byte> handles[] = {handle_bytes(unsealed.file()), handle_bytes(grow_only.file())};
-    int attached = 0;
+    std::vector<std::vector<std::byte>> handles;
+    for (std::size_t k = 0; k < hostile_count; ++k) {
+        memory_file f = files[k]->file();
+        if (hostile_kinds[k].names == hostile_kind::first_file_fd) f.fd = files[0]->file().fd;
+        if (hostile_kinds[k].names == hostile_kind::no_fd) f.fd = absent_fd;
+        handles.push_back(handle_bytes(f));
+    }
+    std::size_t attached = 0;
     for (auto& r : md.regions)
-        for (std::size_t k = 0; k < 2; ++k)
+        for (std::size_t k = 0; k < hostile_count; ++k)
             if (r.addr == addr_of(files[k]->data())) {
                 r.ipc_handle = handles[k];
                 r.ipc_offset = 0;
-                r.ipc_alloc_size = hostile_bytes;
+                r.ipc_alloc_size = hostile_kinds[k].claimed_size;
                 ++attached;
             }
-    expect(attached == 2, "the hostile regions are not in this backend's metadata");
+    expect(attached == hostile_count, "the hostile regions are not in this backend's metadata");
     s.ch.send(ferry::detail::encode_metadata(md));
     s.ch.send_u64s(m.addrs());
-    s.ch.send_u64s(std::array<std::uint64_t, 2>{addr_of(unsealed.data()), addr_of(grow_only.data())});
+    std::vector<std::uint64_t> addrs;
+    for (const auto& f : files) addrs.push_back(addr_of(f->data()));
+    s.ch.send_u64s(addrs);
 
     command_target<inline_backend>(s.ch, {}, 0, &m, &b, [&](const std::string& cmd, std::istream& in, channel& ch) {
         if (cmd == "check-hostile") {
             std::size_t k = 0;
             std::uint64_t seed = 0;
             in >> k >> seed;
-            expect(k < 2, "check-hostile: no such file");
+            expect(k < hostile_count, "check-hostile: no such file");
             const std::byte* base = files[k]->data();
             std::size_t pos = 0;
             for (std::size_t i = 0; i < hostile_blocks; ++i) {
                 if (auto e = check_untouched(base + pos, hostile_offset(i) - pos, pos); !e.empty())
-                    fail(std::string(hostile_names[k]) + ", outside the blocks: " + e);
+                    fail(std::string(hostile_kinds[k].name) + ", outside the blocks: " + e);
                 const std::size_t at = hostile_offset(i);
                 if (auto e = ferry_test::check_pattern(base + at, hostile_block, seed, at); !e.empty())
-                    fail(std::string(hostile_names[k]) + ", descriptor " + std::to_string(i) + ": " + e);
+                    fail(std::string(hostile_kinds[k].name) + ", descriptor " + std::to_string(i) + ": " + e);
                 pos = hostile_offset(i) + hostile_block;
             }
             if (auto e = check_untouched(base + pos, hostile_bytes - pos, pos); !e.empty())
-                fail(std::string(hostile_names[k]) + ", outside the blocks: " + e);
+                fail(std::string(hostile_kinds[k].name) + ", outside the blocks: " + e);
             ch.send("checked");
             return true;
         }
         if (cmd == "shrink") {
-            unsealed.shrink();
+            files[0]->shrink();
             ch.send("shrunk");
             return true;
         }
@@ -1315,8 +1362,16 @@ void hostile_target(side& s, bool restricted) {
 // What the initiator of a hostile test knows of its target.
 struct hostile_view {
     target_view t;
-    std::array<std::uint64_t, 2> base{};
-    std::array<memory_file, 2> file{};
+    std::array<std::uint64_t, hostile_count> base{};
+    std::array<memory_file, hostile_count> file{};  // as the handles name them
+
+    [[nodiscard]] std::string proc_fd(std::size_t k) const {
+        return "/proc/" + std::to_string(t.pid) + "/fd/" + std::to_string(file[k].fd);
+    }
+    // Whether any of the hostile files is mapped here (each handle carries its own file's inode).
+    [[nodiscard]] bool any_mapped() const {
+        return std::any_of(file.begin(), file.end(), [](const memory_file& f) { return maps_memory_file(f.inode); });
+    }
 };
 
 hostile_view load_hostile(inline_backend& b, channel& ch) {
@@ -1329,16 +1384,18 @@ hostile_view load_hostile(inline_backend& b, channel& ch) {
     expect(addrs.size() == region_count, "the target sent " + std::to_string(addrs.size()) + " addresses");
     std::copy(addrs.begin(), addrs.end(), h.t.base.begin());
     const auto hostile = ch.recv_u64s();
-    expect(hostile.size() == 2, "the target sent " + std::to_string(hostile.size()) + " hostile addresses");
+    expect(hostile.size() == hostile_count,
+           "the target sent " + std::to_string(hostile.size()) + " hostile addresses");
     std::copy(hostile.begin(), hostile.end(), h.base.begin());
     for (const auto& rec : md.regions) {
         for (std::size_t r : every_region)
             if (auto f = file_of(rec); f && rec.addr == h.t.base[r]) h.t.file[r] = *f;
-        for (std::size_t k = 0; k < 2; ++k)
+        for (std::size_t k = 0; k < hostile_count; ++k)
             if (auto f = file_of(rec); f && rec.addr == h.base[k]) h.file[k] = *f;
     }
-    expect(h.file[0].inode != 0 && h.file[1].inode != 0 && h.t.file[alloc0].inode != 0,
-           "the target's metadata lacks a memory file");
+    const bool complete = h.t.file[alloc0].inode != 0 &&
+                          std::all_of(h.file.begin(), h.file.end(), [](const memory_file& f) { return f.inode != 0; });
+    expect(complete, "the target's metadata lacks a memory file");
     return h;
 }
 
@@ -1359,11 +1416,11 @@ void hostile_initiator(side& s) {
         const bool vm = vm_allowed(h.t.pid, h.base[0]);
         const xfer_path fallback = vm ? xfer_path::host_ipc : xfer_path::ucx;
         std::vector<ferry::xfer> kept;
-        for (std::size_t k = 0; k < 2; ++k) {
-            const std::string what = std::string("a WRITE into ") + hostile_names[k];
+        for (std::size_t k = 0; k < hostile_count; ++k) {
+            const std::string what = std::string("a WRITE into ") + hostile_kinds[k].name;
             const auto remote = hostile_descs(h.base[k]);
             const ferry::xfer x = b.prepare(xfer_op::write, hostile_local(m), remote, h.t.p);
-            expect(!maps_memory_file(h.file[k].inode), what + ": prepare mapped the file");
+            expect(!h.any_mapped(), what + ": prepare mapped a hostile file");
             expect(b.path_of(x) == fallback, what + ": path_of says " + std::string(ferry::to_string(b.path_of(x))) +
                                                  ", expected " + std::string(ferry::to_string(fallback)));
             const auto forced = ferry_test::error_from([&] {
@@ -1371,16 +1428,17 @@ void hostile_initiator(side& s) {
                 expect(b.path_of(y) == xfer_path::host_ipc, what + ": prepare on host_ipc is on another path");
                 expect_status(b.release(y), status::ok, what + ": release");
             });
+            const std::string reason = hostile_reason(k, h.proc_fd(k));
             if (vm) {
                 expect(!forced, what + ": prepare on host_ipc threw '" + (forced ? forced->what() : "") +
                                     "' although process_vm_readv is open");
             } else {
-                expect(forced && std::string(forced->what()).find("not sealed against shrinking") != std::string::npos,
+                expect(forced && std::string(forced->what()).find(reason) != std::string::npos,
                        what + ": prepare on host_ipc " +
                            (forced ? "threw '" + std::string(forced->what()) + "'" : std::string("did not throw")) +
-                           ", expected a refusal that says the file is not sealed against shrinking");
+                           ", expected a refusal that says '" + reason + "'");
             }
-            expect(!maps_memory_file(h.file[k].inode), what + ": prepare on host_ipc mapped the file");
+            expect(!h.any_mapped(), what + ": prepare on host_ipc mapped a hostile file");
             fill_hostile_local(m, 70 + k);
             if (!vm) s.ch.send("serve");
             ferry_test::post_and_wait(b, x, {}, what);
@@ -1409,7 +1467,9 @@ void hostile_initiator(side& s) {
             expect_status(b.check(kept[0]), status::not_registered, "a WRITE into the shrunk file: check");
             expect_status(b.post(r), status::not_registered, "a READ from the shrunk file: post");
             expect_status(b.release(r), status::ok, "release");
-            expect_status(b.post(kept[1]), status::ok, "a WRITE into the other file, after the shrink");
+            for (std::size_t k = 1; k < hostile_count; ++k)
+                expect_status(b.post(kept[k]), status::ok,
+                              std::string("a WRITE into ") + hostile_kinds[k].name + ", after the shrink");
         }
         for (auto x : kept) expect_status(b.release(x), status::ok, "release");
         s.ch.send("serve");
@@ -1482,12 +1542,11 @@ void restricted_initiator(side& s) {
         cases.push_back(blocks_case(
             "a WRITE into allocated and registered memory", mixed_local, mixed_remote,
             "descriptor 1: the remote block is not in memory the peer's backend allocated, and " + refusal));
-        for (std::size_t k = 0; k < 2; ++k)
-            cases.push_back({std::string("a WRITE into ") + hostile_names[k], hostile_local(m),
+        for (std::size_t k = 0; k < hostile_count; ++k)
+            cases.push_back({std::string("a WRITE into ") + hostile_kinds[k].name, hostile_local(m),
                              hostile_descs(h.base[k]),
-                             "descriptor 0: the remote block's shared memory cannot be mapped: /proc/" + pid + "/fd/" +
-                                 std::to_string(h.file[k].fd) +
-                                 " is not sealed against shrinking, so a mapping of it could fault, and " + refusal,
+                             "descriptor 0: the remote block's shared memory cannot be mapped: " +
+                                 hostile_reason(k, h.proc_fd(k)) + ", and " + refusal,
                              [&](std::uint64_t seed) { fill_hostile_local(m, seed); },
                              [&, k](std::uint64_t seed) {
                                  command(b, s.ch, "check-hostile " + std::to_string(k) + " " + std::to_string(seed),
@@ -1501,8 +1560,7 @@ void restricted_initiator(side& s) {
             const ferry::xfer x = b.prepare(xfer_op::write, c.local, c.remote, h.t.p);
             expect(b.path_of(x) == xfer_path::ucx,
                    c.what + ": path_of says " + std::string(ferry::to_string(b.path_of(x))) + ", expected ucx");
-            for (const memory_file& f : h.file)
-                expect(!maps_memory_file(f.inode), c.what + ": a hostile file is mapped here");
+            expect(!h.any_mapped(), c.what + ": a hostile file is mapped here");
             c.fill(seed);
             s.ch.send("serve");
             ferry_test::post_and_wait(b, x, {}, c.what);
