@@ -431,6 +431,16 @@ bool vm_allowed(std::uint32_t pid, std::uint64_t addr) {
     return ::process_vm_readv(static_cast<pid_t>(pid), &here, 1, &there, 1, 0) == 1;
 }
 
+// vm mode needs the kernel to let this process use process_vm_readv on the
+// target: said plainly where it does not, rather than through a path_of
+// that says ucx.
+void expect_vm_allowed(const target_view& t) {
+    if (!vm_allowed(t.pid, t.base[user0]))
+        fail("process_vm_readv on the target (pid " + std::to_string(t.pid) + ") is refused here (" +
+             errno_text(errno) +
+             "): vm mode needs the same user and ptrace access (CAP_SYS_PTRACE, or kernel.yama.ptrace_scope=0)");
+}
+
 // The checks every host_ipc transfer passes after prepare: its path, its
 // size and ferry's model of its cost.
 template <class Backend>
@@ -638,6 +648,7 @@ void layouts_initiator(side& s, const std::vector<shape>& shapes, std::size_t re
         Backend b(s.config("initiator"));
         memory_set m(b, region_bytes);
         const target_view t = load_target(b, s.ch);
+        expect_vm_allowed(t);
         bool writing = false;
         for (const xfer_case& c : cases_of(shapes)) {
             const std::string what = c.describe();
@@ -741,6 +752,7 @@ block_set mode_remote(const mode_xfer& x) { return {mode_shape, {x.remote_region
 template <class Backend>
 std::vector<ferry::xfer> prepare_mode_xfers(Backend& b, const memory_set& m, const target_view& t,
                                             xfer_path path = xfer_path::automatic) {
+    expect_vm_allowed(t);
     std::vector<ferry::xfer> out;
     for (const mode_xfer& x : mode_xfers) {
         out.push_back(b.prepare(x.op, mode_local(x).descs(m.addrs()), mode_remote(x).descs(t.base), t.p, path));
@@ -1613,12 +1625,19 @@ void dereg_initiator(side& s) {
             expect_status(b.post(xs[j]), status::not_registered, std::string(mx.name) + ": post once deregistered");
             expect_status(b.post(xs[j], "n"), status::not_registered,
                           std::string(mx.name) + ": post with a notification once deregistered");
-            const auto gone = ferry_test::error_from(
-                [&] { return b.prepare(mx.op, mode_local(mx).descs(m.addrs()), mode_remote(mx).descs(t.base), t.p); });
-            expect(gone && gone->code_status() == status::not_registered &&
-                       std::string(gone->what()).find("is not inside any registered region") != std::string::npos,
-                   std::string(mx.name) + ": prepare over the deregistered region: " +
-                       (gone ? gone->what() : "did not throw"));
+            // Under the thread policy this error would cross threads through
+            // std::promise, whose reference counting of the exception
+            // ThreadSanitizer cannot see (libstdc++ is not instrumented); the
+            // check is the policy's, not the path's, so one policy makes it.
+            if constexpr (!threaded_v<Backend>) {
+                const auto gone = ferry_test::error_from([&] {
+                    return b.prepare(mx.op, mode_local(mx).descs(m.addrs()), mode_remote(mx).descs(t.base), t.p);
+                });
+                expect(gone && gone->code_status() == status::not_registered &&
+                           std::string(gone->what()).find("is not inside any registered region") != std::string::npos,
+                       std::string(mx.name) + ": prepare over the deregistered region: " +
+                           (gone ? gone->what() : "did not throw"));
+            }
         }
         if constexpr (!threaded_v<Backend>) {
             if (s.tls == "shm") {
