@@ -1911,7 +1911,7 @@ TEST_CASE("host_ipc lists of 1 to 10000 blocks of 1 B to 4 MiB, across the 1024 
     run_layouts(v, shapes, (4 << 20) + 8192);
 }
 
-TEST_CASE("a host_ipc transfer completes while the target idles; its notification comes once, after the data") {
+TEST_CASE("a host_ipc transfer completes while the target idles, and its notification comes once, after the data") {
     const variant v = GENERATE(from_range(std::begin(every_variant), std::end(every_variant)));
     CAPTURE(describe(v));
     with_policy(v, [&]<class Backend>(const std::string& tls) {
@@ -1944,7 +1944,7 @@ TEST_CASE("where the kernel refuses process_vm, allocated memory is still mapped
     ferry_test::run_two_process("tcp", restricted_initiator, [](side& s) { hostile_target(s, true); });
 }
 
-TEST_CASE("deregister_memory refuses a region while a host_ipc notification is out; later posts are not_registered") {
+TEST_CASE("deregister_memory refuses a region while a host_ipc notification is out, and later posts are not_registered") {
     const variant v = GENERATE(variant{"shm", false}, variant{"tcp", true});
     CAPTURE(describe(v));
     against_command_target<dereg_role>(v);
