@@ -1944,7 +1944,7 @@ TEST_CASE("where the kernel refuses process_vm, allocated memory is still mapped
     ferry_test::run_two_process("tcp", restricted_initiator, [](side& s) { hostile_target(s, true); });
 }
 
-TEST_CASE("deregister_memory refuses a region while a host_ipc notification is out, and later posts are not_registered") {
+TEST_CASE("deregister_memory refuses a region while a host_ipc notification is out, then posts get not_registered") {
     const variant v = GENERATE(variant{"shm", false}, variant{"tcp", true});
     CAPTURE(describe(v));
     against_command_target<dereg_role>(v);
