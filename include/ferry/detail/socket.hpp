@@ -118,10 +118,13 @@ using steady_deadline = std::chrono::steady_clock::time_point;
 }
 
 /// Sends all of `len` bytes before the deadline; never raises SIGPIPE.
-inline void send_all(int fd, const void* data, std::size_t len, steady_deadline deadline, const std::string& who) {
+/// `more`: more follows at once (MSG_MORE), so that a header and its payload
+/// leave together.
+inline void send_all(int fd, const void* data, std::size_t len, steady_deadline deadline, const std::string& who,
+                     bool more = false) {
     const auto* p = static_cast<const char*>(data);
     while (len > 0) {
-        const ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
+        const ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
         if (n > 0) {
             p += n;
             len -= static_cast<std::size_t>(n);

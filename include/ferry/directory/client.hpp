@@ -42,7 +42,7 @@ inline wire_response wire_exchange(const std::string& host, std::uint16_t port, 
         std::size_t got = 0;
         try {
             const auto request = encode_wire_header(static_cast<std::uint16_t>(code), payload.size());
-            send_all(fd.get(), request.data(), request.size(), deadline, who);
+            send_all(fd.get(), request.data(), request.size(), deadline, who, !payload.empty());
             if (!payload.empty()) send_all(fd.get(), payload.data(), payload.size(), deadline, who);
         } catch (const error& e) {
             if (e.code_status() != status::peer_failed) throw;

@@ -337,7 +337,9 @@ private:
                 const std::byte* p = c.sent < c.reply_head.size() ? c.reply_head.data() + c.sent
                                                                    : c.reply_body->data() + (c.sent - c.reply_head.size());
                 const std::size_t n = c.sent < c.reply_head.size() ? c.reply_head.size() - c.sent : total - c.sent;
-                const ssize_t w = ::send(c.fd.get(), p, n, MSG_NOSIGNAL);
+                // MSG_MORE on the header: header and blob leave in one segment.
+                const bool more = c.sent < c.reply_head.size() && total > c.reply_head.size();
+                const ssize_t w = ::send(c.fd.get(), p, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
                 if (w > 0) {
                     c.sent += static_cast<std::size_t>(w);
                     continue;
