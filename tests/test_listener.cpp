@@ -340,6 +340,11 @@ TEST_CASE("listener: a pushed blob that fails validation is refused with its rea
     CHECK(events[0].name == "friend");
     CHECK(events[0].blob == good);
     CHECK(l.pushed("friend") == good);
+
+    // So is a large one, whose buffer grows as its bytes arrive.
+    const auto large = fake_blob("large-friend", 128, 64 * 1024);
+    ferry::push_metadata("127.0.0.1", l.port(), large, 2s);
+    CHECK(l.pushed("large-friend") == large);
 }
 
 TEST_CASE("listener: garbage is answered bad request and the connection closed") {

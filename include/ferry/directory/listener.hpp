@@ -189,6 +189,7 @@ private:
         std::size_t got = 0;
         detail::wire_header request;
         std::vector<std::byte> body;
+        std::size_t body_total = 0;
         std::array<std::byte, detail::wire_header_size> reply_head{};
         std::shared_ptr<const std::vector<std::byte>> reply_body;
         std::size_t sent = 0;
@@ -292,7 +293,10 @@ private:
                 count(&listener_stats::bad_requests);
                 return set_reply(c, detail::wire_reply::bad_request, "an empty push");
             }
-            c.body.resize(static_cast<std::size_t>(h->length));
+            // The buffer grows as bytes arrive, not to the announced length:
+            // max_clients senders that announce max_blob and then stall
+            // hold only what they actually sent.
+            c.body_total = static_cast<std::size_t>(h->length);
             c.got = 0;
             c.at = phase::body;
             return;
@@ -349,9 +353,12 @@ private:
                 c.done = true;  // the client went away
                 return;
             }
+            if (c.at == phase::body && c.got == c.body.size())
+                c.body.resize(std::min(c.body_total, std::max(c.got * 2, std::size_t{64} * 1024)));
             std::byte* dst = c.at == phase::header ? c.head.data() : c.body.data();
-            const std::size_t want = c.at == phase::header ? c.head.size() : c.body.size();
-            const ssize_t r = ::recv(c.fd.get(), dst + c.got, want - c.got, 0);
+            const std::size_t room = c.at == phase::header ? c.head.size() : c.body.size();
+            const std::size_t want = c.at == phase::header ? c.head.size() : c.body_total;
+            const ssize_t r = ::recv(c.fd.get(), dst + c.got, room - c.got, 0);
             if (r > 0) {
                 c.got += static_cast<std::size_t>(r);
                 if (c.got < want) continue;
