@@ -8,12 +8,14 @@
 #include <ferry/version.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
