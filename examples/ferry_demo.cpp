@@ -2,6 +2,8 @@
 // publishes its metadata; the initiator WRITEs a list of blocks into it with
 // a notification, the target checks the bytes when the notification arrives,
 // then the initiator READs the blocks back and checks them too.
+// With --listen and --connect, the two are started separately (on two hosts,
+// say) and find each other through a metadata_listener.
 #include <ferry/ferry.hpp>
 
 #include <poll.h>
@@ -16,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -33,15 +36,21 @@ struct options {
     std::size_t blocks = 256;
     std::size_t block_size = 64 * 1024;
     ferry::xfer_path path = ferry::xfer_path::automatic;
+    int listen_port = -1;  // >= 0: be the target alone, serving our blob on this port
+    std::string connect_host;  // non-empty: be the initiator alone, finding the target there
+    std::uint16_t connect_port = 0;
 };
 
 void usage(const char* argv0) {
     std::printf(
         "usage: %s [--tls LIST] [--progress inline|thread] [--path auto|ucx|host_ipc] [--blocks N]\n"
-        "          [--block-size BYTES]\n"
+        "          [--block-size BYTES] [--listen PORT | --connect HOST:PORT]\n"
         "\n"
         "Forks a target and an initiator, WRITEs N scattered blocks into the\n"
         "target with a notification, READs them back, and checks every byte.\n"
+        "With --listen, this process is the target alone, and waits for an\n"
+        "initiator started elsewhere with --connect (give both the same --blocks\n"
+        "and --block-size).\n"
         "\n"
         "  --tls LIST          UCX transports, as UCX_TLS takes them (e.g. shm, tcp);\n"
         "                      default: UCX's own choice\n"
@@ -52,6 +61,12 @@ void usage(const char* argv0) {
         "                      ucx: UCX RMA; host_ipc: fail if it cannot be had\n"
         "  --blocks N          number of blocks (default 256)\n"
         "  --block-size BYTES  size of each block (default 65536)\n"
+        "  --listen PORT       be the target: serve our metadata on PORT of every\n"
+        "                      interface (0: a free port, printed), take the\n"
+        "                      initiator's when it pushes it. The metadata gives\n"
+        "                      access to the target's memory: trusted networks only\n"
+        "  --connect HOST:PORT be the initiator: fetch the target's metadata from its\n"
+        "                      listener and push ours there\n"
         "  --help              this text\n",
         argv0);
 }
@@ -93,10 +108,26 @@ options parse(int argc, char** argv) {
             o.blocks = parse_size("--blocks", value());
         } else if (a == "--block-size") {
             o.block_size = parse_size("--block-size", value());
+        } else if (a == "--listen") {
+            const std::string_view v = value();
+            const std::size_t port = v == "0" ? 0 : parse_size("--listen", v.data());
+            if (port > 65535) throw std::invalid_argument("--listen: a port is at most 65535");
+            o.listen_port = static_cast<int>(port);
+        } else if (a == "--connect") {
+            const std::string v = value();
+            const auto colon = v.rfind(':');
+            if (colon == std::string::npos || colon == 0)
+                throw std::invalid_argument("--connect: expected HOST:PORT, got '" + v + "'");
+            const std::size_t port = parse_size("--connect", v.c_str() + colon + 1);
+            if (port > 65535) throw std::invalid_argument("--connect: a port is at most 65535");
+            o.connect_host = v.substr(0, colon);
+            o.connect_port = static_cast<std::uint16_t>(port);
         } else {
             throw std::invalid_argument("unknown option '" + std::string(a) + "' (try --help)");
         }
     }
+    if (o.listen_port >= 0 && !o.connect_host.empty())
+        throw std::invalid_argument("--listen and --connect: one process is one side");
     if (o.blocks > (std::size_t{1} << 20)) throw std::invalid_argument("--blocks: at most 1048576");
     if (o.block_size > (std::size_t{1} << 30) / o.blocks)
         throw std::invalid_argument("--blocks × --block-size: at most 1 GiB in all");
@@ -143,8 +174,28 @@ int run_target(int fd, const options& o) {
     Backend backend(make_config("target", o));
     auto region = backend.allocate(2 * o.blocks * o.block_size);
     std::span<const std::byte> memory(static_cast<const std::byte*>(region.data()), region.size());
-    send_blob(fd, backend.local_metadata());
-    backend.load_remote(recv_blob(fd));
+    std::optional<ferry::metadata_listener> listener;
+    ferry::peer initiator;
+    if (fd >= 0) {
+        send_blob(fd, backend.local_metadata());
+        initiator = backend.load_remote(recv_blob(fd));
+    } else {
+        ferry::listener_config lc;
+        lc.bind_address = "0.0.0.0";
+        lc.port = static_cast<std::uint16_t>(o.listen_port);
+        listener.emplace(lc);
+        listener->publish(backend.local_metadata());
+        std::printf("target: listening on port %u; start the initiator with --connect HOST:%u\n", listener->port(),
+                    listener->port());
+        std::fflush(stdout);
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+        while (!initiator.valid()) {
+            if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("no initiator came in 10 minutes");
+            for (auto& e : listener->poll_events(std::chrono::seconds(1)))
+                if (e.name == "initiator") initiator = backend.load_remote(e.blob);
+        }
+        std::printf("target: the initiator pushed its metadata\n");
+    }
 
     // The notifications need this side to progress, and so does the data
     // wherever UCX carries it (another host, or --path ucx, where UCX
@@ -168,14 +219,30 @@ int run_target(int fd, const options& o) {
     }
     // Tell the initiator it may go: its worker must outlive our connection
     // to it, which it does not otherwise wait for (host_ipc needs nothing of us).
-    const char bye = 'k';
-    if (write(fd, &bye, 1) != 1) throw std::runtime_error("telling the initiator it may go: write failed");
+    if (fd >= 0) {
+        const char bye = 'k';
+        if (write(fd, &bye, 1) != 1) throw std::runtime_error("telling the initiator it may go: write failed");
+    } else if (auto s = backend.send_notif(initiator, "bye"); ferry::is_error(s)) {
+        throw std::runtime_error("telling the initiator it may go: " + std::string(ferry::to_string(s)));
+    }
     return failures == 0 ? 0 : 1;
 }
 
 // Progresses until the target says it is done with us.
 template <class Backend>
 void await_target(int fd, Backend& backend) {
+    if (fd < 0) {  // no socket between us: the target says so in a notification
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        bool bye = false;
+        while (!bye) {
+            if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("the target never said bye");
+            backend.wait_notifs(std::chrono::milliseconds(100));
+            backend.poll_notifs([&](std::string_view from, std::string_view msg) {
+                bye = bye || (from == "target" && msg == "bye");
+            });
+        }
+        return;
+    }
     pollfd p{fd, POLLIN, 0};
     while (::poll(&p, 1, 1) == 0) backend.progress();
     char bye = 0;
@@ -192,8 +259,14 @@ int run_initiator(int fd, const options& o) {
     auto src = backend.register_memory(source.data(), source.size());
     auto dst = backend.register_memory(readback.data(), readback.size());
 
-    auto target_blob = recv_blob(fd);
-    send_blob(fd, backend.local_metadata());
+    std::vector<std::byte> target_blob;
+    if (fd >= 0) {
+        target_blob = recv_blob(fd);
+        send_blob(fd, backend.local_metadata());
+    } else {
+        target_blob = ferry::fetch_metadata(o.connect_host, o.connect_port, std::chrono::seconds(10));
+        ferry::push_metadata(o.connect_host, o.connect_port, backend.local_metadata(), std::chrono::seconds(10));
+    }
     ferry::peer target = backend.load_remote(target_blob);
     // The target published one region; its blocks lie there.
     std::uintptr_t remote = backend.remote_regions(target).at(0).addr;
@@ -243,6 +316,18 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         std::fprintf(stderr, "ferry-demo: %s\n", e.what());
         return 2;
+    }
+    if (o.listen_port >= 0 || !o.connect_host.empty()) {
+        const bool target = o.listen_port >= 0;
+        try {
+            int rc = target ? (o.thread ? run_target<threaded_backend>(-1, o) : run_target<inline_backend>(-1, o))
+                            : (o.thread ? run_initiator<threaded_backend>(-1, o) : run_initiator<inline_backend>(-1, o));
+            if (rc == 0) std::printf("ferry-demo: OK (%s)\n", target ? "target" : "initiator");
+            return rc;
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "ferry-demo (%s): %s\n", target ? "target" : "initiator", e.what());
+            return 1;
+        }
     }
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) {

@@ -13,3 +13,10 @@
 
 // The UCX backend, part by part.
 #include <ferry/ucx_backend.hpp>
+
+// Finding peers: the directory concept, and a listener that serves our blob
+// over TCP and takes the blobs peers push.
+#include <ferry/directory/client.hpp>
+#include <ferry/directory/concepts.hpp>
+#include <ferry/directory/listener.hpp>
+#include <ferry/directory/tcp_directory.hpp>
