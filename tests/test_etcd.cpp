@@ -616,3 +616,76 @@ TEST_CASE("16 agents find each other through etcd and WRITE all-to-all") {
     std::fflush(stdout);
     for (auto& p : procs) CHECK(p->finish() == 0);
 }
+
+TEST_CASE("etcd_directory over TLS with a client certificate") {
+    if (!have_etcd()) return;
+    if (std::system("command -v openssl > /dev/null") != 0) {
+        ferry_test::skip("no openssl here to make certificates (Debian: apt-get install openssl)");
+        return;
+    }
+    char dir[] = "/tmp/ferry-etcd-certs-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string certs = dir;
+    struct cleanup {
+        std::string path;
+        ~cleanup() {
+            std::error_code ec;
+            std::filesystem::remove_all(path, ec);
+        }
+    } remove_certs{certs};
+    // A CA, a server certificate for 127.0.0.1 and a client certificate it
+    // signs. The server's serves as a client certificate too: etcd 3.4's
+    // gateway reaches etcd's own gRPC server with it.
+    const std::string script =
+        "set -e; cd '" + certs + "'; k='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';"
+        "openssl req -x509 $k -keyout ca-key.pem -out ca.pem -days 1 -subj /CN=ferry-test-ca;"
+        "openssl req $k -keyout server-key.pem -out server.csr -subj /CN=127.0.0.1;"
+        "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext;"
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 -extfile server.ext "
+        "-out server.pem;"
+        "openssl req $k -keyout client-key.pem -out client.csr -subj /CN=ferry-client;"
+        "printf 'extendedKeyUsage=clientAuth\\n' > client.ext;"
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 -extfile client.ext "
+        "-out client.pem";
+    REQUIRE(std::system(("(" + script + ") > '" + certs + "/openssl.log' 2>&1").c_str()) == 0);
+
+    etcd_server etcd(true, certs);
+    ferry::etcd_directory a(etcd.options("tls"));
+    ferry::etcd_directory b(etcd.options("tls"));
+    a.publish("a", bytes("over TLS"));
+    CHECK(b.fetch("a") == bytes("over TLS"));
+    const auto ev = b.poll_events(2s);
+    REQUIRE(ev.size() == 1);
+    CHECK(ev[0].blob == bytes("over TLS"));
+
+    // Without our client certificate etcd refuses the connection.
+    auto no_cert = etcd.options("tls");
+    no_cert.cert_file.clear();
+    no_cert.key_file.clear();
+    ferry::etcd_directory refused(no_cert);
+    CHECK(ferry_test::error_from([&] { (void)refused.fetch("a"); }).has_value());
+    CHECK(refused.health().has_value());
+}
+
+TEST_CASE("the JSON reader is strict and base64 round-trips") {
+    using ferry::detail::parse_json;
+    const auto v = parse_json(R"({"header":{"revision":"7"},"kvs":[{"key":"L2E=","n":-1.5e3}],"ok":true,"x":null})");
+    REQUIRE(v.find("header") != nullptr);
+    CHECK(v.find("header")->find("revision")->text == "7");
+    CHECK(v.find("kvs")->items.size() == 1);
+    CHECK(v.find("kvs")->items[0].find("n")->text == "-1.5e3");
+    CHECK(parse_json(R"("\u00e9\ud83d\ude00\n")").text == "\xc3\xa9\xf0\x9f\x98\x80\n");
+    for (const char* bad : {"", "{", "{\"a\":}", "[1,]", "{\"a\" 1}", "\"\\x\"", "01x", "tru", "{} {}", "\"\\ud800\""})
+        CHECK(ferry_test::error_from([&] { (void)parse_json(bad); }).has_value());
+    std::string deep(100, '[');
+    CHECK(ferry_test::error_from([&] { (void)parse_json(deep); }).has_value());
+    CHECK(ferry::detail::json_quote("a\"b\\c\n") == "\"a\\\"b\\\\c\\u000a\"");
+
+    for (std::size_t n = 0; n < 70; ++n) {
+        std::string s;
+        for (std::size_t i = 0; i < n; ++i) s += static_cast<char>(i * 37 + n);
+        CHECK(ferry::detail::base64_decode(ferry::detail::base64_encode(s)) == s);
+    }
+    CHECK(ferry::detail::base64_encode("ferry") == "ZmVycnk=");
+    for (const char* bad : {"Zm9", "Zm=v", "Zm9v!A==", "=AAA"}) CHECK_FALSE(ferry::detail::base64_decode(bad).has_value());
+}
