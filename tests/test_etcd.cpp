@@ -515,7 +515,7 @@ TEST_CASE("etcd_directory: publish, fetch, remove and the changes poll_events re
                         Catch::Matchers::Contains("holds '/'"));
 }
 
-TEST_CASE("an agent killed with SIGKILL leaves within the TTL and is unloaded; restarted, it is reloaded") {
+TEST_CASE("an agent killed with SIGKILL leaves within the TTL and is unloaded, and is reloaded once restarted") {
     if (!have_etcd()) return;
     etcd_server etcd;
     auto agent = spawn_agent(etcd, "kill", "agent1");

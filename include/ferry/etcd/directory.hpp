@@ -34,6 +34,16 @@ FERRY_NAMESPACE_BEGIN
 class etcd_directory {
     using json_value = detail::json_value;
 
+    // Runs f; an error it throws names the call, as the concept asks.
+    template <class F>
+    static auto named(const char* call, F&& f) {
+        try {
+            return f();
+        } catch (const error& e) {
+            throw error(e.code_status(), std::string("etcd_directory::") + call + ": " + e.what());
+        }
+    }
+
 public:
     explicit etcd_directory(etcd_options opts)
         : opts_(check(std::move(opts))),
@@ -68,22 +78,24 @@ public:
     void publish(std::string_view name, std::span<const std::byte> blob) {
         check_name(name, "publish");
         std::lock_guard lock(mutex_);
-        if (!published_.empty() && published_ != name) {
-            revoke_locked(calls_);
-        }
+        named("publish", [&] {
+            if (!published_.empty() && published_ != name) revoke_locked(calls_);
+        });
         published_ = std::string(name);
         blob_.assign(reinterpret_cast<const char*>(blob.data()), blob.size());
-        put_locked(calls_);
+        named("publish", [&] { put_locked(calls_); });
     }
 
     /// The blob published under `name`, or nullopt.
     [[nodiscard]] std::optional<std::vector<std::byte>> fetch(std::string_view name) {
         check_name(name, "fetch");
-        const json_value reply = note(calls_, "/v3/kv/range", "{\"key\":" + key64(name) + "}");
-        const json_value* kvs = reply.find("kvs");
-        if (!kvs || kvs->type != json_value::kind::array || kvs->items.empty()) return std::nullopt;
-        const json_value* value = kvs->items.front().find("value");
-        return bytes_of(value ? decode(*value, "value") : std::string());
+        return named("fetch", [&]() -> std::optional<std::vector<std::byte>> {
+            const json_value reply = note(calls_, "/v3/kv/range", "{\"key\":" + key64(name) + "}");
+            const json_value* kvs = reply.find("kvs");
+            if (!kvs || kvs->type != json_value::kind::array || kvs->items.empty()) return std::nullopt;
+            const json_value* value = kvs->items.front().find("value");
+            return bytes_of(value ? decode(*value, "value") : std::string());
+        });
     }
 
     /// Takes the entry under `name` away; for our own name, revokes our lease
@@ -91,12 +103,14 @@ public:
     void remove(std::string_view name) {
         check_name(name, "remove");
         std::lock_guard lock(mutex_);
-        if (name == published_) {
-            published_.clear();
-            blob_.clear();
-            revoke_locked(calls_);
-        }
-        note(calls_, "/v3/kv/deleterange", "{\"key\":" + key64(name) + "}");
+        named("remove", [&] {
+            if (name == published_) {
+                published_.clear();
+                blob_.clear();
+                revoke_locked(calls_);
+            }
+            note(calls_, "/v3/kv/deleterange", "{\"key\":" + key64(name) + "}");
+        });
     }
 
     /// Changes in the namespace since the last call (the first call reports
