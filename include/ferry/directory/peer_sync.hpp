@@ -25,8 +25,10 @@ struct sync_result {
     std::vector<std::string> loaded;    // new peers, and restarted ones reloaded
     std::vector<std::string> unloaded;  // peers whose entry went away
     /// Entries that could not be loaded (a malformed blob, a peer that died
-    /// before we connected): name and the error's message. Tried again when
-    /// the peer publishes again.
+    /// before we connected, a connection that failed): name and the error's
+    /// message, reported once per blob. Each later sync_once tries them
+    /// again until they load, the peer publishes another blob or its entry
+    /// goes away.
     std::vector<std::pair<std::string, std::string>> failed;
 
     [[nodiscard]] bool empty() const noexcept { return loaded.empty() && unloaded.empty() && failed.empty(); }
@@ -44,8 +46,19 @@ public:
     /// published a new blob, unloads each whose entry went away.
     sync_result sync_once(std::chrono::milliseconds timeout) {
         sync_result out;
+        for (auto it = retry_.begin(); it != retry_.end();) {
+            try {
+                backend_.load_remote(std::span<const std::byte>(it->second));
+                out.loaded.push_back(it->first);
+                blobs_[it->first] = std::move(it->second);
+                it = retry_.erase(it);
+            } catch (const error&) {
+                ++it;
+            }
+        }
         for (directory_event& ev : dir_.poll_events(timeout)) {
             if (ev.name == self_) continue;
+            retry_.erase(ev.name);
             if (ev.what == directory_event::kind::remove) {
                 blobs_.erase(ev.name);
                 if (auto p = backend_.find_peer(ev.name)) {
@@ -63,7 +76,8 @@ public:
                 out.loaded.push_back(std::move(ev.name));
             } catch (const error& e) {
                 blobs_.erase(ev.name);
-                out.failed.emplace_back(std::move(ev.name), e.what());
+                out.failed.emplace_back(ev.name, e.what());
+                retry_[std::move(ev.name)] = std::move(ev.blob);
             }
         }
         return out;
@@ -80,7 +94,8 @@ private:
     Directory& dir_;
     Backend& backend_;
     std::string self_;
-    std::map<std::string, std::vector<std::byte>, std::less<>> blobs_;
+    std::map<std::string, std::vector<std::byte>, std::less<>> blobs_;  // loaded
+    std::map<std::string, std::vector<std::byte>, std::less<>> retry_;  // failed to load
 };
 
 FERRY_NAMESPACE_END
