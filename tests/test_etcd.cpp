@@ -667,6 +667,38 @@ TEST_CASE("etcd_directory over TLS with a client certificate") {
     CHECK(refused.health().has_value());
 }
 
+TEST_CASE("etcd_directory with etcd's authentication") {
+    if (!have_etcd()) return;
+    etcd_server etcd;
+    {
+        // As etcdctl enables authentication: a root user with the root role.
+        ferry::detail::etcd_http admin(etcd.options("auth"));
+        (void)admin.call("/v3/auth/user/add", R"({"name":"root","password":"secret"})");
+        (void)admin.call("/v3/auth/role/add", R"({"name":"root"})");
+        (void)admin.call("/v3/auth/user/grant", R"({"user":"root","role":"root"})");
+        (void)admin.call("/v3/auth/enable", "{}");
+    }
+    auto opts = etcd.options("auth");
+    opts.user = "root";
+    opts.password = "secret";
+    ferry::etcd_directory a(opts);
+    ferry::etcd_directory b(opts);
+    a.publish("a", bytes("authenticated"));
+    CHECK(b.fetch("a") == bytes("authenticated"));
+    const auto ev = b.poll_events(2s);
+    REQUIRE(ev.size() == 1);
+    CHECK(ev[0].blob == bytes("authenticated"));
+
+    ferry::etcd_directory anonymous(etcd.options("auth"));
+    REQUIRE_FERRY_ERROR((void)anonymous.fetch("a"), ferry::status::invalid_argument,
+                        Catch::Matchers::Contains("etcd_directory::fetch"));
+    auto wrong = opts;
+    wrong.password = "wrong";
+    ferry::etcd_directory refused(wrong);
+    REQUIRE_FERRY_ERROR((void)refused.fetch("a"), ferry::status::invalid_argument,
+                        Catch::Matchers::Contains("authenticate"));
+}
+
 TEST_CASE("the JSON reader is strict and base64 round-trips") {
     using ferry::detail::parse_json;
     const auto v = parse_json(R"({"header":{"revision":"7"},"kvs":[{"key":"L2E=","n":-1.5e3}],"ok":true,"x":null})");

@@ -40,7 +40,12 @@ class etcd_directory {
         try {
             return f();
         } catch (const error& e) {
-            throw error(e.code_status(), std::string("etcd_directory::") + call + ": " + e.what());
+            // what() ends in ": <status>", which the new error adds again.
+            std::string what = e.what();
+            const std::string tail = ": " + std::string(to_string(e.code_status()));
+            if (what.size() >= tail.size() && what.compare(what.size() - tail.size(), tail.size(), tail) == 0)
+                what.resize(what.size() - tail.size());
+            throw error(e.code_status(), std::string("etcd_directory::") + call + ": " + what);
         }
     }
 
