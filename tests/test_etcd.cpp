@@ -332,7 +332,15 @@ public:
         root_ = dir;
         client_port_ = free_port();
         peer_port_ = free_port();
-        start();
+        try {
+            start();
+        } catch (...) {
+            // No destructor runs for a constructor that throws.
+            proc_.reset();
+            std::error_code ec;
+            std::filesystem::remove_all(root_, ec);
+            throw;
+        }
     }
     ~etcd_server() {
         proc_.reset();
