@@ -86,11 +86,13 @@ ferry::listener_config test_config() {
 }
 
 /// The fetch that a well-behaved client makes while others misbehave: it
-/// must have its answer within a second.
-void fetch_within_a_second(const ferry::metadata_listener& l, const std::vector<std::byte>& want) {
+/// must have its answer, and soon: the bound is generous, for a loaded CI
+/// machine, yet shorter than a listener that served its clients one at a
+/// time would take behind the 32 connections held open (200 ms each).
+void fetch_while_others_misbehave(const ferry::metadata_listener& l, const std::vector<std::byte>& want) {
     std::vector<std::byte> got;
     try {
-        got = ferry::fetch_metadata("127.0.0.1", l.port(), 1000ms);
+        got = ferry::fetch_metadata("127.0.0.1", l.port(), 5000ms);
     } catch (const ferry::error& e) {
         FAIL("a well-behaved fetch failed: " << e.what());
     }
@@ -232,7 +234,7 @@ private:
 void fetch_while(ferry::metadata_listener& l, const std::vector<std::byte>& served,
                  const std::function<void(const hostile_process::control&)>& body) {
     hostile_process h(body);
-    fetch_within_a_second(l, served);
+    fetch_while_others_misbehave(l, served);
     REQUIRE(h.finish());
 }
 
@@ -303,14 +305,14 @@ TEST_CASE("listener: publish replaces the served blob, a bad one is refused, not
     const auto first = fake_blob("agent-a", 1);
     const auto second = fake_blob("agent-a", 3);
     l.publish(first);
-    fetch_within_a_second(l, first);
+    fetch_while_others_misbehave(l, first);
     l.publish(second);
-    fetch_within_a_second(l, second);
+    fetch_while_others_misbehave(l, second);
 
     auto bad = second;
     bad.back() ^= std::byte{1};
     REQUIRE_FERRY_ERROR(l.publish(bad), status::invalid_argument, Catch::Contains("checksum"));
-    fetch_within_a_second(l, second);
+    fetch_while_others_misbehave(l, second);
 
     l.unpublish();
     REQUIRE_FERRY_ERROR(ferry::fetch_metadata("127.0.0.1", l.port(), 1s), status::no_such_peer,
@@ -460,7 +462,7 @@ TEST_CASE("listener: clients that connect and close at once, or never read a lar
         }
         c.ready();
     });
-    fetch_within_a_second(l, served);
+    fetch_while_others_misbehave(l, served);
 }
 
 TEST_CASE("listener: tcp_directory is a metadata_directory over listeners") {
