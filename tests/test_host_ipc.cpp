@@ -19,6 +19,7 @@
 
 #include "support/blocks.hpp"
 #include "support/ferry_catch.hpp"
+#include "support/grandchild.hpp"
 #include "support/pattern.hpp"
 #include "support/two_process.hpp"
 
@@ -56,6 +57,7 @@
 
 using namespace std::chrono_literals;
 using ferry::status;
+using ferry_test::grandchild;
 using ferry::xfer_op;
 using ferry::xfer_path;
 using ferry_test::channel;
@@ -972,62 +974,6 @@ void forged_initiator(side& s) {
 
 // ---- a target killed while the initiator posts ---------------------------------------------
 
-// A process forked by a supervising role, which holds no UCX object (UCX
-// state does not survive fork). It writes its output where its parent does
-// and dies with its parent.
-class grandchild {
-public:
-    grandchild(std::string role, const std::function<void(channel&)>& fn) : role_(std::move(role)) {
-        int sv[2];
-        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail("socketpair: " + errno_text(errno));
-        std::fflush(nullptr);
-        const pid_t parent = ::getpid();
-        pid_ = ::fork();
-        if (pid_ < 0) fail("fork: " + errno_text(errno));
-        if (pid_ == 0) {
-            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (::getppid() != parent) ::_exit(1);
-            ::close(sv[0]);
-            ferry_test::detail::role_name() = role_;
-            ::alarm(60);
-            ferry_test::detail::end_child_after([&] {
-                channel ch(sv[1]);
-                fn(ch);
-            });
-        }
-        ::close(sv[1]);
-        fd_ = sv[0];
-        ch_.emplace(fd_);
-    }
-    grandchild(const grandchild&) = delete;
-    grandchild& operator=(const grandchild&) = delete;
-    ~grandchild() {
-        if (running_) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-        ::close(fd_);
-    }
-
-    [[nodiscard]] channel& ch() { return *ch_; }
-
-    // SIGKILL, then reaped; fails if it had ended before.
-    void kill_now() {
-        ::kill(pid_, SIGKILL);
-        int ws = 0;
-        ::waitpid(pid_, &ws, 0);
-        running_ = false;
-        if (!WIFSIGNALED(ws) || WTERMSIG(ws) != SIGKILL)
-            fail(role_ + " had already ended when it was to be killed (wait status " + std::to_string(ws) + ")");
-    }
-
-private:
-    std::string role_;
-    pid_t pid_ = -1;
-    int fd_ = -1;
-    bool running_ = true;
-    std::optional<channel> ch_;
-};
 
 constexpr std::uint64_t death_write_seed = 4242;
 
