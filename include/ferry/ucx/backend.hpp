@@ -143,8 +143,11 @@ public:
     }
 
     /// Validates a peer's blob completely, connects to it and unpacks its
-    /// rkeys. Loading a name that is already loaded replaces that peer (a
-    /// restarted agent); handles to the old one become stale.
+    /// rkeys. Loading a name that is already loaded updates that peer when
+    /// the blob is a later one of the same process (same worker, host and
+    /// pid: more memory registered, say), keeping its handle and its prepared
+    /// transfers; a restarted agent's blob replaces it, and handles to the
+    /// old one become stale.
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
         return on_worker("load_remote",

@@ -74,6 +74,19 @@ public:
     /// load_remote's work: connects to the peer `md` describes and files it
     /// under its name, retiring a peer loaded under that name before.
     peer load(ucp_worker_h worker, const metadata_view& md, error_mode mode, const thread_owner& owner) {
+        {
+            // A later blob of a peer loaded already (it registered more
+            // memory, say): the same peer, handle and endpoint, its regions
+            // brought up to date; transfers prepared for it go on.
+            std::lock_guard lock(mutex_);
+            if (auto it = by_name_.find(md.name); it != by_name_.end()) {
+                auto* e = peers_.get(it->second);
+                if (e && !e->p->failed() && e->p->same_incarnation(md)) {
+                    e->p->refresh(md);
+                    return peer{it->second};
+                }
+            }
+        }
         std::shared_ptr<remote_peer> p;
         try {
             p = std::make_shared<remote_peer>(worker, md, mode, &failures_);

@@ -50,6 +50,10 @@ struct remote_region {
     std::shared_ptr<void> gpu_registration;
     std::uintptr_t gpu_base = 0;
     std::string gpu_error;
+    // The peer no longer publishes it (a later blob of the same incarnation
+    // left it out): prepare no longer finds it, while transfers prepared
+    // before keep their key.
+    bool withdrawn = false;
 
     [[nodiscard]] bool contains(std::uint64_t a, std::size_t n, std::uint32_t device) const noexcept {
         return device == dev && a >= addr && n <= len && a - addr <= len - n;
@@ -68,21 +72,13 @@ public:
           mode_(mode),
           process_(md.host_id, md.pid, md.pid_namespace),
           failures_(failures),
-          ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this) {
+          ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this),
+          worker_address_(md.worker_address.begin(), md.worker_address.end()),
+          pid_(md.pid),
+          pid_namespace_(md.pid_namespace) {
         regions_.reserve(md.regions.size());
-        for (const auto& r : md.regions) {
-            remote_region rr;
-            rr.addr = r.addr;
-            rr.len = r.len;
-            rr.dev = r.dev;
-            rr.packed_key.assign(r.rkey.begin(), r.rkey.end());
-            rr.kind = r.kind;
-            rr.ipc_handle.assign(r.ipc_handle.begin(), r.ipc_handle.end());
-            rr.ipc_offset = r.ipc_offset;
-            rr.ipc_alloc_size = r.ipc_alloc_size;
-            regions_.push_back(std::move(rr));
-        }
-        std::sort(regions_.begin(), regions_.end(), [](const auto& a, const auto& b) { return a.addr < b.addr; });
+        for (const auto& r : md.regions) regions_.push_back(region_of(r));
+        sort_regions();
     }
     remote_peer(const remote_peer&) = delete;
     remote_peer& operator=(const remote_peer&) = delete;
@@ -103,7 +99,7 @@ public:
                                    [](std::uint64_t a, const auto& r) { return a < r.addr; });
         while (it != regions_.begin()) {
             --it;
-            if (it->contains(addr, len, dev)) return &*it;
+            if (!it->withdrawn && it->contains(addr, len, dev)) return &*it;
         }
         return nullptr;
     }
@@ -111,8 +107,40 @@ public:
     [[nodiscard]] std::vector<desc> published() const {
         std::vector<desc> out;
         out.reserve(regions_.size());
-        for (const auto& r : regions_) out.push_back({static_cast<std::uintptr_t>(r.addr), r.len, r.dev});
+        for (const auto& r : regions_)
+            if (!r.withdrawn) out.push_back({static_cast<std::uintptr_t>(r.addr), r.len, r.dev});
         return out;
+    }
+
+    /// Whether `md` is a later blob of this very peer (the same worker of
+    /// the same process), not of a restart under the same name.
+    [[nodiscard]] bool same_incarnation(const metadata_view& md) const noexcept {
+        return std::ranges::equal(md.worker_address, worker_address_) && md.host_id == host_id_ &&
+               md.pid == pid_ && md.pid_namespace == pid_namespace_;
+    }
+
+    /// Takes a later blob of this peer (same_incarnation): regions it still
+    /// publishes keep their state (unpacked key, mapping), new ones are
+    /// added, and those it left out are withdrawn, not destroyed, since
+    /// transfers prepared over them hold their keys. Where the worker may be
+    /// touched, with the peer table locked (prepare reads the regions so).
+    void refresh(const metadata_view& md) {
+        std::vector<bool> kept(regions_.size(), false);
+        std::vector<remote_region> added;
+        for (const auto& r : md.regions) {
+            auto same = [&](const remote_region& x) {
+                return !x.withdrawn && x.addr == r.addr && x.len == r.len && x.dev == r.dev && x.kind == r.kind &&
+                       std::ranges::equal(x.packed_key, r.rkey) && std::ranges::equal(x.ipc_handle, r.ipc_handle) &&
+                       x.ipc_offset == r.ipc_offset && x.ipc_alloc_size == r.ipc_alloc_size;
+            };
+            auto it = std::find_if(regions_.begin(), regions_.end(), same);
+            if (it != regions_.end()) kept[static_cast<std::size_t>(it - regions_.begin())] = true;
+            else added.push_back(region_of(r));
+        }
+        for (std::size_t i = 0; i < regions_.size(); ++i)
+            if (!kept[i]) regions_[i].withdrawn = true;
+        for (auto& r : added) regions_.push_back(std::move(r));
+        sort_regions();
     }
 
     /// The region's unpacked key; unpacks it on first use. Runs where the worker may be touched.
@@ -166,6 +194,23 @@ public:
     }
 
 private:
+    static remote_region region_of(const region_record& r) {
+        remote_region rr;
+        rr.addr = r.addr;
+        rr.len = r.len;
+        rr.dev = r.dev;
+        rr.packed_key.assign(r.rkey.begin(), r.rkey.end());
+        rr.kind = r.kind;
+        rr.ipc_handle.assign(r.ipc_handle.begin(), r.ipc_handle.end());
+        rr.ipc_offset = r.ipc_offset;
+        rr.ipc_alloc_size = r.ipc_alloc_size;
+        return rr;
+    }
+
+    void sort_regions() {
+        std::stable_sort(regions_.begin(), regions_.end(), [](const auto& a, const auto& b) { return a.addr < b.addr; });
+    }
+
     static void on_error(void* arg, ucp_ep_h, ucs_status_t s) noexcept {
         static_cast<remote_peer*>(arg)->mark_failed(s);
     }
@@ -176,6 +221,9 @@ private:
     host::peer_process process_;
     std::atomic<std::uint64_t>* failures_;  // before ep_, whose error handler uses it
     endpoint ep_;
+    std::vector<std::byte> worker_address_;
+    std::uint32_t pid_;
+    std::uint64_t pid_namespace_;
     std::vector<remote_region> regions_;
     std::atomic<ucs_status_t> failure_{UCS_OK};
 };
