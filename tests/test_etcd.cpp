@@ -126,6 +126,7 @@ int agent_main() {
         say("published");
         bool written = false;
         std::set<std::string> writers;
+        std::vector<ferry::region> grown;  // regions registered after the first publish
         bool healthy = true;
         while (!stdin_closed()) {
             const ferry::sync_result r = sync.sync_once(20ms);
@@ -157,7 +158,13 @@ int agent_main() {
             for (auto& [from, msgs] : b.take_notifs()) {
                 for (const std::string& m : msgs) {
                     const auto* base = static_cast<const std::byte*>(mem.region.data());
-                    if (m.rfind("check ", 0) == 0) {
+                    if (m == "grow") {
+                        // More memory after peers loaded us: publish again.
+                        grown.push_back(b.allocate(slot));
+                        std::memset(grown.back().data(), 0, slot);
+                        dir.publish(name, b.local_metadata());
+                        say("grown " + std::to_string(reinterpret_cast<std::uintptr_t>(grown.back().data())));
+                    } else if (m.rfind("check ", 0) == 0) {
                         // The observer wrote its pattern (seed in the message) into slot 0.
                         const auto seed = std::stoull(m.substr(6));
                         const std::string bad = ferry_test::check_pattern(base, slot, seed, 0);
@@ -306,6 +313,18 @@ public:
             REQUIRE(l->rfind("agent error", 0) != 0);
             if (l->rfind(want, 0) == 0) return seen;
             seen.push_back(*l);
+        }
+    }
+
+    /// The first line starting with `want`, itself.
+    std::string await_line(const std::string& want, std::chrono::milliseconds within = 20s) {
+        const auto deadline = steady::now() + within;
+        for (;;) {
+            auto l = line(deadline);
+            INFO("waiting for '" << want << "'");
+            REQUIRE(l.has_value());
+            REQUIRE(l->rfind("agent error", 0) != 0);
+            if (l->rfind(want, 0) == 0) return *l;
         }
     }
 
@@ -553,6 +572,48 @@ TEST_CASE("an agent killed with SIGKILL leaves within the TTL and is unloaded, a
     agent->await("published");
     sync_until(sync, [](const ferry::sync_result& r) { return has(r.loaded, "agent1"); }, "agent1 reloaded");
     write_and_check(b, src, "agent1", *agent, 2);
+    CHECK(agent->finish() == 0);
+}
+
+TEST_CASE("an agent that registers more memory and publishes again keeps its handle and its peers' transfers") {
+    if (!have_etcd()) return;
+    etcd_server etcd;
+    auto agent = spawn_agent(etcd, "grow", "agent1");
+    agent->await("published");
+
+    agent_backend b(agent_config("observer"));
+    auto src = b.allocate(slot);
+    ferry::etcd_directory dir(etcd.options("grow"));
+    dir.publish("observer", b.local_metadata());
+    sync_type sync(dir, b, "observer");
+    sync_until(sync, [](const ferry::sync_result& r) { return has(r.loaded, "agent1"); }, "agent1 loaded");
+    const auto before = b.find_peer("agent1");
+    REQUIRE(before.has_value());
+    const ferry::desc first = b.remote_regions(*before).front();
+    const ferry::desc local_d{reinterpret_cast<std::uintptr_t>(src.data()), slot, 0};
+    const ferry::desc remote_d{first.addr, slot, 0};
+    const ferry::xfer x = b.prepare(ferry::xfer_op::write, {&local_d, 1}, {&remote_d, 1}, *before);
+
+    REQUIRE(b.send_notif(*before, "grow") == ferry::status::ok);
+    const std::string grown_line = agent->await_line("grown ");
+    sync_until(sync, [](const ferry::sync_result& r) { return has(r.loaded, "agent1"); }, "agent1's new blob");
+    CHECK(b.find_peer("agent1") == before);
+    CHECK(b.remote_regions(*before).size() == 2);
+
+    // The transfer prepared before the new blob goes on, and the new region is reachable.
+    ferry_test::fill_pattern(static_cast<std::byte*>(src.data()), slot, 3, 0);
+    ferry::status s = b.post(x, "check 3");
+    if (s == ferry::status::in_progress) s = b.wait(x, 20s);
+    REQUIRE(s == ferry::status::ok);
+    CHECK(agent->await_line("check ") == "check ok");
+    const std::uint64_t added = std::stoull(grown_line.substr(6));
+    const ferry::desc new_d{added, slot, 0};
+    const ferry::xfer y = b.prepare(ferry::xfer_op::write, {&local_d, 1}, {&new_d, 1}, *before);
+    s = b.post(y);
+    if (s == ferry::status::in_progress) s = b.wait(y, 20s);
+    CHECK(s == ferry::status::ok);
+    CHECK(b.release(x) == ferry::status::ok);
+    CHECK(b.release(y) == ferry::status::ok);
     CHECK(agent->finish() == 0);
 }
 
