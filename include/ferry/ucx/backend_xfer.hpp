@@ -62,16 +62,15 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
         if constexpr (paths_type::any_direct) {
             // A copy needs no worker: it runs here, and only a notification
-            // is handed to the progress thread.
+            // is handed to the progress thread. in_progress: another path's
+            // transfer, which the progress thread starts.
             const status copied = paths_.with(st->path, [&](auto& path) {
                 if constexpr (detail::direct_path<std::remove_reference_t<decltype(path)>>) return path.copy(*st);
                 else return status::in_progress;
             });
-            if (copied != status::in_progress) {
-                if (copied != status::ok || notif.empty()) {
-                    st->finish(copied);
-                    return copied;
-                }
+            if (copied != status::in_progress && (copied != status::ok || notif.empty())) {
+                st->finish(copied);
+                return copied;
             }
         }
         engine_.submit(st);  // execute_post starts it there
