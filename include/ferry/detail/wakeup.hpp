@@ -48,19 +48,22 @@ public:
     wakeup(const wakeup&) = delete;
     wakeup& operator=(const wakeup&) = delete;
 
-    /// Blocks until the worker's fd or the eventfd is readable, or `until` passes.
-    void sleep(std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max()) noexcept {
+    /// Blocks until the worker's fd or the eventfd is readable, or `until`
+    /// passes; false when it was only the time.
+    bool sleep(std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max()) noexcept {
         int timeout_ms = -1;
         if (until != std::chrono::steady_clock::time_point::max()) {
             auto left = std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
             timeout_ms = static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 60'000));
         }
         epoll_event events[2];
-        while (epoll_wait(epoll_fd_, events, 2, timeout_ms) < 0 && errno == EINTR) {
+        int ready;
+        while ((ready = epoll_wait(epoll_fd_, events, 2, timeout_ms)) < 0 && errno == EINTR) {
         }
         std::uint64_t drained;
         while (read(event_fd_, &drained, sizeof drained) > 0) {
         }
+        return ready != 0;
     }
 
     void signal() noexcept {

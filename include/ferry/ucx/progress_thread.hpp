@@ -7,6 +7,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
@@ -24,7 +25,7 @@ namespace detail {
 /// posts and notifications as commands through a queue, and set-up calls as
 /// tasks they wait for. When there has been nothing to do for
 /// `progress_spin` it arms the worker and sleeps until the network or an
-/// application thread has something. The backend (Backend, whose friend
+/// application thread has something, or for a nap at most (see shortest_nap). The backend (Backend, whose friend
 /// this is) provides open_worker(), worker(), serve() — one round of the
 /// worker's work besides commands, returning whether it did any and the
 /// earliest deadline ahead — shut_down(), close_worker() and bind_thread().
@@ -118,6 +119,7 @@ private:
     void drive(Backend& b) noexcept {
         auto idle_since = clock::now();
         bool idle = false;
+        std::chrono::milliseconds nap = shortest_nap;
         for (;;) {
             bool worked = false;
             while (auto* n = queue_.pop()) {
@@ -128,6 +130,7 @@ private:
             const auto [served, next_deadline] = b.serve();
             if (worked || served) {
                 idle = false;
+                nap = shortest_nap;
                 continue;
             }
             if (stop_.load(std::memory_order_acquire)) {
@@ -146,11 +149,29 @@ private:
                 sleeping_.store(false, std::memory_order_relaxed);
                 continue;
             }
-            wakeup_->sleep(next_deadline);
+            const bool woken = wakeup_->sleep(std::min(next_deadline, clock::now() + nap));
             sleeping_.store(false, std::memory_order_relaxed);
-            idle = false;
+            // A turn that merely timed out goes back to sleep without
+            // spinning again, and for twice as long, up to longest_nap.
+            if (woken) {
+                idle = false;
+                nap = shortest_nap;
+            } else {
+                nap = std::min(2 * nap, longest_nap);
+            }
         }
     }
+
+    // The worker's fd alone cannot be trusted to wake the thread: a receiver
+    // of a fast stream of active messages over shared memory (four threads
+    // notifying two peers on host_ipc, under UCX 1.13 and a sanitizer) now
+    // and then slept through one, its queue filled, and its senders stalled
+    // for good. So the thread never sleeps longer than a nap: shortest_nap
+    // after activity, when a lost wake-up costs most, doubling while nothing
+    // happens, so that an idle thread wakes about ten times a second (some
+    // 35 us each on the development machine).
+    static constexpr std::chrono::milliseconds shortest_nap{1};
+    static constexpr std::chrono::milliseconds longest_nap{100};
 
     std::optional<wakeup> wakeup_;
     mpsc_queue queue_;
