@@ -9,6 +9,7 @@
 #include <ferry/status.hpp>
 #include <ferry/version.hpp>
 #include <ferry/xfer_cost.hpp>
+#include <ferry/xfer_options.hpp>
 #include <ferry/xfer_path.hpp>
 
 // The UCX backend, part by part.

@@ -66,7 +66,8 @@ public:
                 why = "the remote block is not host memory";
             if (!why.empty()) {
                 if (!required) return false;
-                throw error(status::invalid_argument, "prepare: path host_ipc: descriptor " + std::to_string(i) +
+                throw error(status::invalid_argument, "prepare: path host_ipc: descriptor " +
+                                                          std::to_string(pairs.descriptor(i)) +
                                                           ": " + why);
             }
             if (!r.ipc_handle.empty()) host::open_shared(r, static_cast<std::uint32_t>(peer.pid()));
@@ -78,7 +79,7 @@ public:
                 if (!required) return false;
                 const remote_region& r = *pairs.remote_regions[unmapped];
                 throw error(status::invalid_argument,
-                            "prepare: path host_ipc: descriptor " + std::to_string(unmapped) + ": " +
+                            "prepare: path host_ipc: descriptor " + std::to_string(pairs.descriptor(unmapped)) + ": " +
                                 (r.ipc_error.empty() ? "the remote block is not in memory the peer's backend allocated"
                                                      : "the remote block's shared memory cannot be mapped: " +
                                                            r.ipc_error) +

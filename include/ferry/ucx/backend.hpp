@@ -22,6 +22,7 @@
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
 #include <ferry/xfer_cost.hpp>
+#include <ferry/xfer_options.hpp>
 #include <ferry/xfer_path.hpp>
 
 #include <ucp/api/ucp.h>
@@ -176,9 +177,10 @@ public:
     /// Checks and resolves a transfer: lists of equal length, pairs of equal
     /// length, every local block inside a registered region and every remote
     /// block inside a region the peer published. Throws, naming the first bad
-    /// index, and prepares nothing if any check fails.
+    /// index, and prepares nothing if any check fails. Runs of adjacent pairs
+    /// become one block (xfer_options::coalesce).
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p) {
-        return prepare(op, local, remote, p, xfer_path::automatic);
+        return prepare(op, local, remote, p, xfer_options{});
     }
 
     /// As above, on a chosen path: `automatic` takes cuda_ipc where it can
@@ -186,7 +188,13 @@ public:
     /// `cuda_ipc` and `host_ipc` throw, naming the first pair they cannot
     /// serve and why; `ucx` always uses UCX RMA.
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
-                               xfer_path path);
+                               xfer_path path) {
+        return prepare(op, local, remote, p, xfer_options{.path = path});
+    }
+
+    /// As above, with every option (xfer_options).
+    [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
+                               const xfer_options& options);
 
     /// Starts a prepared transfer, with an optional notification that reaches
     /// the peer after all of the transfer's data. Returns ok when it completed
@@ -229,6 +237,14 @@ public:
     [[nodiscard]] std::uint64_t size_of(xfer x) const noexcept {
         const auto* st = xfers_.get(x.ref);
         return st ? st->total_bytes : 0;
+    }
+
+    /// Blocks a post of this transfer moves once runs of adjacent pairs are
+    /// merged: UCX operations on the ucx path, copies on the others. Equal
+    /// to the descriptor count without coalescing; 0 for an unknown handle.
+    [[nodiscard]] std::size_t blocks_of(xfer x) const noexcept {
+        const auto* st = xfers_.get(x.ref);
+        return st ? st->block_count : 0;
     }
 
     // ---- notifications ----------------------------------------------------

@@ -15,8 +15,8 @@ FERRY_NAMESPACE_BEGIN
 
 template <class Policy>
 inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote,
-                                         peer p, xfer_path path) {
-    detail::check_prepare_arguments<paths_type>(op, local, remote, path);
+                                         peer p, const xfer_options& options) {
+    detail::check_prepare_arguments<paths_type>(op, local, remote, options.path);
     // Resolving remote blocks may unpack rkeys, which touches the worker.
     return on_worker("prepare", [&] {
         auto st = std::make_unique<xfer_state>();
@@ -34,7 +34,7 @@ inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const desc> local
         st->keep_target = peers_.share(p.ref);
         if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
         st->target = st->keep_target.get();
-        detail::resolve(*st, local, remote, registration_.regions(), paths_, path);
+        detail::resolve(*st, local, remote, registration_.regions(), paths_, options);
         return xfer{xfers_.insert(std::move(st))};
     });
 }

@@ -20,13 +20,20 @@ FERRY_NAMESPACE_BEGIN
 namespace detail {
 
 /// A transfer's descriptor pairs as prepare checked them: local[i] lies in
-/// *local_regions[i], remote[i] in *remote_regions[i] of `target`.
+/// *local_regions[i], remote[i] in *remote_regions[i] of `target`. Where
+/// prepare merged runs of adjacent pairs, pair i begins with the caller's
+/// descriptor first_descriptor[i], which is what errors name.
 struct resolved_pairs {
     std::span<const desc> local;
     std::span<const desc> remote;
     std::span<local_region* const> local_regions;
     std::span<remote_region* const> remote_regions;
     remote_peer& target;
+    std::span<const std::size_t> first_descriptor = {};  // empty: the caller's own pairs
+
+    [[nodiscard]] std::size_t descriptor(std::size_t i) const noexcept {
+        return first_descriptor.empty() ? i : first_descriptor[i];
+    }
 };
 
 /// A path is one way of moving a prepared transfer's bytes, and one file:

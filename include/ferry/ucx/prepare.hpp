@@ -8,6 +8,7 @@
 #include <ferry/ucx/remote_peer.hpp>
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
+#include <ferry/xfer_options.hpp>
 #include <ferry/xfer_path.hpp>
 
 #include <algorithm>
@@ -46,40 +47,83 @@ void check_prepare_arguments(xfer_op op, std::span<const desc> local, std::span<
                                                   std::to_string(remote.size()) + " remote descriptors");
 }
 
+/// Whether pair b continues pair a: both blocks follow a's in the same
+/// regions, so that one operation can move the two.
+inline bool continues(const desc& la, const desc& ra, const desc& lb, const desc& rb, const local_region* lra,
+                      const local_region* lrb, const remote_region* rra, const remote_region* rrb) noexcept {
+    return lra == lrb && rra == rrb && la.addr + la.len == lb.addr && ra.addr + ra.len == rb.addr;
+}
+
 /// prepare's second half, where the worker may be touched and with the peer
-/// table locked: checks every pair against the regions that hold it, then
-/// sets the transfer up on the path `wanted`, or on the first of `paths`
-/// that serves every pair. Everything is checked before anything is
-/// resolved; a throw names the first bad pair, and prepares nothing.
+/// table locked: checks every pair against the regions that hold it, merges
+/// runs of adjacent pairs (options.coalesce), then sets the transfer up on
+/// options.path, or on the first of `paths` that serves every pair.
+/// Everything is checked before anything is resolved; a throw names the
+/// first bad pair, and prepares nothing.
 template <class Paths>
 void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> remote, const registry& regions,
-             Paths& paths, xfer_path wanted) {
+             Paths& paths, const xfer_options& options) {
     remote_peer& target = *st.target;
-    std::vector<local_region*> lrs(local.size());
-    std::vector<remote_region*> rrs(local.size());
-    for (std::size_t i = 0; i < local.size(); ++i) {
+    const std::size_t n = local.size();
+    std::vector<local_region*> lrs(n);
+    std::vector<remote_region*> rrs(n);
+    auto at = [](std::size_t i) { return "prepare: descriptor " + std::to_string(i); };
+    std::size_t merges = 0;
+    for (std::size_t i = 0; i < n; ++i) {
         const desc& l = local[i];
         const desc& r = remote[i];
-        const std::string at = "prepare: descriptor " + std::to_string(i);
-        if (l.len == 0) throw error(status::invalid_argument, at + ": length is 0");
+        if (l.len == 0) throw error(status::invalid_argument, at(i) + ": length is 0");
         if (l.len != r.len)
-            throw error(status::invalid_argument, at + ": local length " + std::to_string(l.len) +
+            throw error(status::invalid_argument, at(i) + ": local length " + std::to_string(l.len) +
                                                       " differs from remote length " + std::to_string(r.len));
         auto lr = regions.find(l.addr, l.len, l.dev);
         if (!lr)
             throw error(status::not_registered,
-                        at + ": local block " + describe(l) + " is not inside any registered region");
+                        at(i) + ": local block " + describe(l) + " is not inside any registered region");
         rrs[i] = target.find(r.addr, r.len, r.dev);
         if (!rrs[i])
-            throw error(status::not_registered, at + ": remote block " + describe(r) +
+            throw error(status::not_registered, at(i) + ": remote block " + describe(r) +
                                                     " is not inside any region that peer '" + target.name() +
                                                     "' published");
         lrs[i] = lr.get();
         st.total_bytes += l.len;
-        if (std::find(st.regions.begin(), st.regions.end(), lr) == st.regions.end())
+        if (i > 0 && continues(local[i - 1], remote[i - 1], l, r, lrs[i - 1], lrs[i], rrs[i - 1], rrs[i])) ++merges;
+        if ((i == 0 || lrs[i] != lrs[i - 1]) &&
+            std::find(st.regions.begin(), st.regions.end(), lr) == st.regions.end())
             st.regions.push_back(std::move(lr));
     }
-    paths.choose(st, resolved_pairs{local, remote, lrs, rrs, target}, wanted);
+    if (!options.coalesce || merges == 0) {
+        st.block_count = n;
+        paths.choose(st, resolved_pairs{local, remote, lrs, rrs, target}, options.path);
+        return;
+    }
+    // A run ends where the next pair does not continue it; each run becomes
+    // one pair that starts where its first does and is as long as all of it.
+    const std::size_t m = n - merges;
+    std::vector<desc> ml, mr;
+    std::vector<local_region*> mlrs;
+    std::vector<remote_region*> mrrs;
+    std::vector<std::size_t> first;
+    ml.reserve(m);
+    mr.reserve(m);
+    mlrs.reserve(m);
+    mrrs.reserve(m);
+    first.reserve(m);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i > 0 && continues(local[i - 1], remote[i - 1], local[i], remote[i], lrs[i - 1], lrs[i], rrs[i - 1],
+                               rrs[i])) {
+            ml.back().len += local[i].len;
+            mr.back().len += remote[i].len;
+            continue;
+        }
+        ml.push_back(local[i]);
+        mr.push_back(remote[i]);
+        mlrs.push_back(lrs[i]);
+        mrrs.push_back(rrs[i]);
+        first.push_back(i);
+    }
+    st.block_count = m;
+    paths.choose(st, resolved_pairs{ml, mr, mlrs, mrrs, target, first}, options.path);
 }
 
 }  // namespace detail

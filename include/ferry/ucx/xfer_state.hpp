@@ -67,6 +67,7 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     std::vector<std::shared_ptr<local_region>> regions;  // distinct; kept mapped while in flight
     std::uint64_t registry_epoch = 0;
     std::uint64_t total_bytes = 0;
+    std::size_t block_count = 0;  // after coalescing
     std::string notif_storage;
     // The agent name notifications carry; the backend's, which outlives this state.
     const std::string* sender = nullptr;
