@@ -8,7 +8,7 @@ import math
 import sys
 
 STEP = ["p50_us", "p99_us", "min_us", "mean_us", "post_us", "complete_us"]
-KEYS = (["op", "block_size", "batch", "mem", "pattern", "gbps", "desc_per_s",
+KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "gbps", "desc_per_s",
          "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
          "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
          "first_after_load", "xfer_us", "raw_buffer"]

@@ -54,8 +54,8 @@ class ferry_runner {
 
 public:
     ferry_runner(B& backend, ferry::peer peer, std::uintptr_t local_base, std::uintptr_t remote_base, double timeout,
-                 ferry::xfer_path path = ferry::xfer_path::automatic)
-        : b_(backend), peer_(peer), local_base_(local_base), remote_base_(remote_base), timeout_(timeout), path_(path) {}
+                 ferry::xfer_options xo = {})
+        : b_(backend), peer_(peer), local_base_(local_base), remote_base_(remote_base), timeout_(timeout), xo_(xo) {}
     ~ferry_runner() { release(); }
     ferry_runner(const ferry_runner&) = delete;
     ferry_runner& operator=(const ferry_runner&) = delete;
@@ -68,12 +68,17 @@ public:
         std::vector<ferry::desc> local(local_off.size()), remote(remote_off.size());
         for (std::size_t i = 0; i < local.size(); ++i) local[i] = {local_base_ + local_off[i], block, 0};
         for (std::size_t i = 0; i < remote.size(); ++i) remote[i] = {remote_base_ + remote_off[i], block, 0};
-        // A backend with more than one path takes the one asked for.
-        if constexpr (requires { b_.prepare(op, local, remote, peer_, path_); })
-            x_ = b_.prepare(op, local, remote, peer_, path_);
+        // A backend with options takes the path and coalescing asked for.
+        if constexpr (requires { b_.prepare(op, local, remote, peer_, xo_); })
+            x_ = b_.prepare(op, local, remote, peer_, xo_);
         else
             x_ = b_.prepare(op, local, remote, peer_);
+        blocks_ = local.size();
+        if constexpr (requires { b_.blocks_of(x_); }) blocks_ = b_.blocks_of(x_);
     }
+
+    /// How many blocks the current row's transfer moves per post.
+    [[nodiscard]] std::size_t blocks() const noexcept { return blocks_; }
 
     /// Moves to another handle of the peer (after it was loaded again); the
     /// current transfer, prepared for the old handle, is released.
@@ -241,7 +246,8 @@ private:
     std::uintptr_t local_base_;
     std::uintptr_t remote_base_;
     double timeout_;
-    ferry::xfer_path path_;
+    ferry::xfer_options xo_;
+    std::size_t blocks_ = 0;
     ferry::xfer x_{};
     bool in_flight_ = false;
     std::uint64_t sent_ = 0;

@@ -28,7 +28,7 @@ public:
     /// Row `index` of the sweep.
     row_result run_row(std::size_t index, const row_spec& spec, progress_line& progress, const std::string& label) {
         if (index > 0 && o_.reload_peer) me_.reload();
-        const layout l = make_layout(o_.pattern, spec.block, spec.batch, buffer_, o_.seed);
+        const layout l = make_layout(o_.pattern, spec.block, spec.batch, buffer_, o_.seed, o_.run_length);
         const bool raw = me_.has_raw();
         ctl_.send(msg::row, wire_writer()
                                 .u64(o_.op == ferry::xfer_op::read)
@@ -48,6 +48,8 @@ public:
         out.batch = spec.batch;
         out.mem = o_.mem;
         out.pattern = o_.pattern;
+        out.run_length = o_.run_length;
+        out.blocks = me_.ferry().blocks();
         if (raw) out.raw_buffer = me_.raw_note().empty() && me_.peer_raw_note().empty() ? "same" : "own";
         const double bytes = static_cast<double>(spec.block) * static_cast<double>(spec.batch);
 

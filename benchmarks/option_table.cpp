@@ -58,14 +58,27 @@ const option_spec table[] = {
      "UCX allocates (UCP_MEM_MAP_ALLOCATE), registered with register_memory, which some UCX builds (1.13) map "
      "into a peer on this host, so that --path ucx puts are stores",
      "user", true, [](options& o, std::string_view n, std::string_view v) { o.mem = parse_mem(n, v); }},
-    {what, "--pattern", "contiguous|strided|random",
-     "where the remote blocks lie: back to back, every other block, or scattered at random over the buffer",
+    {what, "--pattern", "contiguous|strided|random|runs:N",
+     "where the remote blocks lie: back to back, every other block, scattered at random over the buffer, or in "
+     "runs of N back to back blocks with a block's gap after each run (local blocks always lie back to back). "
+     "Every block is its own descriptor; --coalesce merges the runs",
      "contiguous", true,
      [](options& o, std::string_view n, std::string_view v) {
+         if (v.starts_with("runs:")) {
+             o.pattern = pattern_kind::runs;
+             o.run_length = parse_size(n, v.substr(5));
+             if (o.run_length == 0 || o.run_length > max_batch) fail(n, "runs:N takes N from 1 to 1M");
+             return;
+         }
          o.pattern = parse_choice<pattern_kind>(n, v, {{"contiguous", pattern_kind::contiguous},
                                                        {"strided", pattern_kind::strided},
                                                        {"random", pattern_kind::random}});
      }},
+    {what, "--coalesce", "",
+     "let prepare merge runs of adjacent descriptors into one operation (xfer_options::coalesce, the library's "
+     "default). Off here unless asked for, so that ferry posts one operation per descriptor as the raw loop does; "
+     "the blocks column says how many operations a transfer became",
+     "off", false, flag<&options::coalesce>},
     {what, "--notif", "",
      "a notification with every post; the target counts them and the run fails if one is missing", "off", false,
      flag<&options::notif>},

@@ -18,7 +18,7 @@
 namespace bench {
 
 enum class mem_kind { user, alloc, ucx };
-enum class pattern_kind { contiguous, strided, random };
+enum class pattern_kind { contiguous, strided, random, runs };
 /// --mode: what each row measures. A step run measures bw too: the step's
 /// bandwidth is reported as a fraction of the back-to-back one.
 struct mode_set {
@@ -37,6 +37,8 @@ enum class path_kind { automatic, ucx, cuda_ipc, host_ipc };
 
 std::string_view to_string(mem_kind m) noexcept;
 std::string_view to_string(pattern_kind p) noexcept;
+/// --pattern as given: the kind, and for runs its length (runs:16).
+std::string pattern_name(pattern_kind p, std::size_t run_length);
 std::string to_string(mode_set m);
 std::string_view to_string(baseline_kind b) noexcept;
 std::string_view to_string(progress_kind p) noexcept;
@@ -79,6 +81,8 @@ struct options {
     mode_set mode;
     mem_kind mem = mem_kind::user;
     pattern_kind pattern = pattern_kind::contiguous;
+    std::size_t run_length = 0;  // --pattern runs:N
+    bool coalesce = false;       // xfer_options::coalesce for ferry's transfers
     bool notif = false;
     baseline_kind baseline = baseline_kind::raw;  // none by default under --progress thread
 

@@ -76,7 +76,8 @@ std::vector<field> fields(const row_result& r) {
     out.push_back({"block_size", std::to_string(r.block), std::to_string(r.block)});
     out.push_back({"batch", std::to_string(r.batch), std::to_string(r.batch)});
     str("mem", to_string(r.mem));
-    str("pattern", to_string(r.pattern));
+    str("pattern", pattern_name(r.pattern, r.run_length));
+    out.push_back({"blocks", std::to_string(r.blocks), std::to_string(r.blocks)});
     num("gbps", r.gbps);
     num("desc_per_s", r.desc_per_s);
     num("lat_p50_us", r.lat_p50_us);

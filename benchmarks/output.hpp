@@ -32,6 +32,8 @@ struct row_result {
     std::size_t batch = 0;
     mem_kind mem = mem_kind::user;
     pattern_kind pattern = pattern_kind::contiguous;
+    std::size_t run_length = 0;
+    std::size_t blocks = 0;  // what ferry's transfer became: operations (ucx) or copies
 
     std::optional<double> gbps;         // ferry, median over repetitions
     std::optional<double> desc_per_s;   // ferry, median

@@ -14,6 +14,7 @@ std::size_t spread(pattern_kind p) {
         case pattern_kind::contiguous: return 1;
         case pattern_kind::strided: return 2;
         case pattern_kind::random: return 4;  // scattered over a pool four times the blocks
+        case pattern_kind::runs: return 2;    // at most a gap block per block
     }
     return 1;
 }
@@ -40,7 +41,8 @@ std::size_t buffer_bytes(const options& o) {
     return (bytes + page - 1) / page * page;
 }
 
-layout make_layout(pattern_kind p, std::size_t block, std::size_t batch, std::size_t buffer, std::uint64_t seed) {
+layout make_layout(pattern_kind p, std::size_t block, std::size_t batch, std::size_t buffer, std::uint64_t seed,
+                   std::size_t run_length) {
     const std::uint64_t slots = std::max<std::uint64_t>(1, buffer / block);
     layout l;
     l.local.resize(batch);
@@ -52,6 +54,10 @@ layout make_layout(pattern_kind p, std::size_t block, std::size_t batch, std::si
             break;
         case pattern_kind::strided:
             for (std::size_t i = 0; i < batch; ++i) l.remote[i] = ((2 * i) % slots) * block;
+            break;
+        case pattern_kind::runs:
+            for (std::size_t i = 0; i < batch; ++i)
+                l.remote[i] = (((i / run_length) * (run_length + 1) + i % run_length) % slots) * block;
             break;
         case pattern_kind::random: {
             std::mt19937_64 rng(seed ^ (block * 0x9E3779B97F4A7C15ULL) ^ batch);
