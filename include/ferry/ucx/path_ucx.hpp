@@ -37,16 +37,29 @@ public:
     /// Resolves each pair into exactly what ucp_put_nbx / ucp_get_nbx take.
     /// Unpacks a remote region's key on its first use, which touches the worker.
     bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path) {
-        st.blocks.reserve(pairs.local.size());
-        st.keys.reserve(pairs.local.size());
-        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
+        const std::size_t n = pairs.local.size();
+        st.blocks.resize(n);
+        // One key pair per block only once a block needs another than the
+        // first; a region's key is asked for once per run of blocks in it.
+        const local_region* lr = pairs.local_regions[0];
+        remote_region* rr = pairs.remote_regions[0];
+        rma_keys k{pairs.target.key_of(*rr), lr->mem.get()};
+        st.keys.assign(1, k);
+        bool per_block = false;
+        for (std::size_t i = 0; i < n; ++i) {
             const desc& l = pairs.local[i];
-            st.blocks.push_back({reinterpret_cast<void*>(l.addr), l.len, pairs.remote[i].addr});
-            st.keys.push_back({pairs.target.key_of(*pairs.remote_regions[i]), pairs.local_regions[i]->mem.get()});
-        }
-        if (std::all_of(st.keys.begin(), st.keys.end(), [&](const auto& k) { return k == st.keys.front(); })) {
-            st.keys.resize(1);
-            st.keys.shrink_to_fit();
+            st.blocks[i] = {reinterpret_cast<void*>(l.addr), l.len, pairs.remote[i].addr};
+            if (pairs.local_regions[i] != lr || pairs.remote_regions[i] != rr) {
+                lr = pairs.local_regions[i];
+                rr = pairs.remote_regions[i];
+                k = {pairs.target.key_of(*rr), lr->mem.get()};
+                if (!per_block && k != st.keys.front()) {
+                    per_block = true;
+                    st.keys.reserve(n);
+                    st.keys.resize(i, st.keys.front());
+                }
+            }
+            if (per_block) st.keys.push_back(k);
         }
         st.rma_param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
         st.flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;

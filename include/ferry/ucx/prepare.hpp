@@ -76,21 +76,29 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
         if (l.len != r.len)
             throw error(status::invalid_argument, at(i) + ": local length " + std::to_string(l.len) +
                                                       " differs from remote length " + std::to_string(r.len));
-        auto lr = regions.find(l.addr, l.len, l.dev);
-        if (!lr)
-            throw error(status::not_registered,
-                        at(i) + ": local block " + describe(l) + " is not inside any registered region");
-        rrs[i] = target.find(r.addr, r.len, r.dev);
+        // Lists mostly stay in one region for many blocks: the previous
+        // pair's regions are asked first, which spares the registry's lock
+        // and a search per block. Either region is right for a block that
+        // lies inside it, even where regions overlap.
+        if (i > 0 && lrs[i - 1]->contains(l.addr, l.len, l.dev)) {
+            lrs[i] = lrs[i - 1];
+        } else {
+            auto lr = regions.find(l.addr, l.len, l.dev);
+            if (!lr)
+                throw error(status::not_registered,
+                            at(i) + ": local block " + describe(l) + " is not inside any registered region");
+            lrs[i] = lr.get();
+            if (std::find(st.regions.begin(), st.regions.end(), lr) == st.regions.end())
+                st.regions.push_back(std::move(lr));
+        }
+        if (i > 0 && !rrs[i - 1]->withdrawn && rrs[i - 1]->contains(r.addr, r.len, r.dev)) rrs[i] = rrs[i - 1];
+        else rrs[i] = target.find(r.addr, r.len, r.dev);
         if (!rrs[i])
             throw error(status::not_registered, at(i) + ": remote block " + describe(r) +
                                                     " is not inside any region that peer '" + target.name() +
                                                     "' published");
-        lrs[i] = lr.get();
         st.total_bytes += l.len;
         if (i > 0 && continues(local[i - 1], remote[i - 1], l, r, lrs[i - 1], lrs[i], rrs[i - 1], rrs[i])) ++merges;
-        if ((i == 0 || lrs[i] != lrs[i - 1]) &&
-            std::find(st.regions.begin(), st.regions.end(), lr) == st.regions.end())
-            st.regions.push_back(std::move(lr));
     }
     if (!options.coalesce || merges == 0) {
         st.block_count = n;
