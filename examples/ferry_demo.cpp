@@ -127,7 +127,7 @@ void usage(const char* argv0) {
         "                      print how long after each publish the observer had it\n"
         "                      loaded, and after each kill unloaded\n"
         "  --help              this text\n",
-        argv0, argv0, have_etcd ? "" : "; not in this build\n                      (built without libcurl, so without ferry::etcd)");
+        argv0, argv0, have_etcd ? "" : ";\n                      not in this build, made without libcurl (ferry::etcd)");
 }
 
 std::size_t parse_size(const char* flag, const char* text) {
