@@ -27,10 +27,12 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <random>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -261,7 +263,7 @@ options parse(int argc, char** argv) {
     if (o.directory.empty() && !directory_flag.empty())
         throw std::invalid_argument(directory_flag + ": only with --directory");
     if (!o.directory.empty() && o.role.empty() == (o.measure_restarts == 0))
-        throw std::invalid_argument("--directory: give --role target or --role initiator (or --measure-restarts N)");
+        throw std::invalid_argument("--directory: give either --role target|initiator or --measure-restarts N");
     if (!o.role.empty() && own_name(o, o.role == "target") == peer_name(o, o.role == "target"))
         throw std::invalid_argument("--name and --peer: the two sides need different names");
     if (o.blocks > (std::size_t{1} << 20)) throw std::invalid_argument("--blocks: at most 1048576");
@@ -686,7 +688,14 @@ int measure_restarts(const options& o) {
     auto deadline = [&] {
         return std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::milliseconds>(patience);
     };
+    // The observer reports an event just after it read etcd, and the parent
+    // starts the next agent at once: without a random pause first, each
+    // publish would fall at the same point of the observer's poll_interval.
+    std::minstd_rand random(12345);
+    std::uniform_int_distribution<long long> pause_us(
+        0, std::chrono::duration_cast<std::chrono::microseconds>(ferry::etcd_options{}.poll_interval).count());
     auto start_agent = [&] {
+        std::this_thread::sleep_for(std::chrono::microseconds(pause_us(random)));
         auto agent = std::make_unique<child_process>(
             [&](int report, int stop) { return restarting_agent(report, stop, o, name); });
         const std::string l = agent->line(deadline(), "the agent to publish");
