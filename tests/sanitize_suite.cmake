@@ -13,7 +13,10 @@ string(TOUPPER "${BUILD_TYPE}" BUILD_TYPE_UPPER)
 # tests, which mostly wait on UCX (not instrumented, optimised), run about a
 # fifth longer. Line tables are all the reports need. Asserts stay on (no
 # NDEBUG).
-# The example is not built: no test runs it (consume.* build their own).
+# The examples are not built (consume.* build their own; test_etcd's
+# ferry-demo case skips without it): the plain build's demo.* tests and that
+# case cover the demo's command line and how its two processes meet, and the
+# transfers and directory calls under it are the test programs' own.
 # Nor is memory::cuda: its tests need a GPU, and without one they only skip.
 # Neither is the benchmark: instrumented, its six units cost about a sixth
 # of this sub-build's compile time, and its smoke tests drive the same

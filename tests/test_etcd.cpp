@@ -6,6 +6,9 @@
 // UCX state crosses a fork) with FERRY_ETCD_AGENT set, which a static
 // initializer below turns into the agent's main. An agent prints what it
 // sees, one line each, on stdout, and exits when its stdin closes.
+//
+// FERRY_DEMO (where the examples are built): the path of ferry-demo, whose
+// --directory mode runs here as two processes against the test's etcd.
 
 #include <ferry/etcd.hpp>
 #include <ferry/ferry.hpp>
@@ -769,6 +772,46 @@ TEST_CASE("etcd_directory with etcd's authentication") {
     ferry::etcd_directory refused(wrong);
     REQUIRE_FERRY_ERROR((void)refused.fetch("a"), ferry::status::invalid_argument,
                         Catch::Matchers::Contains("authenticate"));
+}
+
+TEST_CASE("ferry-demo --directory: a target and an initiator started separately meet in etcd and check the bytes") {
+    if (!have_etcd()) return;
+#if defined(FERRY_DEMO)
+    const std::string demo = FERRY_DEMO;
+#else
+    const std::string demo;
+#endif
+    if (demo.empty()) {
+        ferry_test::skip("ferry-demo is not built here (FERRY_BUILD_EXAMPLES=OFF)");
+        return;
+    }
+    etcd_server etcd;
+    const std::string url = "etcd://" + etcd.endpoint().substr(std::string("http://").size());
+    struct variant {
+        const char* name_space;
+        bool target_first;
+        std::vector<std::string> extra;
+    };
+    for (const variant& v : {variant{"demo-tcp", true, {"--tls", "tcp", "--path", "ucx"}},
+                             variant{"demo-thread", false, {"--progress", "thread"}}}) {
+        INFO("namespace " << v.name_space);
+        auto side = [&](const char* role) {
+            std::vector<std::string> argv{demo,          "--directory", url,  "--role",         role, "--namespace",
+                                          v.name_space, "--blocks",    "16", "--block-size", "4096", "--wait", "30"};
+            argv.insert(argv.end(), v.extra.begin(), v.extra.end());
+            return std::make_unique<child>(argv, std::vector<std::string>{});
+        };
+        auto first = side(v.target_first ? "target" : "initiator");
+        first->await_line(v.target_first ? "target: published" : "initiator: published");
+        auto second = side(v.target_first ? "initiator" : "target");
+        child& target = v.target_first ? *first : *second;
+        child& initiator = v.target_first ? *second : *first;
+        CHECK_THAT(initiator.await_line("initiator: READ"), Catch::Matchers::Contains("every byte matches"));
+        initiator.await("ferry-demo: OK (initiator)");
+        target.await("ferry-demo: OK (target)");
+        CHECK(initiator.finish() == 0);
+        CHECK(target.finish() == 0);
+    }
 }
 
 TEST_CASE("the JSON reader is strict and base64 round-trips") {
