@@ -113,8 +113,8 @@ public:
         const bool write = st.op == xfer_op::write;
         const iovec* here = plan.local.data();
         const iovec* there = plan.remote.data();
-        for (const std::size_t bytes : plan.chunk_bytes) {
-            const std::size_t n = std::min<std::size_t>(plan.local.data() + plan.local.size() - here, max_iov);
+        for (const vm_call& call : plan.calls) {
+            const std::size_t n = call.iovecs, bytes = call.bytes;
             const auto moved = write ? ::process_vm_writev(plan.process->pid(), here, n, there, n, 0)
                                      : ::process_vm_readv(plan.process->pid(), here, n, there, n, 0);
             if (moved < 0) {
@@ -146,13 +146,22 @@ public:
         if (plan.process == nullptr)
             s = bytes / 10e9 + 20e-9 * static_cast<double>(plan.copies.size());
         else
-            s = bytes / 6e9 + 2e-6 * static_cast<double>(plan.chunk_bytes.size());
+            s = bytes / 6e9 + 2e-6 * static_cast<double>(plan.calls.size());
         const auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
         return {d, d / 2, cost_method::host_ipc_model};
     }
 
 private:
     static constexpr std::size_t max_iov = 1024;  // IOV_MAX, what one process_vm call takes
+    // The kernel moves at most MAX_RW_COUNT (2 GiB less a page) in one call
+    // and reports a short count beyond, which would read as an unmapped
+    // block: a call carries at most 1 GiB, a longer block several calls.
+    static constexpr std::size_t max_call_bytes = std::size_t{1} << 30;
+
+    struct vm_call {
+        std::size_t iovecs = 0;
+        std::size_t bytes = 0;
+    };
 
     struct host_copy {
         void* to;
@@ -163,7 +172,7 @@ private:
     struct host_plan {
         std::vector<host_copy> copies;      // through mappings
         std::vector<iovec> local, remote;   // through process_vm, when `process` is set
-        std::vector<std::size_t> chunk_bytes;
+        std::vector<vm_call> calls;
         host::peer_process* process = nullptr;  // the target's, which the transfer keeps alive
         std::vector<std::shared_ptr<void>> mappings;
     };
@@ -219,10 +228,19 @@ private:
         plan.local.reserve(pairs.local.size());
         plan.remote.reserve(pairs.local.size());
         for (std::size_t i = 0; i < pairs.local.size(); ++i) {
-            plan.local.push_back({reinterpret_cast<void*>(pairs.local[i].addr), pairs.local[i].len});
-            plan.remote.push_back({reinterpret_cast<void*>(pairs.remote[i].addr), pairs.remote[i].len});
-            if (i % max_iov == 0) plan.chunk_bytes.push_back(0);
-            plan.chunk_bytes.back() += pairs.local[i].len;
+            auto* here = reinterpret_cast<std::byte*>(pairs.local[i].addr);
+            auto* there = reinterpret_cast<std::byte*>(pairs.remote[i].addr);
+            for (std::size_t done = 0, len = pairs.local[i].len; done < len;) {
+                const std::size_t piece = std::min(len - done, max_call_bytes);
+                if (plan.calls.empty() || plan.calls.back().iovecs == max_iov ||
+                    plan.calls.back().bytes + piece > max_call_bytes)
+                    plan.calls.emplace_back();
+                plan.local.push_back({here + done, piece});
+                plan.remote.push_back({there + done, piece});
+                ++plan.calls.back().iovecs;
+                plan.calls.back().bytes += piece;
+                done += piece;
+            }
         }
     }
 
