@@ -9,7 +9,8 @@
 //
 // Lists are random (seeded from Catch's --rng-seed; the seed is in every
 // failure message), built by hand around region boundaries and near misses
-// of the rule, or long (100 000 pairs). Every byte in reach of a transfer is checked
+// of the rule, or long (100 000 pairs) or large (a merged block past what
+// one process_vm call moves). Every byte in reach of a transfer is checked
 // on the side that received it: each block against a pattern keyed by its
 // remote offset, everything else untouched.
 
@@ -17,6 +18,8 @@
 #include <ferry/ferry.hpp>
 
 #include <catch2/catch.hpp>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "support/ferry_catch.hpp"
 #include "support/paths.hpp"
@@ -25,6 +28,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -34,6 +38,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -595,6 +600,26 @@ pair_lists one_run(loopback& lb) {
     return p;
 }
 
+// Anonymous memory that costs nothing until touched: pages never written
+// read as zeros from the kernel's zero page.
+class lazy_memory {
+public:
+    explicit lazy_memory(std::size_t len)
+        : len_(len),
+          p_(::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)) {
+        if (p_ == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
+    }
+    lazy_memory(const lazy_memory&) = delete;
+    lazy_memory& operator=(const lazy_memory&) = delete;
+    ~lazy_memory() { ::munmap(p_, len_); }
+
+    [[nodiscard]] std::byte* data() const { return static_cast<std::byte*>(p_); }
+
+private:
+    std::size_t len_;
+    void* p_;
+};
+
 }  // namespace
 
 TEST_CASE("coalesced and separate posts of random runs move the same bytes, and blocks_of counts the runs") {
@@ -747,4 +772,62 @@ TEST_CASE("forced host_ipc refuses a run in memory it cannot serve by the caller
     CHECK(lb.b.path_of(x) == xfer_path::ucx);
     CHECK(lb.b.blocks_of(x) == (coalesce ? 3U : local.size()));
     CHECK(lb.b.release(x) == status::ok);
+}
+
+TEST_CASE("a host_ipc run merged past what one process_vm call moves (2 GiB) still arrives whole") {
+    // Linux moves at most MAX_RW_COUNT (2 GiB less a page) in one
+    // process_vm_writev/readv call and returns a short count past it. 2048
+    // adjacent pairs of 1 MiB + 4 KiB are 2 GiB + 8 MiB: separately they fill
+    // two calls of 1024 blocks each, merged they are one block.
+    constexpr std::size_t len = (std::size_t{1} << 20) + 4096;
+    constexpr std::size_t count = 2048;
+    constexpr std::size_t total = len * count;
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const auto free_bytes = static_cast<std::size_t>(::sysconf(_SC_AVPHYS_PAGES)) * page;
+    if (free_bytes < total + (std::size_t{1} << 30))
+        return ferry_test::skip("needs 3 GiB of free memory, " + std::to_string(free_bytes >> 20) + " MiB free");
+
+    // `src` stays zero but for each block's first 8 bytes, its number + 1,
+    // so that only `dst` and a page per block of `src` take memory.
+    const lazy_memory src(total);
+    const lazy_memory dst(total);
+    for (std::size_t i = 0; i < count; ++i) {
+        const std::uint64_t mark = i + 1;
+        std::memcpy(src.data() + i * len, &mark, sizeof mark);
+    }
+    inline_backend b(loop_config());
+    const ferry::region src_region = b.register_memory(src.data(), total);
+    const ferry::region dst_region = b.register_memory(dst.data(), total);
+    const ferry::peer self = b.load_remote(b.local_metadata());
+    const std::vector<std::byte> zeros(len);
+
+    for (xfer_op op : both_ops)
+        for (bool coalesce : both_modes) {
+            const std::string direction(ferry::to_string(op));
+            CAPTURE(direction, coalesce);
+            std::memset(dst.data(), static_cast<int>(untouched), total);
+            // A WRITE from src to dst, a READ into dst from src.
+            std::vector<ferry::desc> from, to;
+            for (std::size_t i = 0; i < count; ++i) {
+                from.push_back(src_region.slice(i * len, len));
+                to.push_back(dst_region.slice(i * len, len));
+            }
+            const bool write = op == xfer_op::write;
+            const ferry::xfer x = b.prepare(op, write ? from : to, write ? to : from, self,
+                                            ferry::xfer_options{.path = xfer_path::host_ipc, .coalesce = coalesce});
+            CHECK(b.blocks_of(x) == (coalesce ? 1U : count));
+            status s = b.post(x, {});
+            while (s == status::in_progress) s = b.check(x);
+            CHECK(s == status::ok);
+            std::size_t first_bad = count;
+            for (std::size_t i = 0; i < count && first_bad == count; ++i) {
+                std::uint64_t mark = 0;
+                std::memcpy(&mark, dst.data() + i * len, sizeof mark);
+                const std::byte* rest = dst.data() + i * len + sizeof mark;
+                if (mark != i + 1 || std::memcmp(rest, zeros.data(), len - sizeof mark) != 0) first_bad = i;
+            }
+            INFO("the first block that did not arrive intact: " << first_bad << " of " << count);
+            CHECK(first_bad == count);
+            CHECK(b.release(x) == status::ok);
+        }
 }
