@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "support/block_text.hpp"
 #include "support/ferry_catch.hpp"
 #include "support/paths.hpp"
 #include "support/pattern.hpp"
@@ -547,15 +548,6 @@ ferry::ucx_config loop_config() {
     return cfg;
 }
 
-std::string hex(std::uintptr_t v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-
-std::string block(const ferry::desc& d) {
-    return "[" + hex(d.addr) + ", +" + std::to_string(d.len) + ") on device " + std::to_string(d.dev);
-}
 
 // std::system_error appends ": " and the code's message to what it is given.
 std::string error_text(const std::string& message, status s) {
@@ -683,27 +675,27 @@ TEST_CASE("prepare names the caller's index of a bad pair inside or just after a
     SECTION("a local block outside every registered region, inside the run") {
         p.local[3] = {reinterpret_cast<std::uintptr_t>(elsewhere.data()), pair_len, 0};
         refuse(p, status::not_registered,
-               "prepare: descriptor 3: local block " + block(p.local[3]) + " is not inside any registered region");
+               "prepare: descriptor 3: local block " + ferry_test::block_text(p.local[3]) + " is not inside any registered region");
     }
     SECTION("a local block that spans two adjacent registered regions, adjacent to the pair before it") {
         // The run, moved so that its pair 7 straddles the regions' seam.
         for (std::size_t i = 0; i < p.local.size(); ++i)
             p.local[i].addr = lb.src(loopback::half - 7 * pair_len + i * pair_len - 10);
         refuse(p, status::not_registered,
-               "prepare: descriptor 7: local block " + block(p.local[7]) + " is not inside any registered region");
+               "prepare: descriptor 7: local block " + ferry_test::block_text(p.local[7]) + " is not inside any registered region");
     }
     SECTION("a remote block outside every published region, just after the run") {
         p.local.push_back({lb.src(64 + 12 * pair_len), pair_len, 0});
         p.remote.push_back({lb.dst(2 * loopback::half), pair_len, 0});
         refuse(p, status::not_registered,
-               "prepare: descriptor 12: remote block " + block(p.remote[12]) +
+               "prepare: descriptor 12: remote block " + ferry_test::block_text(p.remote[12]) +
                    " is not inside any region that peer 'coalescing' published");
     }
     SECTION("a remote block that spans two adjacent published regions, adjacent to the pair before it") {
         for (std::size_t i = 0; i < p.remote.size(); ++i)
             p.remote[i].addr = lb.dst(loopback::half - 5 * pair_len + i * pair_len - 1);
         refuse(p, status::not_registered,
-               "prepare: descriptor 5: remote block " + block(p.remote[5]) +
+               "prepare: descriptor 5: remote block " + ferry_test::block_text(p.remote[5]) +
                    " is not inside any region that peer 'coalescing' published");
     }
     SECTION("a remote block one byte shorter than its local block, inside the run") {

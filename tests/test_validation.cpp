@@ -9,6 +9,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/block_text.hpp"
 #include "support/ferry_catch.hpp"
 #include "support/paths.hpp"
 #include "support/pattern.hpp"
@@ -39,15 +40,6 @@ ferry::ucx_config loop_config(std::string name = "validation") {
     return cfg;
 }
 
-std::string hex(std::uintptr_t v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-
-std::string block(const ferry::desc& d) {
-    return "[" + hex(d.addr) + ", +" + std::to_string(d.len) + ") on device " + std::to_string(d.dev);
-}
 
 // std::system_error appends ": " and the code's message to what it is given.
 std::string what(const std::string& message, status s) { return message + ": " + std::string(ferry::to_string(s)); }
@@ -90,7 +82,7 @@ TEST_CASE("prepare refuses a local descriptor outside every registered region") 
     std::vector<std::byte> elsewhere(64);
 
     auto refuse = [&](ferry::desc bad_local) {
-        INFO("local " << block(bad_local));
+        INFO("local " << ferry_test::block_text(bad_local));
         // As long as the local block, so possibly bad too: the local side is
         // checked first, and its error is the one reported.
         const ferry::desc remote{lb.dst.whole().addr, bad_local.len, 0};
@@ -98,7 +90,7 @@ TEST_CASE("prepare refuses a local descriptor outside every registered region") 
             lb.b.prepare(ferry::xfer_op::write, std::span(&bad_local, 1), std::span(&remote, 1), lb.self),
             status::not_registered,
             Equals(
-                what("prepare: descriptor 0: local block " + block(bad_local) + " is not inside any registered region",
+                what("prepare: descriptor 0: local block " + ferry_test::block_text(bad_local) + " is not inside any registered region",
                      status::not_registered)));
     };
 
@@ -149,7 +141,7 @@ TEST_CASE("prepare names the index of the first bad descriptor") {
         local[3] = bad_local;
         remote[4] = bad_remote;
         REQUIRE_FERRY_ERROR(lb.b.prepare(ferry::xfer_op::read, local, remote, lb.self), status::not_registered,
-                            Equals(what("prepare: descriptor 3: local block " + block(bad_local) +
+                            Equals(what("prepare: descriptor 3: local block " + ferry_test::block_text(bad_local) +
                                             " is not inside any registered region",
                                         status::not_registered)));
     }
@@ -157,7 +149,7 @@ TEST_CASE("prepare names the index of the first bad descriptor") {
         remote[2] = bad_remote;
         local[4] = bad_local;
         REQUIRE_FERRY_ERROR(lb.b.prepare(ferry::xfer_op::read, local, remote, lb.self), status::not_registered,
-                            Equals(what("prepare: descriptor 2: remote block " + block(bad_remote) +
+                            Equals(what("prepare: descriptor 2: remote block " + ferry_test::block_text(bad_remote) +
                                             " is not inside any region that peer 'validation' published",
                                         status::not_registered)));
     }
@@ -174,12 +166,12 @@ TEST_CASE("prepare refuses a remote descriptor outside every region the peer pub
     const ferry::desc r = lb.dst.whole();
 
     auto refuse = [&](ferry::desc bad_remote) {
-        INFO("remote " << block(bad_remote));
+        INFO("remote " << ferry_test::block_text(bad_remote));
         const ferry::desc local = lb.src.slice(0, bad_remote.len);
         REQUIRE_FERRY_ERROR(
             lb.b.prepare(ferry::xfer_op::read, std::span(&local, 1), std::span(&bad_remote, 1), lb.self),
             status::not_registered,
-            Equals(what("prepare: descriptor 0: remote block " + block(bad_remote) +
+            Equals(what("prepare: descriptor 0: remote block " + ferry_test::block_text(bad_remote) +
                             " is not inside any region that peer 'validation' published",
                         status::not_registered)));
     };
