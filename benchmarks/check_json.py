@@ -79,6 +79,8 @@ def main():
     p.add_argument("--step", action="store_true", help="run with --mode step: step columns must be set")
     p.add_argument("--reload", action="store_true", help="run with --reload-peer: every first transfer follows a load")
     p.add_argument("--path", help="the path every row must report (ucx, cuda_ipc, host_ipc)")
+    p.add_argument("--runs", type=int,
+                   help="run with --pattern runs:N --coalesce: every transfer must have become one block per run")
     a = p.parse_args()
 
     with open(a.json) as f:
@@ -97,9 +99,13 @@ def main():
             fail(f"row {i} has keys {sorted(row)}, expected exactly {sorted(KEYS)}")
         if row["op"] != a.op or row["mem"] != a.mem or row["pattern"] != a.pattern:
             fail(f"row {i}: op/mem/pattern are {row['op']}/{row['mem']}/{row['pattern']}")
-        for key in ("block_size", "batch"):
+        for key in ("block_size", "batch", "blocks"):
             if not isinstance(row[key], int) or row[key] <= 0:
                 fail(f"row {i}: {key} should be a positive integer, got {row[key]!r}")
+        if row["blocks"] > row["batch"]:
+            fail(f"row {i}: {row['blocks']} blocks from {row['batch']} descriptors")
+        if a.runs and row["blocks"] != -(-row["batch"] // a.runs):
+            fail(f"row {i}: {row['blocks']} blocks from {row['batch']} descriptors in runs of {a.runs}")
         for key in ("gbps", "desc_per_s"):
             positive(row, i, key)
         if row["memory"] not in ("host,host", "cuda,cuda", "cuda,host", "host,cuda"):
@@ -135,9 +141,11 @@ def main():
             fail(f"{a.csv}: the header should be {','.join(KEYS)}")
         if len(table) - 1 != len(rows):
             fail(f"{a.csv}: {len(table) - 1} rows, the JSON has {len(rows)}")
+        col = {key: KEYS.index(key) for key in ("block_size", "batch", "blocks", "path", "memory")}
         for i, (line, row) in enumerate(zip(table[1:], rows)):
-            if (int(line[1]) != row["block_size"] or int(line[2]) != row["batch"] or line[12] != row["path"]
-                    or line[11] != row["memory"]):
+            if (int(line[col["block_size"]]) != row["block_size"] or int(line[col["batch"]]) != row["batch"]
+                    or int(line[col["blocks"]]) != row["blocks"] or line[col["path"]] != row["path"]
+                    or line[col["memory"]] != row["memory"]):
                 fail(f"{a.csv}: row {i} does not match the JSON")
     print(f"check_json: {a.json}: {len(rows)} rows, well-formed")
 
