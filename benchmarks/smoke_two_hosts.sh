@@ -3,24 +3,13 @@
 # it got) and an initiator with --connect, over TCP; then the JSON check.
 # usage: smoke_two_hosts.sh FERRY_BENCH PYTHON CHECK_JSON_PY JSON_FILE
 set -eu
+. "$(dirname "$0")/../tests/support/await_port.sh"
 bench=$1 python=$2 check=$3 json=$4
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 "$bench" --listen 0 2>"$log" &
 target=$!
-port=""
-i=0
-while [ -z "$port" ] && [ $i -lt 200 ]; do
-    port=$(sed -n 's/.*listening on port \([0-9][0-9]*\).*/\1/p' "$log")
-    [ -n "$port" ] || sleep 0.05
-    i=$((i + 1))
-done
-if [ -z "$port" ]; then
-    kill "$target" 2>/dev/null || true
-    echo "smoke_two_hosts: the target printed no port:" >&2
-    cat "$log" >&2
-    exit 1
-fi
+await_port "$log" "$target" smoke_two_hosts
 rm -f "$json"
 "$bench" --connect "127.0.0.1:$port" --tls tcp --block-sizes 1K --batch 1,16 --iters 10 --warmup 1 --reps 2 --retries 0 \
     --notif --json "$json" || { kill "$target" 2>/dev/null || true; exit 1; }

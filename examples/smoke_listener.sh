@@ -5,6 +5,7 @@
 # found every byte in place.
 # usage: smoke_listener.sh FERRY_DEMO [DEMO ARGUMENTS...]
 set -eu
+. "$(dirname "$0")/../tests/support/await_port.sh"
 demo=$1
 shift
 log=$(mktemp)
@@ -12,19 +13,7 @@ out=$(mktemp)
 trap 'rm -f "$log" "$out"' EXIT
 "$demo" --listen 0 "$@" >"$log" 2>&1 &
 target=$!
-port=""
-i=0
-while [ -z "$port" ] && [ $i -lt 200 ]; do
-    port=$(sed -n 's/.*listening on port \([0-9][0-9]*\).*/\1/p' "$log")
-    [ -n "$port" ] || sleep 0.05
-    i=$((i + 1))
-done
-if [ -z "$port" ]; then
-    kill "$target" 2>/dev/null || true
-    echo "smoke_listener: the target printed no port:" >&2
-    cat "$log" >&2
-    exit 1
-fi
+await_port "$log" "$target" smoke_listener
 "$demo" --connect "127.0.0.1:$port" "$@" >"$out" 2>&1 || {
     cat "$out" >&2
     kill "$target" 2>/dev/null || true
