@@ -26,4 +26,27 @@ struct desc {
     friend constexpr bool operator==(const desc&, const desc&) = default;
 };
 
+/// `count` blocks of `len` bytes each, the first at `addr`, each `stride`
+/// bytes after the one before: how a KV cache lays out a layer's pages or a
+/// head's slices, described once instead of block by block. A plain block
+/// is count 1 (its stride is then unused). prepare pairs the local and the
+/// remote list block by block, so the two lists may cut the same blocks into
+/// different entries; it checks each entry by its first and last block.
+struct strided_desc {
+    std::uintptr_t addr = 0;
+    std::size_t len = 0;
+    std::uint32_t dev = 0;
+    std::size_t stride = 0;
+    std::size_t count = 1;
+
+    constexpr strided_desc() noexcept = default;
+    constexpr strided_desc(std::uintptr_t a, std::size_t l, std::uint32_t d, std::size_t s = 0,
+                           std::size_t c = 1) noexcept
+        : addr(a), len(l), dev(d), stride(s), count(c) {}
+    /// A plain block, as an entry of a strided list.
+    constexpr strided_desc(const desc& d) noexcept : addr(d.addr), len(d.len), dev(d.dev) {}  // NOLINT: implicit on purpose
+
+    friend constexpr bool operator==(const strided_desc&, const strided_desc&) = default;
+};
+
 FERRY_NAMESPACE_END

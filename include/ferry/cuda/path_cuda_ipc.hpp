@@ -63,7 +63,7 @@ public:
             }
             if (!required) return false;
             throw error(status::invalid_argument,
-                        "prepare: path cuda_ipc: descriptor " + std::to_string(pairs.descriptor(i)) + ": " + why);
+                        "prepare: path cuda_ipc: " + pairs.where(i) + ": " + why);
         }
         std::vector<cuda::copy_pair> copies;
         copies.reserve(pairs.local.size());

@@ -66,8 +66,7 @@ public:
                 why = "the remote block is not host memory";
             if (!why.empty()) {
                 if (!required) return false;
-                throw error(status::invalid_argument, "prepare: path host_ipc: descriptor " +
-                                                          std::to_string(pairs.descriptor(i)) +
+                throw error(status::invalid_argument, "prepare: path host_ipc: " + pairs.where(i) +
                                                           ": " + why);
             }
             if (!r.ipc_handle.empty()) host::open_shared(r, static_cast<std::uint32_t>(peer.pid()));
@@ -79,7 +78,7 @@ public:
                 if (!required) return false;
                 const remote_region& r = *pairs.remote_regions[unmapped];
                 throw error(status::invalid_argument,
-                            "prepare: path host_ipc: descriptor " + std::to_string(pairs.descriptor(unmapped)) + ": " +
+                            "prepare: path host_ipc: " + pairs.where(unmapped) + ": " +
                                 (r.ipc_error.empty() ? "the remote block is not in memory the peer's backend allocated"
                                                      : "the remote block's shared memory cannot be mapped: " +
                                                            r.ipc_error) +

@@ -18,6 +18,7 @@
 #include <ferry/ucx/progress_thread.hpp>
 #include <ferry/ucx/region.hpp>
 #include <ferry/ucx/registration.hpp>
+#include <ferry/ucx/strided.hpp>
 #include <ferry/ucx/worker.hpp>
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
@@ -196,6 +197,16 @@ public:
     [[nodiscard]] xfer prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
                                const xfer_options& options);
 
+    /// As above, from strided lists (strided_desc): block k of the local
+    /// list pairs with block k of the remote one, so both must hold as many
+    /// blocks, and the two may cut them into different entries. Each entry is
+    /// checked on its own (zero length or count, blocks running past the end
+    /// of the address space, overlapping blocks on the side that is written),
+    /// then each block as above; errors name the block and the entry of each
+    /// side that holds it. A transfer holds at most 2^24 blocks.
+    [[nodiscard]] xfer prepare(xfer_op op, std::span<const strided_desc> local, std::span<const strided_desc> remote,
+                               peer p, const xfer_options& options = {});
+
     /// Starts a prepared transfer, with an optional notification that reaches
     /// the peer after all of the transfer's data. Returns ok when it completed
     /// inline, in_progress, or an error; busy while a previous post is in
@@ -294,6 +305,10 @@ private:
     void close_worker() noexcept { worker_.reset(); }
     detail::worker& worker() noexcept { return *worker_; }
     void bind_thread() const noexcept { memory_.bind_thread(); }
+
+    // prepare's second half, for flat and strided lists alike.
+    xfer prepare_resolved(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
+                          const xfer_options& options, const detail::strided_origin* origin);
 
     // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
     void touch(const char* what) const noexcept { worker_->owner().check(what); }

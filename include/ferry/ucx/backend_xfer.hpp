@@ -17,6 +17,13 @@ template <class Policy>
 inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote,
                                          peer p, const xfer_options& options) {
     detail::check_prepare_arguments<paths_type>(op, local, remote, options.path);
+    return prepare_resolved(op, local, remote, p, options, nullptr);
+}
+
+template <class Policy>
+inline xfer ucx_backend<Policy>::prepare_resolved(xfer_op op, std::span<const desc> local,
+                                                  std::span<const desc> remote, peer p, const xfer_options& options,
+                                                  const detail::strided_origin* origin) {
     // Resolving remote blocks may unpack rkeys, which touches the worker.
     return on_worker("prepare", [&] {
         auto st = std::make_unique<xfer_state>();
@@ -34,9 +41,19 @@ inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const desc> local
         st->keep_target = peers_.share(p.ref);
         if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
         st->target = st->keep_target.get();
-        detail::resolve(*st, local, remote, registration_.regions(), paths_, options);
+        detail::resolve(*st, local, remote, registration_.regions(), paths_, options, origin);
         return xfer{xfers_.insert(std::move(st))};
     });
+}
+
+template <class Policy>
+inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const strided_desc> local,
+                                         std::span<const strided_desc> remote, peer p, const xfer_options& options) {
+    const std::size_t blocks = detail::check_prepare_arguments<paths_type>(op, local, remote, options.path);
+    std::vector<desc> flat_local, flat_remote;
+    detail::strided_origin origin;
+    detail::expand_strided(local, remote, blocks, flat_local, flat_remote, origin);
+    return prepare_resolved(op, flat_local, flat_remote, p, options, &origin);
 }
 
 template <class Policy>

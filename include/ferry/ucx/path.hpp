@@ -5,6 +5,7 @@
 #include <ferry/status.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/remote_peer.hpp>
+#include <ferry/ucx/strided.hpp>
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
 #include <ferry/xfer_cost.hpp>
@@ -13,6 +14,7 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -30,10 +32,15 @@ struct resolved_pairs {
     std::span<remote_region* const> remote_regions;
     remote_peer& target;
     std::span<const std::size_t> first_descriptor = {};  // empty: the caller's own pairs
+    const strided_origin* origin = nullptr;              // the caller's strided entries, if it gave some
 
     [[nodiscard]] std::size_t descriptor(std::size_t i) const noexcept {
         return first_descriptor.empty() ? i : first_descriptor[i];
     }
+
+    /// Pair i as errors name it: the caller's descriptor, or its block and
+    /// the strided entries that hold it.
+    [[nodiscard]] std::string where(std::size_t i) const { return name_block(descriptor(i), origin); }
 };
 
 /// A path is one way of moving a prepared transfer's bytes, and one file:

@@ -6,6 +6,7 @@
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/path.hpp>
 #include <ferry/ucx/remote_peer.hpp>
+#include <ferry/ucx/strided.hpp>
 #include <ferry/ucx/xfer_state.hpp>
 #include <ferry/version.hpp>
 #include <ferry/xfer_options.hpp>
@@ -31,20 +32,43 @@ constexpr const char* path_requirement(xfer_path p) noexcept {
     return nullptr;
 }
 
-/// prepare's checks of its arguments alone, before anything is looked up.
+/// prepare's checks of the path and the op, before anything is looked up.
 template <class Paths>
-void check_prepare_arguments(xfer_op op, std::span<const desc> local, std::span<const desc> remote, xfer_path path) {
+void check_path_and_op(xfer_op op, xfer_path path) {
     const char* needs = path_requirement(path);
     if (needs == nullptr) throw error(status::invalid_argument, "prepare: unknown xfer_path");
     if (path != xfer_path::automatic && !Paths::offers(path))
         throw error(status::invalid_argument, "prepare: path " + std::string(to_string(path)) + " needs " + needs);
     if (op != xfer_op::read && op != xfer_op::write)
         throw error(status::invalid_argument, "prepare: op is neither read nor write");
+}
+
+/// prepare's checks of its arguments alone, before anything is looked up.
+template <class Paths>
+void check_prepare_arguments(xfer_op op, std::span<const desc> local, std::span<const desc> remote, xfer_path path) {
+    check_path_and_op<Paths>(op, path);
     if (local.empty() && remote.empty())
         throw error(status::invalid_argument, "prepare: the descriptor lists are empty");
     if (local.size() != remote.size())
         throw error(status::invalid_argument, "prepare: " + std::to_string(local.size()) + " local descriptors but " +
                                                   std::to_string(remote.size()) + " remote descriptors");
+}
+
+/// The same for strided lists: every entry of each list on its own
+/// (check_strided_list), then equal block counts, which it returns.
+template <class Paths>
+std::size_t check_prepare_arguments(xfer_op op, std::span<const strided_desc> local,
+                                    std::span<const strided_desc> remote, xfer_path path) {
+    check_path_and_op<Paths>(op, path);
+    if (local.empty() || remote.empty())
+        throw error(status::invalid_argument, std::string("prepare: the ") + (local.empty() ? "local" : "remote") +
+                                                  " list is empty");
+    const std::size_t l = check_strided_list(local, "local", op == xfer_op::read);
+    const std::size_t r = check_strided_list(remote, "remote", op == xfer_op::write);
+    if (l != r)
+        throw error(status::invalid_argument, "prepare: the local entries hold " + std::to_string(l) +
+                                                  " blocks but the remote entries " + std::to_string(r));
+    return l;
 }
 
 /// Whether pair b continues pair a: both blocks follow a's in the same
@@ -60,14 +84,15 @@ inline bool continues(const desc& la, const desc& ra, const desc& lb, const desc
 /// options.path, or on the first of `paths` that serves every pair.
 /// Everything is checked before anything is resolved; a throw names the
 /// first bad pair, and prepares nothing.
+/// `origin`: where the pairs came from when the caller gave strided lists.
 template <class Paths>
 void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> remote, const registry& regions,
-             Paths& paths, const xfer_options& options) {
+             Paths& paths, const xfer_options& options, const strided_origin* origin = nullptr) {
     remote_peer& target = *st.target;
     const std::size_t n = local.size();
     std::vector<local_region*> lrs(n);
     std::vector<remote_region*> rrs(n);
-    auto at = [](std::size_t i) { return "prepare: descriptor " + std::to_string(i); };
+    auto at = [origin](std::size_t i) { return "prepare: " + name_block(i, origin); };
     std::size_t merges = 0;
     for (std::size_t i = 0; i < n; ++i) {
         const desc& l = local[i];
@@ -102,7 +127,7 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
     }
     if (!options.coalesce || merges == 0) {
         st.block_count = n;
-        paths.choose(st, resolved_pairs{local, remote, lrs, rrs, target}, options.path);
+        paths.choose(st, resolved_pairs{local, remote, lrs, rrs, target, {}, origin}, options.path);
         return;
     }
     // A run ends where the next pair does not continue it; each run becomes
@@ -131,7 +156,7 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
         first.push_back(i);
     }
     st.block_count = m;
-    paths.choose(st, resolved_pairs{ml, mr, mlrs, mrrs, target, first}, options.path);
+    paths.choose(st, resolved_pairs{ml, mr, mlrs, mrrs, target, first, origin}, options.path);
 }
 
 }  // namespace detail
