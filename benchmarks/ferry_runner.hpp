@@ -13,6 +13,7 @@
 #include <ferry/status.hpp>
 #include <ferry/xfer_path.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
@@ -38,6 +39,25 @@ concept can_sleep = requires(B& b, ferry::xfer x, std::chrono::nanoseconds t) {
     { b.wait_notifs(t) } -> std::same_as<bool>;
 };
 
+/// A list of blocks as strided entries: each run of blocks one stride
+/// apart (a stride at least a block, so that no entry's blocks overlap)
+/// becomes one entry.
+inline std::vector<ferry::strided_desc> entries_of(std::span<const std::uint64_t> offsets, std::uintptr_t base,
+                                                   std::size_t block) {
+    std::vector<ferry::strided_desc> out;
+    for (std::size_t i = 0; i < offsets.size();) {
+        std::size_t count = 1;
+        std::uint64_t stride = 0;
+        if (i + 1 < offsets.size() && offsets[i + 1] >= offsets[i] + block) {
+            stride = offsets[i + 1] - offsets[i];
+            while (i + count < offsets.size() && offsets[i + count] == offsets[i + count - 1] + stride) ++count;
+        }
+        out.emplace_back(base + offsets[i], block, 0, count > 1 ? stride : 0, count);
+        i += count;
+    }
+    return out;
+}
+
 /// One side's ferry transfer for the current row and everything it counts.
 /// The initiator calls bw() and pingpong(); the target calls poll() in a
 /// loop, which drives progress, counts notifications and answers pings.
@@ -54,8 +74,14 @@ class ferry_runner {
 
 public:
     ferry_runner(B& backend, ferry::peer peer, std::uintptr_t local_base, std::uintptr_t remote_base, double timeout,
-                 ferry::xfer_options xo = {})
-        : b_(backend), peer_(peer), local_base_(local_base), remote_base_(remote_base), timeout_(timeout), xo_(xo) {}
+                 ferry::xfer_options xo = {}, bool strided = false)
+        : b_(backend),
+          peer_(peer),
+          local_base_(local_base),
+          remote_base_(remote_base),
+          timeout_(timeout),
+          xo_(xo),
+          strided_(strided) {}
     ~ferry_runner() { release(); }
     ferry_runner(const ferry_runner&) = delete;
     ferry_runner& operator=(const ferry_runner&) = delete;
@@ -65,20 +91,42 @@ public:
     void prepare(ferry::xfer_op op, std::span<const std::uint64_t> local_off, std::span<const std::uint64_t> remote_off,
                  std::size_t block) {
         release();
-        std::vector<ferry::desc> local(local_off.size()), remote(remote_off.size());
-        for (std::size_t i = 0; i < local.size(); ++i) local[i] = {local_base_ + local_off[i], block, 0};
-        for (std::size_t i = 0; i < remote.size(); ++i) remote[i] = {remote_base_ + remote_off[i], block, 0};
-        // A backend with options takes the path and coalescing asked for.
-        if constexpr (requires { b_.prepare(op, local, remote, peer_, xo_); })
-            x_ = b_.prepare(op, local, remote, peer_, xo_);
-        else
-            x_ = b_.prepare(op, local, remote, peer_);
-        blocks_ = local.size();
+        if (strided_) {
+            const auto local = entries_of(local_off, local_base_, block);
+            const auto remote = entries_of(remote_off, remote_base_, block);
+            entries_ = std::max(local.size(), remote.size());
+            if constexpr (requires { b_.prepare(op, local, remote, peer_, xo_); }) {
+                const auto t0 = clock::now();
+                x_ = b_.prepare(op, local, remote, peer_, xo_);
+                prepare_seconds_ = std::chrono::duration<double>(clock::now() - t0).count();
+            } else {
+                throw std::runtime_error("--strided: this backend takes no strided descriptor lists");
+            }
+        } else {
+            std::vector<ferry::desc> local(local_off.size()), remote(remote_off.size());
+            for (std::size_t i = 0; i < local.size(); ++i) local[i] = {local_base_ + local_off[i], block, 0};
+            for (std::size_t i = 0; i < remote.size(); ++i) remote[i] = {remote_base_ + remote_off[i], block, 0};
+            entries_ = local.size();
+            const auto t0 = clock::now();
+            // A backend with options takes the path and coalescing asked for.
+            if constexpr (requires { b_.prepare(op, local, remote, peer_, xo_); })
+                x_ = b_.prepare(op, local, remote, peer_, xo_);
+            else
+                x_ = b_.prepare(op, local, remote, peer_);
+            prepare_seconds_ = std::chrono::duration<double>(clock::now() - t0).count();
+        }
+        blocks_ = local_off.size();
         if constexpr (requires { b_.blocks_of(x_); }) blocks_ = b_.blocks_of(x_);
     }
 
     /// How many blocks the current row's transfer moves per post.
     [[nodiscard]] std::size_t blocks() const noexcept { return blocks_; }
+
+    /// How many descriptors (or strided entries) the longer list had.
+    [[nodiscard]] std::size_t entries() const noexcept { return entries_; }
+
+    /// How long the current row's prepare took.
+    [[nodiscard]] double prepare_seconds() const noexcept { return prepare_seconds_; }
 
     /// Moves to another handle of the peer (after it was loaded again); the
     /// current transfer, prepared for the old handle, is released.
@@ -247,6 +295,9 @@ private:
     std::uintptr_t remote_base_;
     double timeout_;
     ferry::xfer_options xo_;
+    bool strided_ = false;
+    std::size_t entries_ = 0;
+    double prepare_seconds_ = 0;
     std::size_t blocks_ = 0;
     ferry::xfer x_{};
     bool in_flight_ = false;

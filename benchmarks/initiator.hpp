@@ -50,6 +50,8 @@ public:
         out.pattern = o_.pattern;
         out.run_length = o_.run_length;
         out.blocks = me_.ferry().blocks();
+        out.entries = me_.ferry().entries();
+        out.prepare_us = me_.ferry().prepare_seconds() * 1e6;
         if (raw) out.raw_buffer = me_.raw_note().empty() && me_.peer_raw_note().empty() ? "same" : "own";
         const double bytes = static_cast<double>(spec.block) * static_cast<double>(spec.batch);
 

@@ -46,7 +46,7 @@ int target_main(control& ctl, bool print_errors) {
 
 std::string title(const options& o) {
     return "ferry-bench: " + std::string(ferry::to_string(o.op)) + ", mem " + std::string(to_string(o.mem)) +
-           ", pattern " + pattern_name(o.pattern, o.run_length) + (o.coalesce ? ", coalesced" : "") + ", tls " + (o.tls.empty() ? "default" : o.tls) +
+           ", pattern " + pattern_name(o.pattern, o.run_length) + (o.coalesce ? ", coalesced" : "") + (o.strided ? ", strided lists" : "") + ", tls " + (o.tls.empty() ? "default" : o.tls) +
            (o.notif ? ", notif" : "");
 }
 

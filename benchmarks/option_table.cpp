@@ -58,16 +58,19 @@ const option_spec table[] = {
      "UCX allocates (UCP_MEM_MAP_ALLOCATE), registered with register_memory, which some UCX builds (1.13) map "
      "into a peer on this host, so that --path ucx puts are stores",
      "user", true, [](options& o, std::string_view n, std::string_view v) { o.mem = parse_mem(n, v); }},
-    {what, "--pattern", "contiguous|strided|random|runs:N",
-     "where the remote blocks lie: back to back, every other block, scattered at random over the buffer, or in "
-     "runs of N back to back blocks with a block's gap after each run (local blocks always lie back to back). "
-     "Every block is its own descriptor; --coalesce merges the runs",
+    {what, "--pattern", "contiguous|strided|random|runs:N|kv:N",
+     "where the remote blocks lie: back to back, every other block, scattered at random over the buffer, in "
+     "runs of N back to back blocks with a block's gap after each run, or as a KV cache of N layers holds "
+     "pages: layer after layer, the transfer taking every other page of every layer, page by page (block i is "
+     "layer i % N of page i / N). Local blocks always lie back to back. Every block is its own descriptor "
+     "unless --strided; --coalesce merges adjacent ones",
      "contiguous", true,
      [](options& o, std::string_view n, std::string_view v) {
-         if (v.starts_with("runs:")) {
-             o.pattern = pattern_kind::runs;
-             o.run_length = parse_size(n, v.substr(5));
-             if (o.run_length == 0 || o.run_length > max_batch) fail(n, "runs:N takes N from 1 to 1M");
+         for (auto [prefix, kind] : {std::pair{"runs:", pattern_kind::runs}, std::pair{"kv:", pattern_kind::kv}}) {
+             if (!v.starts_with(prefix)) continue;
+             o.pattern = kind;
+             o.run_length = parse_size(n, v.substr(std::string_view(prefix).size()));
+             if (o.run_length == 0 || o.run_length > max_batch) fail(n, cat(prefix, "N takes N from 1 to 1M"));
              return;
          }
          o.pattern = parse_choice<pattern_kind>(n, v, {{"contiguous", pattern_kind::contiguous},
@@ -79,6 +82,13 @@ const option_spec table[] = {
      "default). Off here unless asked for, so that ferry posts one operation per descriptor as the raw loop does; "
      "the blocks column says how many operations a transfer became",
      "off", false, flag<&options::coalesce>},
+    {what, "--strided", "",
+     "hand ferry each side's list as strided descriptors (strided_desc: addr, len, stride, count): every run of "
+     "blocks one stride apart is one entry, so kv:N is one entry per page on the remote side and one for the "
+     "whole local side. Not the same as --pattern strided, which names where blocks lie. The entries column "
+     "says how many entries the longer list became, prep us how long prepare took; the raw loop still posts "
+     "block by block",
+     "off", false, flag<&options::strided>},
     {what, "--notif", "",
      "a notification with every post; the target counts them and the run fails if one is missing", "off", false,
      flag<&options::notif>},

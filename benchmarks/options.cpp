@@ -29,11 +29,12 @@ std::string_view to_string(pattern_kind p) noexcept {
         case pattern_kind::strided: return "strided";
         case pattern_kind::random: return "random";
         case pattern_kind::runs: return "runs";
+        case pattern_kind::kv: return "kv";
     }
     return "?";
 }
 std::string pattern_name(pattern_kind p, std::size_t run_length) {
-    if (p == pattern_kind::runs) return cat("runs:", std::to_string(run_length));
+    if (p == pattern_kind::runs || p == pattern_kind::kv) return cat(to_string(p), ":", std::to_string(run_length));
     return std::string(to_string(p));
 }
 std::string to_string(mode_set m) {

@@ -18,7 +18,7 @@
 namespace bench {
 
 enum class mem_kind { user, alloc, ucx };
-enum class pattern_kind { contiguous, strided, random, runs };
+enum class pattern_kind { contiguous, strided, random, runs, kv };
 /// --mode: what each row measures. A step run measures bw too: the step's
 /// bandwidth is reported as a fraction of the back-to-back one.
 struct mode_set {
@@ -81,8 +81,9 @@ struct options {
     mode_set mode;
     mem_kind mem = mem_kind::user;
     pattern_kind pattern = pattern_kind::contiguous;
-    std::size_t run_length = 0;  // --pattern runs:N
+    std::size_t run_length = 0;  // N of --pattern runs:N or kv:N
     bool coalesce = false;       // xfer_options::coalesce for ferry's transfers
+    bool strided = false;        // ferry's lists as strided_desc entries
     bool notif = false;
     baseline_kind baseline = baseline_kind::raw;  // none by default under --progress thread
 

@@ -78,6 +78,8 @@ std::vector<field> fields(const row_result& r) {
     str("mem", to_string(r.mem));
     str("pattern", pattern_name(r.pattern, r.run_length));
     out.push_back({"blocks", std::to_string(r.blocks), std::to_string(r.blocks)});
+    out.push_back({"entries", std::to_string(r.entries), std::to_string(r.entries)});
+    num("prepare_us", r.prepare_us);
     num("gbps", r.gbps);
     num("desc_per_s", r.desc_per_s);
     num("lat_p50_us", r.lat_p50_us);

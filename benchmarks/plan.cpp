@@ -15,6 +15,7 @@ std::size_t spread(pattern_kind p) {
         case pattern_kind::strided: return 2;
         case pattern_kind::random: return 4;  // scattered over a pool four times the blocks
         case pattern_kind::runs: return 2;    // at most a gap block per block
+        case pattern_kind::kv: return 2;      // every other page
     }
     return 1;
 }
@@ -59,6 +60,14 @@ layout make_layout(pattern_kind p, std::size_t block, std::size_t batch, std::si
             for (std::size_t i = 0; i < batch; ++i)
                 l.remote[i] = (((i / run_length) * (run_length + 1) + i % run_length) % slots) * block;
             break;
+        case pattern_kind::kv: {
+            // run_length layers of 2 * pages pages; block i is layer i % layers of page i / layers.
+            const std::size_t layers = run_length;
+            const std::size_t pages = (batch + layers - 1) / layers;
+            for (std::size_t i = 0; i < batch; ++i)
+                l.remote[i] = (((i % layers) * 2 * pages + 2 * (i / layers)) % slots) * block;
+            break;
+        }
         case pattern_kind::random: {
             std::mt19937_64 rng(seed ^ (block * 0x9E3779B97F4A7C15ULL) ^ batch);
             if (batch <= slots) {

@@ -32,8 +32,9 @@ std::size_t buffer_bytes(const options& o);
 
 /// Local blocks lie back to back; remote ones per --pattern: back to back,
 /// every other block slot, distinct random slots (random with repeats when
-/// the batch has more blocks than the buffer has slots), or runs of
-/// `run_length` back to back slots, each followed by one free slot. Blocks
+/// the batch has more blocks than the buffer has slots), runs of
+/// `run_length` back to back slots, each followed by one free slot, or
+/// every other page of `run_length` layers, page by page (kv). Blocks
 /// that do not fit wrap around. Deterministic for a given seed.
 layout make_layout(pattern_kind p, std::size_t block, std::size_t batch, std::size_t buffer, std::uint64_t seed,
                    std::size_t run_length = 1);

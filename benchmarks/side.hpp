@@ -107,7 +107,8 @@ public:
         if (remote_raw != raw_.has_value()) throw peer_error("the peer disagrees about --baseline raw");
         peer_ = backend_->load_remote(blob_);
         ferry_.emplace(*backend_, peer_, base(), remote_base, opts_.timeout,
-                       ferry::xfer_options{.path = to_xfer_path(opts_.path), .coalesce = opts_.coalesce});
+                       ferry::xfer_options{.path = to_xfer_path(opts_.path), .coalesce = opts_.coalesce},
+                       opts_.strided);
         if (remote_raw) {
             raw_rkey_ = r.bytes();
             raw_remote_base_ = r.u64();

@@ -47,6 +47,8 @@ const column block_columns[] = {
     {"block", 6, [](const row_result& r) { return format_size(r.block); }},
     {"batch", 6, [](const row_result& r) { return std::to_string(r.batch); }},
     {"blocks", 6, [](const row_result& r) { return std::to_string(r.blocks); }},
+    {"entries", 7, [](const row_result& r) { return std::to_string(r.entries); }},
+    {"prep us", 8, [](const row_result& r) { return micros(r.prepare_us); }},
 };
 const column bw_columns[] = {
     {"GB/s", 8, [](const row_result& r) { return fixed(r.gbps, 3); }},
@@ -107,11 +109,11 @@ const column copy_columns[] = {
 void table_printer::header(const options& o, std::size_t buffer) {
     const std::string iters = o.iters ? std::to_string(o.iters) : cat("auto (", fixed(o.time, 3), " s)");
     std::fprintf(out_,
-                 "# ferry-bench: op %s, mem %s, pattern %s, coalesce %s, tls %s, notif %s, mode %s, baseline %s, progress %s, "
+                 "# ferry-bench: op %s, mem %s, pattern %s, coalesce %s, strided %s, tls %s, notif %s, mode %s, baseline %s, progress %s, "
                  "memory %s,%s, path %s%s\n"
                  "# %s posts per measurement, %zu repetitions (raw, ferry, raw, ..., ferry, raw), %s per side, UCX %s\n",
                  std::string(ferry::to_string(o.op)).c_str(), std::string(to_string(o.mem)).c_str(),
-                 pattern_name(o.pattern, o.run_length).c_str(), o.coalesce ? "on" : "off", o.tls.empty() ? "(UCX default)" : o.tls.c_str(),
+                 pattern_name(o.pattern, o.run_length).c_str(), o.coalesce ? "on" : "off", o.strided ? "on" : "off", o.tls.empty() ? "(UCX default)" : o.tls.c_str(),
                  o.notif ? "on" : "off", to_string(o.mode).c_str(), std::string(to_string(o.baseline)).c_str(),
                  std::string(to_string(o.progress)).c_str(), std::string(to_string(o.initiator_buffer)).c_str(),
                  std::string(to_string(o.target_buffer)).c_str(), std::string(to_string(o.path)).c_str(),
