@@ -8,7 +8,7 @@ import math
 import sys
 
 STEP = ["p50_us", "p99_us", "min_us", "mean_us", "post_us", "complete_us"]
-KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "gbps", "desc_per_s",
+KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "prepare_us", "gbps", "desc_per_s",
          "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
          "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
          "first_after_load", "xfer_us", "raw_buffer"]
@@ -79,6 +79,8 @@ def main():
     p.add_argument("--step", action="store_true", help="run with --mode step: step columns must be set")
     p.add_argument("--reload", action="store_true", help="run with --reload-peer: every first transfer follows a load")
     p.add_argument("--path", help="the path every row must report (ucx, cuda_ipc, host_ipc)")
+    p.add_argument("--layers", type=int,
+                   help="run with --pattern kv:N --strided: the longer list must hold one entry per page")
     p.add_argument("--runs", type=int,
                    help="run with --pattern runs:N --coalesce: every transfer must have become one block per run")
     a = p.parse_args()
@@ -99,11 +101,18 @@ def main():
             fail(f"row {i} has keys {sorted(row)}, expected exactly {sorted(KEYS)}")
         if row["op"] != a.op or row["mem"] != a.mem or row["pattern"] != a.pattern:
             fail(f"row {i}: op/mem/pattern are {row['op']}/{row['mem']}/{row['pattern']}")
-        for key in ("block_size", "batch", "blocks"):
+        for key in ("block_size", "batch", "blocks", "entries"):
             if not isinstance(row[key], int) or row[key] <= 0:
                 fail(f"row {i}: {key} should be a positive integer, got {row[key]!r}")
         if row["blocks"] > row["batch"]:
             fail(f"row {i}: {row['blocks']} blocks from {row['batch']} descriptors")
+        if row["entries"] > row["batch"]:
+            fail(f"row {i}: {row['entries']} entries from {row['batch']} blocks")
+        if a.layers and row["entries"] != -(-row["batch"] // a.layers):
+            fail(f"row {i}: {row['entries']} entries for {row['batch']} blocks of {a.layers} layers")
+        if not a.layers and row["entries"] != row["batch"]:
+            fail(f"row {i}: {row['entries']} entries, expected a descriptor per block")
+        positive(row, i, "prepare_us")
         if a.runs and row["blocks"] != -(-row["batch"] // a.runs):
             fail(f"row {i}: {row['blocks']} blocks from {row['batch']} descriptors in runs of {a.runs}")
         for key in ("gbps", "desc_per_s"):

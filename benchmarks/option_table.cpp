@@ -248,9 +248,11 @@ the time until post() returned and until the initiator saw completion; step
 GB/s: bytes / step p50, and vs bw its fraction of the row's GB/s (raw s.*:
 the raw loop's; step ratio: ferry step p50 / raw step p50). first us: the
 row's first post, post to completion, right after prepare (and load_remote);
-xfer us: the same in steady state (back to back, median). raw buf: whether
-the raw loop ran on ferry's buffers (same) or on its own (own; the output
-says why).
+xfer us: the same in steady state (back to back, median). blocks: the
+operations (or copies) a transfer became; entries: the descriptors (with
+--strided, the strided entries) of the longer list; prep us: how long its
+prepare took. raw buf: whether the raw loop ran on ferry's buffers (same)
+or on its own (own; the output says why).
 )");
 }
 
