@@ -210,6 +210,7 @@ struct gpu_case {
     std::size_t skew;  // bytes added to every offset: 0 keeps 16-byte alignment
     xfer_path want;    // what prepare is asked for
     xfer_path expect;  // what it must choose
+    bool strided = false;  // both lists as strided entries (blocks::strided_descs)
 
     // Local blocks in order, 64 bytes apart (scattered cases) or back to
     // back; remote ones permuted with gaps as large as a block, or back to back.
@@ -230,7 +231,8 @@ struct gpu_case {
         return "case " + std::to_string(index) + ": " + std::string(ferry::to_string(op)) + " " +
                std::to_string(count) + " x " + std::to_string(len) + " B, local " + name_of(local) + ", remote " +
                name_of(remote) + (scatter ? ", scattered" : ", contiguous") +
-               (skew ? ", skewed by " + std::to_string(skew) : "") + ", path " + std::string(ferry::to_string(expect));
+               (skew ? ", skewed by " + std::to_string(skew) : "") + (strided ? ", strided lists" : "") + ", path " +
+               std::string(ferry::to_string(expect));
     }
 };
 
@@ -298,6 +300,15 @@ std::vector<gpu_case> cases_for(bool full) {
             out.push_back({op, H, P, s.count, s.len, s.scatter, s.skew, xfer_path::automatic, xfer_path::host_ipc});
             out.push_back({op, H, H, s.count, s.len, s.scatter, s.skew, xfer_path::ucx, xfer_path::ucx});
         }
+    }
+    // Strided lists: the local blocks one entry (a stride apart), the
+    // remote ones one entry each (permuted) or one entry (back to back).
+    const kind S = kind::shared;
+    for (xfer_op op : {xfer_op::write, xfer_op::read}) {
+        out.push_back({op, D, D, 1024, 4096, true, 0, xfer_path::automatic, xfer_path::cuda_ipc, true});
+        out.push_back({op, D, D, 10000, 1024, false, 0, xfer_path::automatic, xfer_path::cuda_ipc, true});
+        out.push_back({op, D, D, 16, 65536, true, 0, xfer_path::ucx, xfer_path::ucx, true});
+        out.push_back({op, D, S, 1024, 4096, true, 0, xfer_path::automatic, xfer_path::host_ipc, true});
     }
     return out;
 }
@@ -377,7 +388,10 @@ void run_cases(const std::vector<gpu_case>& cases) {
             if (c.op == xfer_op::write) m.fill(c.local, lb, rb, seed, extent_of(lb));
             else m.clear(c.local, extent_of(lb));
             s.ch.expect_message("ready " + std::to_string(i));
-            const ferry::xfer x = b.prepare(c.op, lb.descs(m.base(c.local)), rb.descs(t.of(c.remote)), p, c.want);
+            const ferry::xfer x =
+                c.strided ? b.prepare(c.op, lb.strided_descs(m.base(c.local)), rb.strided_descs(t.of(c.remote)), p,
+                                      ferry::xfer_options{.path = c.want})
+                          : b.prepare(c.op, lb.descs(m.base(c.local)), rb.descs(t.of(c.remote)), p, c.want);
             if (b.path_of(x) != c.expect)
                 fail(what + ": prepare chose path " + std::string(ferry::to_string(b.path_of(x))));
             // Twice: a prepared transfer is posted again with the same result.

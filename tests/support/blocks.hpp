@@ -33,6 +33,22 @@ struct blocks {
         for (std::size_t off : at) out.push_back({static_cast<std::uintptr_t>(base + off), len, dev});
         return out;
     }
+
+    // The same blocks as strided entries: each run of blocks one stride
+    // apart (a stride of at least a block) is one entry.
+    [[nodiscard]] std::vector<ferry::strided_desc> strided_descs(std::uint64_t base, std::uint32_t dev = 0) const {
+        std::vector<ferry::strided_desc> out;
+        for (std::size_t i = 0; i < at.size();) {
+            std::size_t count = 1, stride = 0;
+            if (i + 1 < at.size() && at[i + 1] >= at[i] + len) {
+                stride = at[i + 1] - at[i];
+                while (i + count < at.size() && at[i + count] == at[i + count - 1] + stride) ++count;
+            }
+            out.emplace_back(static_cast<std::uintptr_t>(base + at[i]), len, dev, count > 1 ? stride : 0, count);
+            i += count;
+        }
+        return out;
+    }
 };
 
 // `count` blocks of `len` bytes, `gap` bytes apart after `first`, in the
