@@ -62,6 +62,13 @@ decltype(auto) with_backend(const options& o, F&& f) {
     using ferry::policy;
     namespace progress = ferry::progress;
     namespace memory = ferry::memory;
+    if (o.telemetry) {
+        // Host memory only: each policy is one more backend instantiation to build.
+        if (o.memory != memory_kind::host) throw usage_error("--telemetry: built for --memory host only");
+        if (o.progress == progress_kind::thread)
+            return f.template operator()<ferry::ucx_backend<policy<progress::thread, memory::host, ferry::telemetry::on>>>();
+        return f.template operator()<ferry::ucx_backend<policy<progress::inline_poll, memory::host, ferry::telemetry::on>>>();
+    }
     switch (o.progress) {
         case progress_kind::inline_poll:
             switch (o.memory) {

@@ -105,6 +105,18 @@ private:
             }));
         };
         std::vector<double> f_gbps, f_dps, f_post, f_xfer, r_gbps, ratios;
+        // --telemetry: ferry's histogram over the repetitions below, taken
+        // as the difference of two snapshots.
+        auto histogram = [&] {
+            std::pair<ferry::latency_histogram, std::uint64_t> h{};
+            if constexpr (requires { me_.backend().snapshot(); }) {
+                const auto snap = me_.backend().snapshot();
+                h = {snap.latency[ferry::telemetry_path_index(me_.ferry().path())], snap.totals.posts};
+            }
+            return h;
+        };
+        const auto before = histogram();
+        std::uint64_t posts = 0;
         if (raw) r_gbps.push_back(raw_once());
         for (std::size_t rep = 0; rep < o_.reps; ++rep) {
             progress.show(cat(label, " bw ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
@@ -113,6 +125,7 @@ private:
                 sync();
                 return s;
             });
+            posts += s.iters;
             const double gbps = gbps_of(s);
             f_gbps.push_back(gbps);
             f_dps.push_back(static_cast<double>(s.iters * out.batch) / s.seconds);
@@ -127,6 +140,18 @@ private:
         out.desc_per_s = median(f_dps);
         out.post_ns = median(f_post);
         out.xfer_us = median(f_xfer);
+        if constexpr (requires { me_.backend().snapshot(); }) {
+            auto [h, total] = histogram();
+            for (std::size_t i = 0; i < h.cumulative.size(); ++i) h.cumulative[i] -= before.first.cumulative[i];
+            h.count -= before.first.count;
+            h.sum_ns -= before.first.sum_ns;
+            // clean() may repeat a disturbed measurement: every post it made counts.
+            if (h.count != total - before.second || h.count < posts)
+                throw std::runtime_error("--telemetry: the histogram counted " + std::to_string(h.count) +
+                                         " completions for " + std::to_string(total - before.second) + " posts");
+            out.tel_p50_us = h.quantile_ns(0.5) / 1e3;
+            out.tel_p99_us = h.quantile_ns(0.99) / 1e3;
+        }
         const bool write = o_.op == ferry::xfer_op::write;
         auto copy = me_.copy_gbps(static_cast<std::size_t>(bytes), iters, write);
         if (!copy) {

@@ -92,6 +92,10 @@ const option_spec table[] = {
     {what, "--notif", "",
      "a notification with every post; the target counts them and the run fails if one is missing", "off", false,
      flag<&options::notif>},
+    {what, "--telemetry", "",
+     "run ferry with telemetry::on and print its latency histogram's p50/p99 (post to completion, over the bw "
+     "repetitions) next to the measured figures; the run fails unless the histogram counted every post",
+     "off", false, flag<&options::telemetry>},
     {what, "--reload-peer", "",
      "before every row, unload the peer and load its metadata again, so that each row's first transfer is the "
      "first after load_remote, as the first row's always is",

@@ -58,6 +58,8 @@ struct row_result {
     std::optional<double> raw_first_us;  // the raw loop's, on the same endpoint, after ferry's
     bool first_after_load = false;
     std::optional<double> xfer_us;       // steady state: back-to-back post to completion, median
+    std::optional<double> tel_p50_us;    // --telemetry: ferry's own histogram over the bw repetitions
+    std::optional<double> tel_p99_us;
     std::string raw_buffer;              // "same": ferry's buffers; "own": its own (see raw_runner); "": none
 
     std::optional<step_summary> step;      // --mode step, ferry

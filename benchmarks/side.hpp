@@ -133,6 +133,7 @@ public:
     }
 
     void progress() { backend_->progress(); }
+    B& backend() { return *backend_; }
     [[nodiscard]] std::uintptr_t base() const { return reinterpret_cast<std::uintptr_t>(region_->data()); }
     ferry_runner<B>& ferry() { return *ferry_; }
     [[nodiscard]] bool has_raw() const { return raw_.has_value(); }

@@ -90,6 +90,10 @@ const column first_columns[] = {
     {"first us", 9, [](const row_result& r) { return micros(r.first_us); }},
     {"xfer us", 8, [](const row_result& r) { return micros(r.xfer_us); }},
 };
+const column telemetry_columns[] = {
+    {"tel p50", 8, [](const row_result& r) { return micros(r.tel_p50_us); }},
+    {"tel p99", 8, [](const row_result& r) { return micros(r.tel_p99_us); }},
+};
 const column raw_first_columns[] = {
     {"raw first", 9, [](const row_result& r) { return micros(r.raw_first_us); }},
 };
@@ -127,6 +131,7 @@ void table_printer::header(const options& o, std::size_t buffer) {
     add(block_columns);
     add(bw_columns, o.mode.bw);
     add(raw_bw_columns, o.mode.bw && raw);
+    add(telemetry_columns, o.mode.bw && o.telemetry);
     add(lat_columns, o.mode.lat);
     add(raw_lat_columns, o.mode.lat && raw);
     add(step_columns, o.mode.step);

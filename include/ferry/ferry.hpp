@@ -6,7 +6,9 @@
 #include <ferry/desc.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
+#include <ferry/prometheus.hpp>
 #include <ferry/status.hpp>
+#include <ferry/telemetry.hpp>
 #include <ferry/version.hpp>
 #include <ferry/xfer_cost.hpp>
 #include <ferry/xfer_options.hpp>

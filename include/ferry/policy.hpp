@@ -27,6 +27,16 @@ struct host {};
 struct cuda {};
 }  // namespace memory
 
+namespace telemetry {
+/// No telemetry: the hot path is the same, instruction for instruction, as
+/// without the parameter.
+struct off {};
+/// Counters and latency histograms per backend and per peer, and a record of
+/// each transfer's last post: snapshot(), telemetry_of(xfer),
+/// write_prometheus() (<ferry/telemetry.hpp>, <ferry/prometheus.hpp>).
+struct on {};
+}  // namespace telemetry
+
 template <class T>
 struct is_progress_mode : std::false_type {};
 template <>
@@ -41,26 +51,41 @@ struct is_memory_kind<memory::host> : std::true_type {};
 template <>
 struct is_memory_kind<memory::cuda> : std::true_type {};
 
+template <class T>
+struct is_telemetry_mode : std::false_type {};
+template <>
+struct is_telemetry_mode<telemetry::off> : std::true_type {};
+template <>
+struct is_telemetry_mode<telemetry::on> : std::true_type {};
+
 /// A backend's compile-time configuration:
-/// `policy<progress::inline_poll, memory::host>`.
-template <class Progress, class Memory>
+/// `policy<progress::inline_poll, memory::host>`, or with telemetry,
+/// `policy<progress::thread, memory::host, telemetry::on>`.
+template <class Progress, class Memory, class Telemetry = telemetry::off>
 struct policy {
     static_assert(is_progress_mode<Progress>::value,
                   "ferry::policy: the first argument must be a progress mode, e.g. ferry::progress::inline_poll");
     static_assert(is_memory_kind<Memory>::value,
                   "ferry::policy: the second argument must be a memory kind, e.g. ferry::memory::host");
+    static_assert(is_telemetry_mode<Telemetry>::value,
+                  "ferry::policy: the third argument must be a telemetry mode, ferry::telemetry::off or "
+                  "ferry::telemetry::on");
     using progress_mode = Progress;
     using memory_kind = Memory;
+    using telemetry_mode = Telemetry;
 };
 
 using default_policy = policy<progress::inline_poll, memory::host>;
 
 template <class T>
 struct is_policy : std::false_type {};
-template <class P, class M>
-struct is_policy<policy<P, M>> : std::true_type {};
+template <class P, class M, class T>
+struct is_policy<policy<P, M, T>> : std::true_type {};
 
 template <class Policy>
 inline constexpr bool is_threaded_v = std::is_same_v<typename Policy::progress_mode, progress::thread>;
+
+template <class Policy>
+inline constexpr bool has_telemetry_v = std::is_same_v<typename Policy::telemetry_mode, telemetry::on>;
 
 FERRY_NAMESPACE_END

@@ -3,10 +3,12 @@
 #include <ferry/desc.hpp>
 #include <ferry/detail/completion_signal.hpp>
 #include <ferry/detail/slot_table.hpp>
+#include <ferry/detail/telemetry_store.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
+#include <ferry/telemetry.hpp>
 #include <ferry/ucx/command.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>
@@ -68,7 +70,8 @@ FERRY_NAMESPACE_BEGIN
 /// worker checks that it runs on the owner, and aborts naming the call.
 template <class Policy = default_policy>
 class ucx_backend {
-    static_assert(is_policy<Policy>::value, "ucx_backend<Policy>: Policy must be ferry::policy<Progress, Memory>");
+    static_assert(is_policy<Policy>::value,
+                  "ucx_backend<Policy>: Policy must be ferry::policy<Progress, Memory[, Telemetry]>");
     static_assert(detail::has_memory_traits<typename Policy::memory_kind>,
                   "ucx_backend<policy<..., memory::cuda>>: include <ferry/cuda.hpp> and link the ferry::cuda "
                   "CMake target (ferry built where the CUDA toolkit was found)");
@@ -76,6 +79,9 @@ class ucx_backend {
     using paths_type = typename traits::paths;
 
     static constexpr bool threaded = is_threaded_v<Policy>;
+    static constexpr bool traced = has_telemetry_v<Policy>;
+    using telemetry_type =
+        std::conditional_t<traced, detail::telemetry_store<threaded>, detail::no_telemetry>;
     static constexpr auto no_deadline = detail::expiry::never;
     using mutex_type = std::conditional_t<threaded, std::mutex, detail::null_mutex>;
     using engine_type =
@@ -97,7 +103,8 @@ public:
           memory_(config_, *context_),
           registration_(context_, memory_),
           paths_(memory_),
-          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr) {
+          inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
+          telemetry_(config_.name) {
         engine_.start(*this);
     }
 
@@ -152,8 +159,10 @@ public:
     /// old one become stale.
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
-        return on_worker("load_remote",
-                         [&] { return peers_.load(worker_->get(), md, config_.error_handling, worker_->owner()); });
+        const peer p = on_worker(
+            "load_remote", [&] { return peers_.load(worker_->get(), md, config_.error_handling, worker_->owner()); });
+        if constexpr (traced) telemetry_.on_load(p, md.name);
+        return p;
     }
 
     /// Forgets a peer. Transfers prepared for it then fail with no_such_peer;
@@ -258,6 +267,26 @@ public:
         return st ? st->block_count : 0;
     }
 
+    // ---- telemetry (policy<..., ..., telemetry::on>) ------------------------
+
+    /// Counters and latency histograms of this backend and of each peer it
+    /// loaded; safe from any thread, while transfers run (telemetry.hpp says
+    /// how consistent it is).
+    [[nodiscard]] telemetry_snapshot snapshot() const
+        requires traced
+    {
+        return telemetry_.snapshot(inbox_.dropped());
+    }
+
+    /// The transfer's last post: its times, size, path, peer and status;
+    /// nullopt for an unknown handle.
+    [[nodiscard]] std::optional<xfer_telemetry> telemetry_of(xfer x) const
+        requires traced
+    {
+        if (!xfers_.get(x.ref)) return std::nullopt;
+        return telemetry_.read(x);
+    }
+
     // ---- notifications ----------------------------------------------------
 
     /// Sends `msg` to a loaded peer; unordered with respect to transfers.
@@ -322,7 +351,9 @@ private:
 
     // Commands that carry a post and a notification to the progress thread.
     static void execute_post(detail::command& c, void* self) noexcept;
+    status post_traced(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept;
     static void execute_send(detail::command& c, void* self) noexcept;
+    status send_notif_untraced(peer p, std::string_view msg) noexcept;
     status send_now(send_buffer& buf, std::string_view msg) noexcept;
 
     ucx_config config_;
@@ -342,6 +373,8 @@ private:
     std::optional<detail::worker> worker_;
     std::vector<std::byte> worker_address_;
     detail::peer_table<mutex_type> peers_;
+    // Empty under telemetry::off. Before the engine, whose thread updates it.
+    [[no_unique_address]] telemetry_type telemetry_;
     engine_type engine_;  // last: under the thread policy, the progress thread uses all of the above
 };
 

@@ -14,6 +14,20 @@ FERRY_NAMESPACE_BEGIN
 
 template <class Policy>
 inline status ucx_backend<Policy>::send_notif(peer p, std::string_view msg) noexcept {
+    if constexpr (traced) {
+        const status s = send_notif_untraced(p, msg);
+        if (auto* stats = telemetry_.peer_of(p)) {
+            if (s == status::ok) stats->notifs_sent.add();
+            else telemetry_type::refused(stats, s);
+        }
+        return s;
+    } else {
+        return send_notif_untraced(p, msg);
+    }
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::send_notif_untraced(peer p, std::string_view msg) noexcept {
     if (msg.size() > config_.max_notif_size) return status::invalid_argument;
     auto* to = peers_.get(p.ref);
     if (!to) return status::no_such_peer;
@@ -47,7 +61,9 @@ template <class Policy>
 template <class F>
 inline std::size_t ucx_backend<Policy>::poll_notifs(F&& f) {
     progress();
-    return inbox_.drain(std::forward<F>(f));
+    const std::size_t n = inbox_.drain(std::forward<F>(f));
+    if constexpr (traced) telemetry_.received(n);
+    return n;
 }
 
 template <class Policy>

@@ -25,7 +25,7 @@ inline xfer ucx_backend<Policy>::prepare_resolved(xfer_op op, std::span<const de
                                                   std::span<const desc> remote, peer p, const xfer_options& options,
                                                   const detail::strided_origin* origin) {
     // Resolving remote blocks may unpack rkeys, which touches the worker.
-    return on_worker("prepare", [&] {
+    const xfer x = on_worker("prepare", [&] {
         auto st = std::make_unique<xfer_state>();
         st->op = op;
         st->peer_ref = p.ref;
@@ -44,6 +44,12 @@ inline xfer ucx_backend<Policy>::prepare_resolved(xfer_op op, std::span<const de
         detail::resolve(*st, local, remote, registration_.regions(), paths_, options, origin);
         return xfer{xfers_.insert(std::move(st))};
     });
+    if constexpr (traced) {
+        auto* st = xfers_.get(x.ref);
+        st->slot = x.ref.index;
+        telemetry_.on_prepare(x, p, st->total_bytes, local.size(), st->block_count, st->shown_path);
+    }
+    return x;
 }
 
 template <class Policy>
@@ -58,14 +64,76 @@ inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const strided_des
 
 template <class Policy>
 inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept {
+    // telemetry::on: post_traced. The branch below is the post itself,
+    // untouched, so that telemetry::off compiles to the same instructions.
+    if constexpr (traced) {
+        return post_traced(x, notif, timeout);
+    } else {
+        auto* st = xfers_.get(x.ref);
+        if (!st) return status::invalid_argument;
+        if (notif.size() > config_.max_notif_size) return status::invalid_argument;
+        if constexpr (threaded) {
+            std::uint8_t expected = xfer_state::idle;
+            // seq_cst, as deregister_memory's look at the phase: see there.
+            if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
+                return status::busy;
+            // From here until it is queued, the state belongs to this thread alone.
+            st->hold_regions();
+            auto s = st->admissible(registration_.regions());
+            if (s == status::ok && st->target->failed()) s = status::peer_failed;
+            if (s == status::ok) s = st->keep_notif(notif);
+            if (s != status::ok) {
+                st->let_go_regions();
+                st->phase.store(xfer_state::idle, std::memory_order_release);
+                return s;
+            }
+            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
+            if constexpr (paths_type::any_direct) {
+                // A copy needs no worker: it runs here, and only a notification
+                // is handed to the progress thread. in_progress: another path's
+                // transfer, which the progress thread starts.
+                const status copied = paths_.with(st->path, [&](auto& path) {
+                    if constexpr (detail::direct_path<std::remove_reference_t<decltype(path)>>) return path.copy(*st);
+                    else return status::in_progress;
+                });
+                if (copied != status::in_progress && (copied != status::ok || notif.empty())) {
+                    st->finish(copied);
+                    return copied;
+                }
+            }
+            engine_.submit(st);  // execute_post starts it there
+            return status::in_progress;
+        } else {
+            touch("post");
+            if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
+            if (auto s = st->admissible(registration_.regions()); s != status::ok) return s;
+            if (st->target->failed()) return status::peer_failed;
+            st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
+            if (!notif.empty())
+                if (auto s = st->keep_notif(notif); s != status::ok) return s;
+            st->hold_regions();
+            st->phase.store(xfer_state::busy, std::memory_order_relaxed);
+            return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
+        }
+    }
+}
+
+// post with telemetry::on: the same steps, each outcome recorded.
+template <class Policy>
+inline status ucx_backend<Policy>::post_traced(xfer x, std::string_view notif, std::chrono::nanoseconds timeout) noexcept {
     auto* st = xfers_.get(x.ref);
     if (!st) return status::invalid_argument;
-    if (notif.size() > config_.max_notif_size) return status::invalid_argument;
+    auto* trace = &telemetry_.trace(x);
+    auto refuse = [&](status s) noexcept {
+        telemetry_type::refused(trace->stats, s);
+        return s;
+    };
+    if (notif.size() > config_.max_notif_size) return refuse(status::invalid_argument);
     if constexpr (threaded) {
         std::uint8_t expected = xfer_state::idle;
         // seq_cst, as deregister_memory's look at the phase: see there.
         if (!st->phase.compare_exchange_strong(expected, xfer_state::busy, std::memory_order_seq_cst))
-            return status::busy;
+            return refuse(status::busy);
         // From here until it is queued, the state belongs to this thread alone.
         st->hold_regions();
         auto s = st->admissible(registration_.regions());
@@ -74,9 +142,13 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
         if (s != status::ok) {
             st->let_go_regions();
             st->phase.store(xfer_state::idle, std::memory_order_release);
-            return s;
+            return refuse(s);
         }
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
+        // Opened before anything can end it, so that a check on another
+        // thread never sees the end of a post that is not open yet.
+        telemetry_.begin(*trace, detail::telemetry_now(), st->result.load(std::memory_order_relaxed));
+        if (!notif.empty()) trace->stats->notifs_sent.add();
         if constexpr (paths_type::any_direct) {
             // A copy needs no worker: it runs here, and only a notification
             // is handed to the progress thread. in_progress: another path's
@@ -86,6 +158,7 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
                 else return status::in_progress;
             });
             if (copied != status::in_progress && (copied != status::ok || notif.empty())) {
+                telemetry_.end(*trace, copied);
                 st->finish(copied);
                 return copied;
             }
@@ -94,15 +167,19 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
         return status::in_progress;
     } else {
         touch("post");
-        if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return status::busy;
-        if (auto s = st->admissible(registration_.regions()); s != status::ok) return s;
-        if (st->target->failed()) return status::peer_failed;
+        if (st->phase.load(std::memory_order_relaxed) != xfer_state::idle) return refuse(status::busy);
+        if (auto s = st->admissible(registration_.regions()); s != status::ok) return refuse(s);
+        if (st->target->failed()) return refuse(status::peer_failed);
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
         if (!notif.empty())
-            if (auto s = st->keep_notif(notif); s != status::ok) return s;
+            if (auto s = st->keep_notif(notif); s != status::ok) return refuse(s);
         st->hold_regions();
         st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-        return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
+        telemetry_.begin(*trace, detail::telemetry_now(), st->result.load(std::memory_order_relaxed));
+        if (!notif.empty()) trace->stats->notifs_sent.add();
+        const status s = paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
+        if (s != status::in_progress) telemetry_.end(*trace, s);
+        return s;
     }
 }
 
@@ -129,7 +206,9 @@ inline status ucx_backend<Policy>::check(xfer x) noexcept {
         }
     }
     if (st->phase.load(std::memory_order_acquire) == xfer_state::busy) return status::in_progress;
-    return st->result.load(std::memory_order_relaxed);
+    const status s = st->result.load(std::memory_order_relaxed);
+    if constexpr (traced) telemetry_.end(telemetry_.trace(x), s);
+    return s;
 }
 
 template <class Policy>
@@ -158,9 +237,16 @@ template <class Policy>
 inline status ucx_backend<Policy>::release(xfer x) noexcept {
     auto st = xfers_.take(x.ref);
     if (!st) return status::invalid_argument;
-    if (auto prev = st->phase.exchange(xfer_state::released, std::memory_order_acq_rel);
-        prev == xfer_state::busy || prev == xfer_state::expired)
-        st.release();  // whoever finishes it frees it
+    const auto prev = st->phase.exchange(xfer_state::released, std::memory_order_acq_rel);
+    if constexpr (traced) {
+        // A post nobody looked at ends here: canceled while in flight, else
+        // with the status it completed with.
+        const bool in_flight = prev == xfer_state::busy || prev == xfer_state::expired;
+        telemetry_.end(telemetry_.trace(x),
+                       in_flight && prev == xfer_state::busy ? status::canceled
+                                                             : st->result.load(std::memory_order_relaxed));
+    }
+    if (prev == xfer_state::busy || prev == xfer_state::expired) st.release();  // whoever finishes it frees it
     return status::ok;
 }
 
@@ -188,6 +274,7 @@ inline void ucx_backend<Policy>::execute_post(detail::command& c, void* self) no
     // Unloading runs on this thread too, so this answer cannot go stale.
     if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
     if (st.target->failed()) return st.finish(status::peer_failed);
+    if constexpr (traced) b.telemetry_.trace(xfer{detail::slot_ref{st.slot, 0}}).handed.store(detail::telemetry_now(), std::memory_order_relaxed);
     const status started = b.paths_.with(st.path, [&](auto& path) {
         // A direct path's post copied on the posting thread already.
         if constexpr (detail::direct_path<std::remove_reference_t<decltype(path)>>) return path.notify(st);

@@ -106,6 +106,10 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     std::atomic<std::uint8_t> phase{idle};
     std::atomic<status> result{status::ok};
     bool threaded = false;
+    // The handle's slot, for telemetry::on to find the transfer's record from
+    // the state alone (on the progress thread). In padding: the state keeps
+    // its size and layout.
+    std::uint32_t slot = 0;
     completion_signal* signal = nullptr;
 
     xfer_state() noexcept = default;
