@@ -45,6 +45,7 @@ inline std::vector<std::byte> publish_metadata(const std::string& name, std::spa
     md.host_id = host_id();
     md.pid = process_id();
     md.pid_namespace = pid_namespace();
+    md.start_time = process_start_time();
     for (const auto& r : snapshot) {
         region_record rec;
         rec.addr = r->begin();
