@@ -33,15 +33,16 @@ namespace detail {
 //          A CUDA region's handle is a CUDA IPC handle; a host region's is
 //          its shared-memory file: u32 descriptor in the sender, u64 inode.
 //      then extensions to the end, each: u16 tag, u32 length, that many
-//          bytes. A reader skips tags it does not know; each known tag
-//          appears at most once, with its exact length:
+//          bytes. Each tag appears at most once, with its exact length; a
+//          tag this reader does not know is refused by number, as unknown
+//          flags are, so that every byte of a blob is accounted for:
 //          tag 1, process start time: u64, the sender's start time in clock
 //             ticks after boot (/proc/PID/stat field 22), never 0. With the
 //             host id (a boot id) and the process id it names the sender's
 //             process for good, where a pid alone may be recycled.
 //      A field is added as an extension, inside the checksum, rather than in
 //      the fixed layout: a blob without it is byte for byte what an older
-//      ferry wrote, and a newer writer's extensions do not stop this reader.
+//      ferry wrote, and an older reader refuses a blob with it by name.
 inline constexpr std::uint32_t metadata_magic = 0x59525246U;  // "FRRY" read as little-endian
 inline constexpr std::uint16_t metadata_format_version = 3;
 inline constexpr std::size_t metadata_header_size = 20;
@@ -205,16 +206,13 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
     bool has_start_time = false;
     while (r.remaining() > 0) {
         const auto tag = r.get<std::uint16_t>("extension tag");
-        if (tag == metadata_ext_start_time && has_start_time)
-            r.fail("extension tag", "the process start time appears twice");
+        if (tag != metadata_ext_start_time)
+            r.fail("extension tag", "unknown extension " + std::to_string(tag) + " (from a later ferry?)");
+        if (has_start_time) r.fail("extension tag", "the process start time appears twice");
         const auto len = r.get<std::uint32_t>("extension length");
         if (len > r.remaining())
             r.fail("extension length", "extension " + std::to_string(tag) + " says " + std::to_string(len) +
                                            " bytes but only " + std::to_string(r.remaining()) + " remain");
-        if (tag != metadata_ext_start_time) {
-            static_cast<void>(r.get_bytes(len, "extension"));  // a later ferry's: not ours to read
-            continue;
-        }
         has_start_time = true;
         if (len != 8) r.fail("extension length", "the process start time has 8 bytes, not " + std::to_string(len));
         md.start_time = r.get<std::uint64_t>("process start time");
