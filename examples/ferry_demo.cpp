@@ -405,6 +405,11 @@ int run_target(int fd, const options& o) {
     int failures = 0;
     while (!done) {
         backend.wait_notifs(std::chrono::milliseconds(100));
+        // A dead initiator sends no "done": its failure (on this host, the
+        // moment its process exits) wakes wait_notifs instead.
+        for (const ferry::peer_event& e : backend.take_peer_events())
+            if (e.kind == ferry::peer_event_kind::failed && e.name == them)
+                throw std::runtime_error("the initiator failed: " + e.detail);
         backend.poll_notifs([&](std::string_view from, std::string_view msg) {
             if (msg == "written") {
                 for (std::size_t b = 0; b < o.blocks; ++b)
@@ -447,6 +452,9 @@ void await_target(int fd, Backend& backend, const std::string& target) {
         while (!bye) {
             if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("the target never said bye");
             backend.wait_notifs(std::chrono::milliseconds(100));
+            for (const ferry::peer_event& e : backend.take_peer_events())
+                if (e.kind == ferry::peer_event_kind::failed && e.name == target)
+                    throw std::runtime_error("the target failed before it said bye: " + e.detail);
             backend.poll_notifs([&](std::string_view from, std::string_view msg) {
                 bye = bye || (from == target && msg == "bye");
             });

@@ -900,7 +900,12 @@ void forged_initiator(side& s) {
             {"no-host", [](auto& md) { md.host_id = {}; }, "the peer runs on another host"},
             {"another-pid-namespace", [](auto& md) { md.pid_namespace += 1; },
              "the peer runs in another PID namespace"},
-            {"no-pid", [](auto& md) { md.pid = 0; }, "the peer did not say which process it is"},
+            {"no-pid",
+             [](auto& md) {
+                 md.pid = 0;
+                 md.start_time = 0;  // a start time without a pid is refused as metadata
+             },
+             "the peer did not say which process it is"},
             {"no-pid-namespace", [](auto& md) { md.pid_namespace = 0; }, "the peer did not say which process it is"},
         };
         const block_set local{{4, 1000, false}, {user0}, 5, 8};

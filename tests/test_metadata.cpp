@@ -538,15 +538,18 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
         blob_t bad = encode_metadata(sample_view());
         patch<std::uint32_t>(bad, sample_count_at, std::uint32_t{1});
         reseal(bad);
+        // After the regions come extensions: the record left over reads as
+        // one, whose tag (the record's address bytes) is none ferry knows.
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
-                            Contains("metadata: end at offset ") && Contains(": 28 unexpected trailing bytes"));
+                            Contains("metadata: extension tag at offset ") && Contains(": unknown extension 4096"));
     }
     SECTION("trailing bytes after the last region") {
         blob_t bad = encode_metadata(sample_view());
         bad.insert(bad.end(), 3, std::byte{0});
         reseal(bad);
+        // Read as an extension, tag 0: none ferry knows.
         REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
-                            Contains("metadata: end at offset ") && Contains(": 3 unexpected trailing bytes"));
+                            Contains("metadata: extension tag at offset ") && Contains(": unknown extension 0"));
     }
     SECTION("rkey length past the end") {
         blob_t bad = encode_metadata(sample_view());
@@ -659,6 +662,129 @@ TEST_CASE("decode_metadata refuses hostile blobs whose checksum is valid") {
         md.regions[0].addr = top - 100;
         md.regions[0].len = 100;
         CHECK(decode_metadata(encode_metadata(md)).regions[0].addr == top - 100);
+    }
+}
+
+// The process start time travels as an extension after the regions (tag 1,
+// length 8), inside the checksum: a blob without it is what ferry wrote
+// before it existed, and an extension this reader does not know is refused.
+namespace {
+
+void append_extension(blob_t& blob, std::uint16_t tag, std::uint32_t len, std::span<const std::byte> bytes) {
+    const std::size_t at = blob.size();
+    blob.resize(at + 6);
+    patch<std::uint16_t>(blob, at, tag);
+    patch<std::uint32_t>(blob, at + 2, len);
+    blob.insert(blob.end(), bytes.begin(), bytes.end());
+    reseal(blob);
+}
+
+std::array<std::byte, 8> u64_bytes(std::uint64_t v) {
+    std::array<std::byte, 8> out{};
+    for (std::size_t i = 0; i < 8; ++i) out[i] = static_cast<std::byte>((v >> (8 * i)) & 0xFFU);
+    return out;
+}
+
+constexpr std::uint64_t sample_start_time = 0x1122334455667788ULL;
+
+}  // namespace
+
+TEST_CASE("the process start time round-trips as an extension, and its absence changes nothing") {
+    const blob_t without = encode_metadata(sample_view());
+    metadata_view md = sample_view();
+    md.start_time = sample_start_time;
+    const blob_t with = encode_metadata(md);
+    REQUIRE(with.size() == without.size() + 2 + 4 + 8);
+    // Everything before the extension is the blob without it, but for the
+    // total length and the checksum.
+    CHECK(std::equal(without.begin() + 16, without.end(), with.begin() + 16));
+    CHECK(read_at<std::uint16_t>(with, without.size()) == 1);
+    CHECK(read_at<std::uint32_t>(with, without.size() + 2) == 8);
+    CHECK(read_at<std::uint64_t>(with, without.size() + 6) == sample_start_time);
+    CHECK(decode_metadata(without).start_time == 0);
+    const metadata_view back = decode_metadata(with);
+    CHECK(back.start_time == sample_start_time);
+    CHECK(back.pid == sample_pid);
+    CHECK(encode_metadata(back) == with);
+
+}
+
+TEST_CASE("decode_metadata refuses a hostile process start time extension") {
+    const blob_t without = encode_metadata(sample_view());
+    const std::size_t ext_at = without.size();
+    SECTION("cut inside the extension header") {
+        blob_t bad = without;
+        append_extension(bad, 1, 8, u64_bytes(sample_start_time));
+        bad.resize(ext_at + 3);
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: extension length at offset " + std::to_string(ext_at + 2) +
+                                     ": needs 4 bytes but only 1 remain (truncated)"));
+    }
+    SECTION("cut inside the start time") {
+        blob_t bad = without;
+        append_extension(bad, 1, 8, u64_bytes(sample_start_time));
+        bad.resize(bad.size() - 3);
+        reseal(bad);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: extension length at offset " + std::to_string(ext_at + 2) +
+                                     ": extension 1 says 8 bytes but only 5 remain"));
+    }
+    SECTION("an extension length far past the end") {
+        blob_t bad = without;
+        append_extension(bad, 1, 0xFFFFFFFFU, u64_bytes(1));
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: extension length at offset ") &&
+                                Contains(": extension 1 says 4294967295 bytes but only 8 remain"));
+    }
+    SECTION("an unknown extension, even after a good one") {
+        blob_t bad = without;
+        append_extension(bad, 1, 8, u64_bytes(sample_start_time));
+        const std::array<std::byte, 3> three{std::byte{1}, std::byte{2}, std::byte{3}};
+        append_extension(bad, 77, 3, three);
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: extension tag at offset " + std::to_string(ext_at + 14) +
+                                     ": unknown extension 77 (from a later ferry?)"));
+    }
+    SECTION("a start time of another length") {
+        blob_t bad = without;
+        const auto bytes = u64_bytes(sample_start_time);
+        append_extension(bad, 1, 4, std::span(bytes).first(4));
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: extension length at offset ") &&
+                                Contains(": the process start time has 8 bytes, not 4"));
+    }
+    SECTION("a start time of 0") {
+        blob_t bad = without;
+        append_extension(bad, 1, 8, u64_bytes(0));
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: process start time at offset " + std::to_string(ext_at + 6) +
+                                     ": is 0"));
+    }
+    SECTION("a start time for process id 0") {
+        metadata_view md = sample_view();
+        md.pid = 0;
+        blob_t bad = encode_metadata(md);
+        append_extension(bad, 1, 8, u64_bytes(sample_start_time));
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: process start time at offset ") &&
+                                Contains(": is given for process id 0"));
+    }
+    SECTION("the start time twice") {
+        blob_t bad = without;
+        append_extension(bad, 1, 8, u64_bytes(sample_start_time));
+        append_extension(bad, 1, 8, u64_bytes(sample_start_time));
+        REQUIRE_FERRY_ERROR(decode_metadata(bad), ferry::status::invalid_argument,
+                            Contains("metadata: extension tag at offset " + std::to_string(ext_at + 14) +
+                                     ": the process start time appears twice"));
+    }
+    SECTION("a real blob's start time, corrupted, is refused by the checksum") {
+        real_agent agent;
+        REQUIRE(decode_metadata(agent.blob).start_time != 0);
+        blob_t bad = agent.blob;
+        bad[bad.size() - 1] ^= std::byte{0x01};
+        REQUIRE_FERRY_ERROR(agent.backend.load_remote(bad), ferry::status::invalid_argument,
+                            Contains("metadata: checksum at offset "));
     }
 }
 

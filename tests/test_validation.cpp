@@ -691,7 +691,10 @@ TEST_CASE("prepare takes host_ipc only for a process on this host, and says why 
         refused_with("the peer runs on another host", [](auto& md) { md.host_id = {}; });
     }
     SECTION("no process id") {
-        refused_with("the peer did not say which process it is", [](auto& md) { md.pid = 0; });
+        refused_with("the peer did not say which process it is", [](auto& md) {
+            md.pid = 0;
+            md.start_time = 0;  // a start time without a pid is refused as metadata
+        });
     }
     SECTION("no PID namespace") {
         refused_with("the peer did not say which process it is", [](auto& md) { md.pid_namespace = 0; });

@@ -6,6 +6,7 @@
 #include <ferry/desc.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
+#include <ferry/peer_event.hpp>
 #include <ferry/prometheus.hpp>
 #include <ferry/status.hpp>
 #include <ferry/telemetry.hpp>

@@ -116,6 +116,19 @@ int main(int argc, char** argv) try {
         write_blob(dir / "metadata" / "cuda-region", ferry::detail::encode_metadata(md));
     }
 
+    {
+        // A real blob carries this process's start time as an extension
+        // after the regions; the seeds above do too when they are written
+        // again, this one was added with it.
+        ferry::ucx_backend<> b(config("restarted-0", "shm"));
+        std::vector<std::byte> user(4096);
+        ferry::region r = b.register_memory(user.data(), user.size());
+        const auto blob = b.local_metadata();
+        if (ferry::detail::decode_metadata(blob).start_time == 0)
+            throw std::runtime_error("no process start time in a real blob (no /proc?)");
+        write_blob(dir / "metadata" / "start-time", blob);
+    }
+
     const std::string with_message = notif_input("prefill-0", "layer 7 ready", 1);
     write_file(dir / "notif" / "with-message", with_message.data(), with_message.size());
     const std::string empty_message = notif_input("decode-0", "", 0);

@@ -27,6 +27,7 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -402,6 +403,18 @@ inline void run_two_process(const std::string& tls, const role_fn& initiator, co
         if (!c.output.empty() && c.output.back() != '\n') report += '\n';
     }
     if (!ok) FAIL(report);
+    // What a passing child wants seen (a time it measured, say): its lines
+    // that begin with "FERRY-NOTE ", which ctest shows with --verbose.
+    for (const auto& c : children) {
+        for (std::size_t pos = 0; pos < c.output.size();) {
+            const std::size_t end = std::min(c.output.find('\n', pos), c.output.size());
+            const std::string_view line(c.output.data() + pos, end - pos);
+            if (line.rfind("FERRY-NOTE ", 0) == 0)
+                std::printf("%s (tls %s): %.*s\n", c.role.c_str(), tls.c_str(), static_cast<int>(line.size() - 11),
+                            line.data() + 11);
+            pos = end + 1;
+        }
+    }
     SUCCEED("initiator and target passed over " << tls);
 }
 

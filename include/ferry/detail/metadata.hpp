@@ -32,6 +32,17 @@ namespace detail {
 //          u64 offset of addr in the handle's allocation, u64 allocation size.
 //          A CUDA region's handle is a CUDA IPC handle; a host region's is
 //          its shared-memory file: u32 descriptor in the sender, u64 inode.
+//      then extensions to the end, each: u16 tag, u32 length, that many
+//          bytes. Each tag appears at most once, with its exact length; a
+//          tag this reader does not know is refused by number, as unknown
+//          flags are, so that every byte of a blob is accounted for:
+//          tag 1, process start time: u64, the sender's start time in clock
+//             ticks after boot (/proc/PID/stat field 22), never 0. With the
+//             host id (a boot id) and the process id it names the sender's
+//             process for good, where a pid alone may be recycled.
+//      A field is added as an extension, inside the checksum, rather than in
+//      the fixed layout: a blob without it is byte for byte what an older
+//      ferry wrote, and an older reader refuses a blob with it by name.
 inline constexpr std::uint32_t metadata_magic = 0x59525246U;  // "FRRY" read as little-endian
 inline constexpr std::uint16_t metadata_format_version = 3;
 inline constexpr std::size_t metadata_header_size = 20;
@@ -42,6 +53,7 @@ inline constexpr std::size_t max_host_id = 64;
 inline constexpr std::size_t max_ipc_handle = 256;
 inline constexpr std::size_t host_share_handle_size = 4 + 8;
 inline constexpr std::size_t min_region_record = 8 + 8 + 4 + 4 + 1 + 1 + 2;
+inline constexpr std::uint16_t metadata_ext_start_time = 1;
 
 /// What kind of memory a region is. Values are the wire encoding.
 enum class memory_kind_code : std::uint8_t { host = 0, cuda = 1 };
@@ -67,6 +79,7 @@ struct metadata_view {
     std::string_view host_id;
     std::uint32_t pid = 0;
     std::uint64_t pid_namespace = 0;
+    std::uint64_t start_time = 0;  // 0: unknown, and left out of the blob
     std::vector<region_record> regions;
 };
 
@@ -101,6 +114,11 @@ inline std::vector<std::byte> encode_metadata(const metadata_view& md) {
             w.put<std::uint64_t>(r.ipc_offset);
             w.put<std::uint64_t>(r.ipc_alloc_size);
         }
+    }
+    if (md.start_time != 0) {
+        w.put<std::uint16_t>(metadata_ext_start_time);
+        w.put<std::uint32_t>(8);
+        w.put<std::uint64_t>(md.start_time);
     }
     w.patch<std::uint32_t>(8, static_cast<std::uint32_t>(out.size()));
     w.patch<std::uint32_t>(12, crc32(std::span(out).subspan(16)));
@@ -184,6 +202,24 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
                                                   " bytes) does not lie inside its IPC allocation");
         }
         md.regions.push_back(rec);
+    }
+    bool has_start_time = false;
+    while (r.remaining() > 0) {
+        const auto tag = r.get<std::uint16_t>("extension tag");
+        if (tag != metadata_ext_start_time)
+            r.fail("extension tag", "unknown extension " + std::to_string(tag) + " (from a later ferry?)");
+        if (has_start_time) r.fail("extension tag", "the process start time appears twice");
+        const auto len = r.get<std::uint32_t>("extension length");
+        if (len > r.remaining())
+            r.fail("extension length", "extension " + std::to_string(tag) + " says " + std::to_string(len) +
+                                           " bytes but only " + std::to_string(r.remaining()) + " remain");
+        has_start_time = true;
+        if (len != 8) r.fail("extension length", "the process start time has 8 bytes, not " + std::to_string(len));
+        md.start_time = r.get<std::uint64_t>("process start time");
+        // 0 is how the encoder says "unknown", by leaving the extension out,
+        // and without a pid a start time names nothing: neither is ferry's.
+        if (md.start_time == 0) r.fail("process start time", "is 0");
+        if (md.pid == 0) r.fail("process start time", "is given for process id 0");
     }
     r.expect_end();
     return md;

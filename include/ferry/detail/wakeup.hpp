@@ -17,12 +17,13 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail {
 
-/// An epoll set over a worker's event fd and an eventfd that application
-/// threads write to, so that a sleeping progress thread wakes for either the
-/// network or new work.
+/// An epoll set over a worker's event fd, an eventfd that application
+/// threads write to, and optionally a watch fd (the pid watch's epoll set,
+/// readable when a peer's process exits), so that a sleeping progress thread
+/// wakes for the network, new work, or a peer's death.
 class wakeup {
 public:
-    explicit wakeup(int worker_fd) {
+    explicit wakeup(int worker_fd, int watch_fd = -1) : watch_fd_(watch_fd) {
         event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (event_fd_ < 0) fail("eventfd");
         epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -30,7 +31,8 @@ public:
             close(event_fd_);
             fail("epoll_create1");
         }
-        for (int fd : {worker_fd, event_fd_}) {
+        for (int fd : {worker_fd, event_fd_, watch_fd}) {
+            if (fd < 0) continue;
             epoll_event ev{};
             ev.events = EPOLLIN;
             ev.data.fd = fd;
@@ -48,23 +50,29 @@ public:
     wakeup(const wakeup&) = delete;
     wakeup& operator=(const wakeup&) = delete;
 
-    /// Blocks until the worker's fd or the eventfd is readable, or `until`
-    /// passes; false when it was only the time.
+    /// Blocks until the worker's fd, the eventfd or the watch fd is
+    /// readable, or `until` passes; false when it was only the time.
+    /// watch_ready() then says whether the watch fd was among them.
     bool sleep(std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max()) noexcept {
         int timeout_ms = -1;
         if (until != std::chrono::steady_clock::time_point::max()) {
             auto left = std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
             timeout_ms = static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 60'000));
         }
-        epoll_event events[2];
+        epoll_event events[3];
         int ready;
-        while ((ready = epoll_wait(epoll_fd_, events, 2, timeout_ms)) < 0 && errno == EINTR) {
+        while ((ready = epoll_wait(epoll_fd_, events, 3, timeout_ms)) < 0 && errno == EINTR) {
         }
+        watch_ready_ = false;
+        for (int i = 0; i < ready; ++i)
+            if (watch_fd_ >= 0 && events[i].data.fd == watch_fd_) watch_ready_ = true;
         std::uint64_t drained;
         while (read(event_fd_, &drained, sizeof drained) > 0) {
         }
         return ready != 0;
     }
+
+    [[nodiscard]] bool watch_ready() const noexcept { return watch_ready_; }
 
     void signal() noexcept {
         std::uint64_t one = 1;
@@ -79,6 +87,8 @@ private:
 
     int event_fd_ = -1;
     int epoll_fd_ = -1;
+    int watch_fd_ = -1;
+    bool watch_ready_ = false;
 };
 
 }  // namespace detail

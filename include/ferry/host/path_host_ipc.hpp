@@ -4,6 +4,7 @@
 #include <ferry/detail/metadata.hpp>
 #include <ferry/host/peer_process.hpp>
 #include <ferry/host/shared_memory.hpp>
+#include <ferry/peer_event.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/memory.hpp>
 #include <ferry/ucx/path.hpp>
@@ -106,7 +107,8 @@ public:
             return status::ok;
         }
         if (!plan.process->alive()) {
-            st.target->mark_failed(UCS_ERR_CONNECTION_RESET);
+            st.target->mark_failed(UCS_ERR_CONNECTION_RESET, peer_failure::process_exited,
+                                   "a host_ipc copy found the process gone");
             return status::peer_failed;
         }
         const bool write = st.op == xfer_op::write;
@@ -118,7 +120,9 @@ public:
                                      : ::process_vm_readv(plan.process->pid(), here, n, there, n, 0);
             if (moved < 0) {
                 const int e = errno;
-                if (e == ESRCH) st.target->mark_failed(UCS_ERR_CONNECTION_RESET);
+                if (e == ESRCH)
+                    st.target->mark_failed(UCS_ERR_CONNECTION_RESET, peer_failure::process_exited,
+                                           "a host_ipc copy found the process gone");
                 return from_errno(e);
             }
             // Short: a remote block is no longer mapped in the peer.

@@ -19,14 +19,23 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail::host {
 
-/// A peer seen as a process on this host, for the host_ipc path: whether we
-/// can name it at all (same host, same PID namespace), whether the kernel
-/// lets us copy its memory with process_vm_writev/readv, and whether it
-/// still lives. Used where the worker may be touched (prepare) and by posts.
+/// A peer seen as a process on this host, for the host_ipc path and for
+/// the watch that notices its death (pid_watch): whether we can name it at
+/// all (same host, same PID namespace), whether the kernel lets us copy its
+/// memory with process_vm_writev/readv, and whether it still lives.
+///
+/// Constructed where the worker may be touched (load_remote), it opens a
+/// pidfd on the peer and then checks that the process behind the pid is the
+/// one that wrote the metadata (its start time, when the blob carries it):
+/// a pidfd opened after that check could name a stranger that inherited a
+/// recycled pid, while one opened before it names, once the check passes,
+/// the peer itself for as long as the pidfd is open.
 class peer_process {
 public:
-    peer_process(std::string_view host, std::uint32_t pid, std::uint64_t pid_namespace)
-        : pid_(pid), why_not_(refusal(host, pid, pid_namespace)) {}
+    peer_process(std::string_view host, std::uint32_t pid, std::uint64_t pid_namespace, std::uint64_t start_time = 0)
+        : pid_(pid), start_time_(start_time), why_not_(refusal(host, pid, pid_namespace)) {
+        if (why_not_.empty()) identify();
+    }
     peer_process(const peer_process&) = delete;
     peer_process& operator=(const peer_process&) = delete;
     ~peer_process() {
@@ -44,6 +53,7 @@ public:
     /// permission (same user, and what ptrace access control allows).
     const std::string& vm_refusal(std::uint64_t probe) {
         if (!why_not_.empty()) return why_not_;
+        if (!gone_.empty()) return gone_;  // the pid may name a stranger: never touch it
         if (vm_checked_) return vm_why_not_;
         vm_checked_ = true;
         char byte = 0;
@@ -58,9 +68,6 @@ public:
             return vm_why_not_;
         }
         vm_why_not_.clear();
-#ifdef SYS_pidfd_open
-        pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid(), 0));
-#endif
         return vm_why_not_;
     }
 
@@ -68,12 +75,58 @@ public:
     /// the answer is about the very process probed, so that a process_vm
     /// call that follows cannot reach a stranger that inherited its pid.
     [[nodiscard]] bool alive() const noexcept {
+        if (!gone_.empty()) return false;
         if (pidfd_ < 0) return ::kill(pid(), 0) == 0 || errno == EPERM;
         pollfd p{pidfd_, POLLIN, 0};
         return ::poll(&p, 1, 0) == 0;
     }
 
+    /// Whether the peer's death can be watched at all: it is a process here.
+    [[nodiscard]] bool watchable() const noexcept { return why_not_.empty(); }
+
+    /// The pidfd, readable once the process has exited; -1 where the kernel
+    /// has none (Linux < 5.3, or seccomp forbids it): then only probe() can tell.
+    [[nodiscard]] int pidfd() const noexcept { return pidfd_; }
+
+    /// Why the process was already gone (or the pid named another process)
+    /// when this object was made; empty if it was there.
+    [[nodiscard]] const std::string& gone_at_load() const noexcept { return gone_; }
+
+    /// Without a pidfd: reads /proc now and says why the peer is gone, or
+    /// nothing while it runs. A few microseconds; for a slow periodic look.
+    [[nodiscard]] std::string probe() const {
+        const proc_stat now = read_proc_stat(pid_);
+        if (!now.running()) return "process " + std::to_string(pid_) + " exited";
+        if (start_time_ != 0 && now.start != start_time_) return stranger(now.start);
+        return {};
+    }
+
 private:
+    void identify() {
+#ifdef SYS_pidfd_open
+        pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid(), 0));
+        if (pidfd_ < 0 && errno == ESRCH) {
+            gone_ = "process " + std::to_string(pid_) + " had exited before its metadata was loaded";
+            return;
+        }
+#endif
+        const proc_stat now = read_proc_stat(pid_);
+        if (!now.running()) {
+            gone_ = "process " + std::to_string(pid_) + " had exited before its metadata was loaded";
+        } else if (start_time_ != 0 && now.start != 0 && now.start != start_time_) {
+            gone_ = stranger(now.start);
+        }
+        if (!gone_.empty() && pidfd_ >= 0) {
+            ::close(pidfd_);
+            pidfd_ = -1;
+        }
+    }
+
+    std::string stranger(std::uint64_t found) const {
+        return "pid " + std::to_string(pid_) + " now names another process (started at tick " + std::to_string(found) +
+               ", the peer at " + std::to_string(start_time_) + "): the peer has exited";
+    }
+
     static std::string refusal(std::string_view host, std::uint32_t pid, std::uint64_t pid_namespace) {
         if (host.empty() || host != host_id()) return "the peer runs on another host";
         if (pid == 0 || pid_namespace == 0) return "the peer did not say which process it is";
@@ -82,7 +135,9 @@ private:
     }
 
     std::uint32_t pid_;
+    std::uint64_t start_time_;
     std::string why_not_;
+    std::string gone_;
     bool vm_checked_ = false;
     std::string vm_why_not_;
     int pidfd_ = -1;

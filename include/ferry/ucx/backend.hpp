@@ -6,6 +6,7 @@
 #include <ferry/detail/telemetry_store.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
+#include <ferry/peer_event.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
 #include <ferry/telemetry.hpp>
@@ -15,6 +16,7 @@
 #include <ferry/ucx/deadlines.hpp>
 #include <ferry/ucx/memory_traits.hpp>
 #include <ferry/ucx/notif.hpp>
+#include <ferry/ucx/peer_events.hpp>
 #include <ferry/ucx/peer_table.hpp>
 #include <ferry/ucx/progress_inline.hpp>
 #include <ferry/ucx/progress_thread.hpp>
@@ -104,6 +106,8 @@ public:
           registration_(context_, memory_),
           paths_(memory_),
           inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
+          peer_events_(threaded ? &signal_ : nullptr),
+          peers_(&peer_events_),
           telemetry_(config_.name) {
         engine_.start(*this);
     }
@@ -178,8 +182,9 @@ public:
     [[nodiscard]] std::vector<desc> remote_regions(peer p) const { return peers_.published(p); }
 
     /// ok while the peer is loaded and healthy, peer_failed once UCX reported
-    /// its endpoint failed (peer error handling), no_such_peer for a handle
-    /// that is unknown or was unloaded.
+    /// its endpoint failed (peer error handling) or its process on this host
+    /// exited (see take_peer_events), no_such_peer for a handle that is
+    /// unknown or was unloaded.
     [[nodiscard]] status peer_status(peer p) const noexcept { return peers_.status_of(p); }
 
     // ---- transfers --------------------------------------------------------
@@ -300,11 +305,44 @@ public:
     template <class F>
     std::size_t poll_notifs(F&& f);
 
-    /// Blocks until a notification is waiting or `timeout` passes; true if one is.
+    /// Blocks until a notification or a peer event is waiting, or `timeout`
+    /// passes; true if either is. A peer event wakes it because a target
+    /// that waits for "layer N ready" from a peer that has just died would
+    /// otherwise wait for good: after a true return, look at both
+    /// take_notifs and take_peer_events (or has_peer_events). Each event
+    /// wakes it once, when it arrives: one left untaken does not keep it
+    /// returning at once, so a loop that only takes notifications does not
+    /// spin after, say, an unload_remote of its own.
     bool wait_notifs(std::chrono::nanoseconds timeout);
 
     /// Notifications that arrived malformed or oversized and were dropped.
     [[nodiscard]] std::uint64_t dropped_notifs() const noexcept { return inbox_.dropped(); }
+
+    // ---- peer events -------------------------------------------------------
+
+    /// What happened to peers since the last call, oldest first: failures
+    /// (with why), unloads and replacements by a restarted process. An
+    /// initiator learns of a dead peer from its transfers; a target, which
+    /// has none in flight, learns of it only here. Each failure is reported
+    /// once. A peer on this host is watched through its process (a pidfd),
+    /// so its death is reported within milliseconds; a peer on another host
+    /// fails only when UCX says so (peer error handling: the transport, or
+    /// keepalive within ucx_config::keepalive_interval), and not at all
+    /// under error_mode::none. Under inline progress the call drives the
+    /// worker first, as take_notifs does.
+    [[nodiscard]] std::vector<peer_event> take_peer_events();
+
+    /// As take_peer_events, handing each event to f(const peer_event&), which
+    /// may call back into the backend. Returns how many were delivered.
+    template <class F>
+    std::size_t poll_peer_events(F&& f);
+
+    /// Whether a peer event is waiting; any thread, without driving the worker.
+    [[nodiscard]] bool has_peer_events() const noexcept { return peer_events_.pending(); }
+
+    /// Peer events lost: the oldest, once 4096 wait untaken, and any that
+    /// found no memory.
+    [[nodiscard]] std::uint64_t dropped_peer_events() const noexcept { return peer_events_.dropped(); }
 
     // ---- progress ---------------------------------------------------------
 
@@ -334,6 +372,8 @@ private:
     void close_worker() noexcept { worker_.reset(); }
     detail::worker& worker() noexcept { return *worker_; }
     void bind_thread() const noexcept { memory_.bind_thread(); }
+    int watch_fd() const noexcept { return peers_.watch_fd(); }
+    void on_watch_ready() noexcept { peers_.watch().poll_now(); }
 
     // prepare's second half, for flat and strided lists alike.
     xfer prepare_resolved(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
@@ -368,6 +408,7 @@ private:
     paths_type paths_;  // the paths' own transfers in flight
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
+    detail::peer_event_queue peer_events_;  // before the peers, which push to it
     // Created and destroyed by its owner: the constructing thread under
     // inline progress, the progress thread under the thread policy.
     std::optional<detail::worker> worker_;

@@ -9,6 +9,7 @@
 #include <new>
 #include <string>
 #include <utility>
+#include <vector>
 
 FERRY_NAMESPACE_BEGIN
 
@@ -69,15 +70,32 @@ inline std::size_t ucx_backend<Policy>::poll_notifs(F&& f) {
 template <class Policy>
 inline bool ucx_backend<Policy>::wait_notifs(std::chrono::nanoseconds timeout) {
     const auto deadline = detail::deadline_after(timeout);
+    // A peer event wakes it once, when it arrives; taken or not, it does
+    // not keep waking it after that.
+    auto waiting = [this] { return inbox_.has_mail() || peer_events_.take_unseen(); };
     if constexpr (threaded) {
-        return signal_.wait_until(deadline, config_.progress_spin, [this] { return inbox_.has_mail(); });
+        return signal_.wait_until(deadline, config_.progress_spin, waiting);
     } else {
         for (;;) {
             progress();
-            if (inbox_.has_mail()) return true;
+            if (waiting()) return true;
             if (std::chrono::steady_clock::now() >= deadline) return false;
         }
     }
+}
+
+template <class Policy>
+inline std::vector<peer_event> ucx_backend<Policy>::take_peer_events() {
+    std::vector<peer_event> out;
+    poll_peer_events([&](const peer_event& e) { out.push_back(e); });
+    return out;
+}
+
+template <class Policy>
+template <class F>
+inline std::size_t ucx_backend<Policy>::poll_peer_events(F&& f) {
+    progress();
+    return peer_events_.drain(std::forward<F>(f));
 }
 
 template <class Policy>

@@ -18,6 +18,7 @@ inline unsigned ucx_backend<Policy>::progress() noexcept {
         unsigned n = 0;
         n += paths_.progress(worker_->owner());
         while (unsigned k = worker_->progress()) n += k;
+        if (!peers_.watch().empty()) peers_.watch().poll_if_due(std::chrono::steady_clock::now());
         peers_.reap(worker_->owner());
         return n;
     }
@@ -42,9 +43,14 @@ inline std::pair<bool, std::chrono::steady_clock::time_point> ucx_backend<Policy
             worked = true;
         }
     }
+    const auto now = std::chrono::steady_clock::now();
+    // A thread kept busy never sleeps on the watch's fd: look at it here,
+    // at most once per pid_watch::interval, before the sweep that ends the
+    // transfers of the peers it finds dead.
+    peers_.watch().poll_if_due(now);
     peers_.reap(worker_->owner());
     expiry_.sweep(xfers_, peers_.failures());
-    return {worked, expiry_.expire_due(std::chrono::steady_clock::now())};
+    return {worked, expiry_.expire_due(now)};
 }
 
 template <class Policy>

@@ -195,6 +195,12 @@ inline status ucx_backend<Policy>::check(xfer x) noexcept {
             // reposts never gets past busy.
             paths_.poll(*st, worker_->owner());
             worker_->progress();
+            // A target on this host is watched through its process. Looking
+            // costs a syscall, too much for every check of a healthy peer's
+            // transfer: check() looks at most once per kernel tick, and reads
+            // the (coarse) clock only every 16th time (pid_watch::on_check).
+            // A peer on another host costs a flag test (not watched).
+            if (st->target->watched) peers_.watch().on_check();
             if (st->phase.load(std::memory_order_relaxed) == xfer_state::busy) {
                 // A failed peer's operations may never be purged: UCX
                 // 1.13's shared memory cannot flush to a dead peer whose

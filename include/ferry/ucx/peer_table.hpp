@@ -7,10 +7,13 @@
 #include <ferry/detail/slot_table.hpp>
 #include <ferry/detail/thread_owner.hpp>
 #include <ferry/handles.hpp>
+#include <ferry/peer_event.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/context.hpp>  // ucx_library_version
 #include <ferry/ucx/memory.hpp>
+#include <ferry/ucx/peer_events.hpp>
+#include <ferry/ucx/pid_watch.hpp>
 #include <ferry/ucx/remote_peer.hpp>
 #include <ferry/ucx/worker.hpp>
 #include <ferry/version.hpp>
@@ -45,6 +48,7 @@ inline std::vector<std::byte> publish_metadata(const std::string& name, std::spa
     md.host_id = host_id();
     md.pid = process_id();
     md.pid_namespace = pid_namespace();
+    md.start_time = process_start_time();
     for (const auto& r : snapshot) {
         region_record rec;
         rec.addr = r->begin();
@@ -71,6 +75,9 @@ class peer_table {
     };
 
 public:
+    /// `events`, if given, receives what happens to the peers (peer_event).
+    explicit peer_table(peer_event_queue* events = nullptr) noexcept : events_(events) {}
+
     /// load_remote's work: connects to the peer `md` describes and files it
     /// under its name, retiring a peer loaded under that name before.
     peer load(ucp_worker_h worker, const metadata_view& md, error_mode mode, const thread_owner& owner) {
@@ -89,7 +96,7 @@ public:
         }
         std::shared_ptr<remote_peer> p;
         try {
-            p = std::make_shared<remote_peer>(worker, md, mode, &failures_);
+            p = std::make_shared<remote_peer>(worker, md, mode, &failures_, events_);
         } catch (const error& e) {
             std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
             if (e.ucx_status() == UCS_ERR_UNREACHABLE && mode == error_mode::peer)
@@ -98,27 +105,46 @@ public:
             throw error(e.code_status(), what, e.ucx_status());
         }
         peer result;
+        std::optional<peer> replaced;
         {
             std::lock_guard lock(mutex_);
-            if (auto it = by_name_.find(p->name()); it != by_name_.end()) retire(it->second);
+            if (auto it = by_name_.find(p->name()); it != by_name_.end()) {
+                replaced = peer{it->second};
+                retire(it->second);
+            }
             auto ref = peers_.insert(std::make_unique<entry>(entry{p}));
+            p->set_handle(ref);
             by_name_[p->name()] = ref;
             result = peer{ref};
         }
+        if (replaced) note(peer_event_kind::replaced, p->name(), *replaced, result);
+        // After the replaced event: a restart that is dead already reads
+        // as replaced, then failed.
+        watch_.add(*p);
         reap(owner);  // closing a peer takes mutex_ itself
         return result;
     }
 
     /// unload_remote's work.
     void unload(peer p, const thread_owner& owner) {
+        std::string name;
         {
             std::lock_guard lock(mutex_);
-            if (!peers_.get(p.ref))
+            auto* e = peers_.get(p.ref);
+            if (!e)
                 throw error(status::no_such_peer, "unload_remote: the peer handle is unknown or already unloaded");
+            name = e->p->name();
             retire(p.ref);
         }
+        note(peer_event_kind::unloaded, name, p, peer{});
         reap(owner);  // closing a peer takes mutex_ itself
     }
+
+    /// The watch over the processes of peers on this host. Only for the
+    /// thread that drives the worker.
+    [[nodiscard]] pid_watch& watch() noexcept { return watch_; }
+    /// The watch's fd, fixed for the table's life; any thread.
+    [[nodiscard]] int watch_fd() const noexcept { return watch_.fd(); }
 
     /// The loaded peer behind a handle, or null. No lock: for the hot path.
     [[nodiscard]] remote_peer* get(slot_ref ref) const noexcept {
@@ -186,6 +212,7 @@ public:
     /// wiring that connection up. Every endpoint and rkey goes before the
     /// worker; what is still open then is cancelled with the worker.
     void close_all(worker& w, std::chrono::steady_clock::time_point deadline) noexcept {
+        watch_.clear();
         reap(w.owner());
         auto close_for_good = [&](const std::shared_ptr<remote_peer>& p) {
             close_peer(*p, p->close_by_force(), w.owner());
@@ -212,10 +239,25 @@ private:
     void retire(slot_ref ref) {
         auto e = peers_.take(ref);
         e->p->retired.store(true, std::memory_order_release);
+        watch_.remove(*e->p);
         by_name_.erase(e->p->name());
         retiring_.push_back(e->p);
         closing_.reserve(closing_.size() + retiring_.size());
         retired_entries_.push_back(std::move(e));
+    }
+
+    void note(peer_event_kind kind, const std::string& name, peer about, peer replacement) noexcept {
+        if (!events_) return;
+        peer_event e;
+        e.kind = kind;
+        e.handle = about;
+        e.replacement = replacement;
+        try {
+            e.name = name;
+            e.detail = kind == peer_event_kind::unloaded ? "unload_remote" : "load_remote took a restarted process's metadata";
+        } catch (const std::bad_alloc&) {
+        }
+        events_->push(std::move(e));
     }
 
     // The caller holds a reference to p: a forced close completes the
@@ -231,6 +273,8 @@ private:
     }
 
     std::atomic<std::uint64_t> failures_{0};  // before the peers, whose error handlers bump it
+    peer_event_queue* events_;                // likewise
+    pid_watch watch_;                         // before the peers, whose pidfds it holds
     mutable Mutex mutex_;                     // by_name_, insertion and removal, closing peers
     slot_table<entry, Mutex> peers_;
     std::map<std::string, slot_ref, std::less<>> by_name_;

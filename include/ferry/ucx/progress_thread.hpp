@@ -28,7 +28,9 @@ namespace detail {
 /// application thread has something, or for a nap at most (see shortest_nap). The backend (Backend, whose friend
 /// this is) provides open_worker(), worker(), serve() — one round of the
 /// worker's work besides commands, returning whether it did any and the
-/// earliest deadline ahead — shut_down(), close_worker() and bind_thread().
+/// earliest deadline ahead — shut_down(), close_worker(), bind_thread(),
+/// watch_fd() (an fd readable when a watched peer process exits, or -1) and
+/// on_watch_ready() (takes what that fd reported).
 template <class Backend>
 class thread_progress {
     using clock = std::chrono::steady_clock;
@@ -103,7 +105,9 @@ private:
         b.bind_thread();
         try {
             b.open_worker();
-            wakeup_.emplace(b.worker().event_fd());
+            // The pid watch's fd beside the worker's: a peer's death must wake
+            // a sleeping thread at once, not at the end of its nap.
+            wakeup_.emplace(b.worker().event_fd(), b.watch_fd());
         } catch (...) {
             b.close_worker();
             ready.set_exception(std::current_exception());
@@ -151,6 +155,7 @@ private:
             }
             const bool woken = wakeup_->sleep(std::min(next_deadline, clock::now() + nap));
             sleeping_.store(false, std::memory_order_relaxed);
+            if (woken && wakeup_->watch_ready()) b.on_watch_ready();
             // A turn that merely timed out goes back to sleep without
             // spinning again, and for twice as long, up to longest_nap.
             if (woken) {

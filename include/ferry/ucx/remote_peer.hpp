@@ -2,8 +2,11 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/handles.hpp>
 #include <ferry/host/peer_process.hpp>
+#include <ferry/peer_event.hpp>
 #include <ferry/status.hpp>
+#include <ferry/ucx/peer_events.hpp>
 #include <ferry/ucx/config.hpp>
 #include <ferry/ucx/endpoint.hpp>
 #include <ferry/version.hpp>
@@ -17,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 FERRY_NAMESPACE_BEGIN
@@ -64,18 +68,22 @@ struct remote_region {
 /// it published, with their rkeys unpacked, sorted by address.
 class remote_peer {
 public:
-    /// `failures`, if given, is bumped when UCX reports the endpoint failed.
+    /// `failures`, if given, is bumped when the peer fails (UCX reports the
+    /// endpoint failed, or its process is found gone), and `events`, if
+    /// given, gets the failure as a peer_event.
     remote_peer(ucp_worker_h worker, const metadata_view& md, error_mode mode,
-                std::atomic<std::uint64_t>* failures = nullptr)
+                std::atomic<std::uint64_t>* failures = nullptr, peer_event_queue* events = nullptr)
         : name_(md.name),
           host_id_(md.host_id),
           mode_(mode),
-          process_(md.host_id, md.pid, md.pid_namespace),
+          process_(md.host_id, md.pid, md.pid_namespace, md.start_time),
           failures_(failures),
+          events_(events),
           ep_(worker, md.worker_address, mode, mode == error_mode::peer ? &on_error : nullptr, this),
           worker_address_(md.worker_address.begin(), md.worker_address.end()),
           pid_(md.pid),
-          pid_namespace_(md.pid_namespace) {
+          pid_namespace_(md.pid_namespace),
+          start_time_(md.start_time) {
         regions_.reserve(md.regions.size());
         for (const auto& r : md.regions) regions_.push_back(region_of(r));
         sort_regions();
@@ -116,7 +124,7 @@ public:
     /// the same process), not of a restart under the same name.
     [[nodiscard]] bool same_incarnation(const metadata_view& md) const noexcept {
         return std::ranges::equal(md.worker_address, worker_address_) && md.host_id == host_id_ &&
-               md.pid == pid_ && md.pid_namespace == pid_namespace_;
+               md.pid == pid_ && md.pid_namespace == pid_namespace_ && md.start_time == start_time_;
     }
 
     /// Takes a later blob of this peer (same_incarnation): regions it still
@@ -157,15 +165,42 @@ public:
 
     [[nodiscard]] error_mode mode() const noexcept { return mode_; }
 
-    /// Records that the peer failed with `s`, as UCX's error handler does;
-    /// the host_ipc path calls it when the peer's process is gone. Any thread.
-    void mark_failed(ucs_status_t s) noexcept {
+    /// Records that the peer failed with `s`: UCX's error handler does, the
+    /// pid watch when the peer's process exits, the host_ipc path when a
+    /// copy finds it gone. The first call wins; it alone bumps the failure
+    /// count (which makes the progress thread end the transfers in flight)
+    /// and queues the one `failed` event. Any thread.
+    void mark_failed(ucs_status_t s, peer_failure why = peer_failure::endpoint_error,
+                     std::string_view detail = {}) noexcept {
         ucs_status_t healthy = UCS_OK;
-        if (failure_.compare_exchange_strong(healthy, s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s,
-                                             std::memory_order_acq_rel) &&
-            failures_)
-            failures_->fetch_add(1, std::memory_order_relaxed);
+        if (!failure_.compare_exchange_strong(healthy, s == UCS_OK ? UCS_ERR_CONNECTION_RESET : s,
+                                              std::memory_order_acq_rel))
+            return;
+        if (failures_) failures_->fetch_add(1, std::memory_order_relaxed);
+        if (!events_) return;
+        peer_event e;
+        e.kind = peer_event_kind::failed;
+        e.why = why;
+        e.handle = peer{handle_};
+        try {
+            e.name = name_;
+            if (!detail.empty()) e.detail = detail;
+            else e.detail = std::string("UCX reported the endpoint failed: ") + ucs_status_string(failure());
+        } catch (const std::bad_alloc&) {
+            // The event still says who failed and why, if not in words.
+        }
+        events_->push(std::move(e));
     }
+
+    /// The handle the peer table filed this peer under, for its events. Set
+    /// once, by load_remote, before the handle is handed out.
+    void set_handle(slot_ref ref) noexcept { handle_ = ref; }
+    [[nodiscard]] peer handle() const noexcept { return peer{handle_}; }
+
+    /// Whether the pid watch (pid_watch) holds this peer. Touched only by
+    /// the thread that drives the worker: inline check() reads it to decide
+    /// whether a transfer's target is worth a look at the watch.
+    bool watched = false;
 
     /// Transfers to this peer that UCX has not completed yet, and how many of
     /// them passed their deadline. Touched only by the thread that drives the worker.
@@ -220,10 +255,13 @@ private:
     error_mode mode_;
     host::peer_process process_;
     std::atomic<std::uint64_t>* failures_;  // before ep_, whose error handler uses it
+    peer_event_queue* events_;              // likewise
+    slot_ref handle_;
     endpoint ep_;
     std::vector<std::byte> worker_address_;
     std::uint32_t pid_;
     std::uint64_t pid_namespace_;
+    std::uint64_t start_time_;
     std::vector<remote_region> regions_;
     std::atomic<ucs_status_t> failure_{UCS_OK};
 };
