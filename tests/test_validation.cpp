@@ -210,7 +210,8 @@ TEST_CASE("prepare refuses lists of different lengths, pairs of different length
             Equals(what("prepare: 0 local descriptors but 2 remote descriptors", status::invalid_argument)));
     }
     SECTION("both lists empty") {
-        REQUIRE_FERRY_ERROR(lb.b.prepare(ferry::xfer_op::read, {}, {}, lb.self), status::invalid_argument,
+        const std::span<const ferry::desc> none;
+        REQUIRE_FERRY_ERROR(lb.b.prepare(ferry::xfer_op::read, none, none, lb.self), status::invalid_argument,
                             Equals(what("prepare: the descriptor lists are empty", status::invalid_argument)));
     }
     SECTION("a pair whose lengths differ") {
