@@ -131,7 +131,8 @@ int run_target(int fd, const options& o) {
     send_msg(fd, blob);
     send_msg(fd, addr);
     static_cast<void>(b.load_remote(recv_msg(fd)));
-    for (bool done = false; !done;) {
+    bool done = false;
+    while (!done) {
         b.progress();
         b.poll_notifs([&](std::string_view, std::string_view msg) { done = msg == "last"; });
     }
