@@ -6,8 +6,11 @@ set -eu
 prog=$1
 shift
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+pid=""
+trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$dir"' EXIT
 . "$(dirname "$0")/../tests/support/await_port.sh"
+# Created here: the background job opens it only once it runs.
+: >"$dir/log"
 "$prog" --port 0 --scrapes 2 --transfers 100 --blocks 8 "$@" >"$dir/log" 2>&1 &
 pid=$!
 await_port "$dir/log" $pid ferry-metrics
@@ -15,6 +18,7 @@ curl -sS --max-time 10 "http://127.0.0.1:$port/metrics" >"$dir/metrics"
 code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/nope")
 status=0
 wait $pid || status=$?
+pid=""
 fail() {
     echo "smoke_metrics: $1" >&2
     cat "$dir/log" >&2
