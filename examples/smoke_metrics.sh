@@ -3,6 +3,10 @@
 # port, scrapes /metrics with curl and checks the counters of its 100
 # WRITEs, and that another path gets a 404; then the program must exit 0.
 set -eu
+if ! command -v curl >/dev/null; then
+    echo "FERRY-SKIP: no curl to scrape with (apt-get install curl)"
+    exit 0
+fi
 prog=$1
 shift
 dir=$(mktemp -d)
