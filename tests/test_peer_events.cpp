@@ -240,23 +240,38 @@ void survivor_with_transfer(side& s, ferry::error_mode mode) {
         ferry_test::post_and_wait(b, x, {}, "the warm-up WRITE");
         command(b, s.ch, "hold", "held");
         expect_status(b.post(x), status::in_progress, "the WRITE to a victim that holds");
-        expect_status(b.check(x), status::in_progress, "the WRITE before the kill");
+        // Whether this UCX can finish the WRITE without the victim: UCX 1.22
+        // over shm, without peer error handling, writes the peer's memory
+        // itself (CMA) and completes it; then nothing is in flight at the
+        // kill, and only the event and what follows are checked.
+        status before = b.check(x);
+        for (const auto until = steady::now() + 200ms; before == status::in_progress && steady::now() < until;)
+            before = b.check(x);
+        const bool in_flight = before == status::in_progress;
+        if (!in_flight) {
+            expect_status(before, status::ok, "the WRITE to a victim that holds, completed without it");
+            std::printf("FERRY-NOTE %s, error_mode %s: this UCX completed the WRITE without the victim's progress; "
+                        "nothing was in flight at the kill\n",
+                        s.tls.c_str(), std::string(ferry::to_string(mode)).c_str());
+        }
         expect(b.take_peer_events().empty(), "a peer event before the kill");
 
         s.ch.send("kill");
         s.ch.expect_message("killed");
-        const auto t0 = steady::now();
-        patience p(30s);
-        status st = b.check(x);
-        while (st == status::in_progress) {
-            p.check("the WRITE in flight to the killed victim to end");
-            ::sched_yield();
-            st = b.check(x);
+        if (in_flight) {
+            const auto t0 = steady::now();
+            patience p(30s);
+            status st = b.check(x);
+            while (st == status::in_progress) {
+                p.check("the WRITE in flight to the killed victim to end");
+                ::sched_yield();
+                st = b.check(x);
+            }
+            const double took = ms_since(t0);
+            expect_status(st, status::peer_failed, "the WRITE in flight to the killed victim");
+            std::printf("FERRY-NOTE %s, error_mode %s: the WRITE in flight ended peer_failed %.1f ms after the kill\n",
+                        s.tls.c_str(), std::string(ferry::to_string(mode)).c_str(), took);
         }
-        const double took = ms_since(t0);
-        expect_status(st, status::peer_failed, "the WRITE in flight to the killed victim");
-        std::printf("FERRY-NOTE %s, error_mode %s: the WRITE in flight ended peer_failed %.1f ms after the kill\n",
-                    s.tls.c_str(), std::string(ferry::to_string(mode)).c_str(), took);
 
         const auto events = take_events(b, 1, "the failed event");
         expect(events.size() == 1, "expected one event, got " + describe(events));
