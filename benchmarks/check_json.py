@@ -11,7 +11,7 @@ STEP = ["p50_us", "p99_us", "min_us", "mean_us", "post_us", "complete_us"]
 KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "prepare_us", "gbps", "desc_per_s",
          "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
          "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
-         "first_after_load", "xfer_us", "raw_buffer"]
+         "first_after_load", "xfer_us", "tel_p50_us", "tel_p99_us", "raw_buffer"]
         + ["step_" + k for k in STEP] + ["raw_step_" + k for k in STEP]
         + ["step_gbps", "step_vs_bw", "raw_step_vs_bw", "step_ratio"])
 
@@ -79,6 +79,8 @@ def main():
     p.add_argument("--step", action="store_true", help="run with --mode step: step columns must be set")
     p.add_argument("--reload", action="store_true", help="run with --reload-peer: every first transfer follows a load")
     p.add_argument("--path", help="the path every row must report (ucx, cuda_ipc, host_ipc)")
+    p.add_argument("--telemetry", action="store_true",
+                   help="run with --telemetry: the histogram's p50 and p99 must be set, p50 <= p99")
     p.add_argument("--layers", type=int,
                    help="run with --pattern kv:N --strided: the longer list must hold one entry per page")
     p.add_argument("--runs", type=int,
@@ -113,6 +115,13 @@ def main():
         if not a.layers and row["entries"] != row["batch"]:
             fail(f"row {i}: {row['entries']} entries, expected a descriptor per block")
         positive(row, i, "prepare_us")
+        if a.telemetry:
+            positive(row, i, "tel_p50_us")
+            positive(row, i, "tel_p99_us")
+            if row["tel_p50_us"] > row["tel_p99_us"]:
+                fail(f"row {i}: telemetry p50 {row['tel_p50_us']} above p99 {row['tel_p99_us']}")
+        elif row["tel_p50_us"] is not None or row["tel_p99_us"] is not None:
+            fail(f"row {i}: telemetry figures without --telemetry")
         if a.runs and row["blocks"] != -(-row["batch"] // a.runs):
             fail(f"row {i}: {row['blocks']} blocks from {row['batch']} descriptors in runs of {a.runs}")
         for key in ("gbps", "desc_per_s"):

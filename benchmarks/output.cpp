@@ -94,6 +94,8 @@ std::vector<field> fields(const row_result& r) {
     num("raw_first_us", r.raw_first_us);
     out.push_back({"first_after_load", r.first_after_load ? "true" : "false", r.first_after_load ? "true" : "false"});
     num("xfer_us", r.xfer_us);
+    num("tel_p50_us", r.tel_p50_us);
+    num("tel_p99_us", r.tel_p99_us);
     if (r.raw_buffer.empty()) out.push_back({"raw_buffer", "null", ""});
     else str("raw_buffer", r.raw_buffer);
     for (auto [prefix, s] : {std::pair{"step_", &r.step}, std::pair{"raw_step_", &r.raw_step}}) {
