@@ -19,12 +19,14 @@
 //            notification arrives.
 // - staging: the source of i's WRITEs, one area per peer.
 // - scratch: the destination of i's READs, one area per peer.
-// At most one transfer per (initiator, peer) is in flight, so an area is
+// Inbox slots and scratch areas come in lanes (four per peer).
+// At most one transfer per (initiator, peer) is in flight, so a lane is
 // never reused while a transfer over it runs. A transfer that ends other
-// than ok may have left operations behind that UCX can still complete
-// (timed_out: "abandoned, not recalled"); before the next one to that peer
-// the agent unloads and reloads it, which cancels them, so that a later
-// transfer's bytes can be checked.
+// than ok may have left operations behind that still land (timed_out:
+// "abandoned, not recalled"): the agent unloads and reloads that peer, as
+// the README says to, and moves on to the peer's next lane, because over
+// tcp bytes already sent land even after the unload (--one-lane shows it),
+// and the next transfers' bytes must stay checkable.
 
 #include <ferry/ferry.hpp>
 
@@ -85,6 +87,7 @@ struct options {
     int deadline_ms = 2000;
     std::string path = "mix";
     std::string ucx_log = "fatal";
+    bool one_lane = false;
     bool verbose = false;
 };
 
@@ -105,7 +108,10 @@ void usage(std::FILE* to) {
                  "  --path auto|ucx|mix  transfer path: prepare's choice, UCX RMA, or each at random [mix]\n"
                  "  --ucx-log LEVEL      UCX_LOG_LEVEL where the environment sets none (UCX logs\n"
                  "                       every peer the faults break)               [fatal]\n"
-                 "  --verbose            print each fault and restart\n"
+                 "  --one-lane           WRITE and READ a peer's same blocks after a failed transfer\n"
+                 "                       too, trusting that unloading the peer stopped what the\n"
+                 "                       failed one left behind (over tcp it does not)\n"
+                 "  --verbose            print each fault, restart and failed transfer\n"
                  "  --help               this text\n");
 }
 
@@ -132,6 +138,10 @@ std::optional<options> parse_options(int argc, char** argv) {
         }
         if (arg == "--verbose") {
             o.verbose = true;
+            continue;
+        }
+        if (arg == "--one-lane") {
+            o.one_lane = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -250,6 +260,7 @@ enum class frame : char {
     report = 'R',        // agent: counters, text
     final_report = 'F',  // agent: counters and the notification ledger, text
     violation = 'V',     // agent: one violated invariant, text
+    info = 'I',          // agent: something --verbose prints (a failed transfer, a refused load)
     peer_blob = 'P',     // parent: u32 id, u32 incarnation, u64 own, u64 inbox, the blob
     unload_reload = 'U', // parent: u32 id of the peer to unload and load again
     quiesce = 'Q',       // parent: post nothing more
@@ -367,6 +378,7 @@ struct remote_agent {
     steady::time_point reload_at{};
     bool in_flight = false;
     std::uint64_t next_seq = 1;             // WRITE seqs to this incarnation
+    std::size_t lane = 0;                   // see agent::lanes
     std::vector<std::uint64_t> ok_seqs;     // WRITEs to this incarnation that ended ok
 };
 
@@ -378,6 +390,7 @@ struct flight {
     xfer_path path = xfer_path::automatic;
     std::uint32_t tinc = 0;
     std::uint64_t seq = 0;
+    std::size_t lane = 0;
     std::vector<std::uint64_t> remote_blocks;  // READ: the peer's own blocks, in local order
     std::uint64_t bytes = 0;
     steady::time_point posted{};
@@ -399,8 +412,13 @@ public:
     int run();
 
 private:
+    // A failed transfer may leave operations behind that land later, even
+    // after the peer was unloaded (bytes already in a tcp socket): the next
+    // transfers to that peer use the next lane, other blocks, so that what
+    // they carry can be checked.
+    std::size_t lanes() const { return o_.one_lane ? 1 : 4; }
     std::size_t slot_bytes() const { return o_.blocks * o_.block_size; }
-    std::size_t area_bytes() const { return slot_bytes() * static_cast<std::size_t>(o_.agents); }
+    std::size_t area_bytes() const { return slot_bytes() * lanes() * static_cast<std::size_t>(o_.agents); }
 
     ferry::region make_region(Backend& b, std::size_t len, bool use_allocate, std::unique_ptr<std::byte, memory_block>& own) {
         if (use_allocate) return b.allocate(len);
@@ -416,6 +434,10 @@ private:
         count("violations");
         send_blocking(fd_, make_frame(frame::violation, agent_name(id_) + " (incarnation " + std::to_string(inc_) +
                                                             ", " + (is_threaded() ? "thread" : "inline") + "): " + what));
+    }
+
+    void info(const std::string& what) {
+        if (o_.verbose) send_blocking(fd_, make_frame(frame::info, agent_name(id_) + " (incarnation " + std::to_string(inc_) + "): " + what));
     }
 
     static constexpr bool is_threaded() { return ferry::is_threaded_v<typename Backend::policy_type>; }
@@ -472,6 +494,7 @@ void agent<Backend>::load(Backend& b, int id) {
         // A restarted peer's blob may describe a process that is already
         // dead again; the next blob or the retry loads it.
         count("load_errors." + std::string(ferry::to_string(e.code_status())));
+        info(std::string("load_remote of ") + agent_name(id) + " threw: " + e.what());
         r.loaded = false;
         r.needs_reload = true;
         r.reload_at = steady::now() + 500ms;
@@ -494,6 +517,7 @@ void agent<Backend>::handle_control(Backend& b) {
                 remote_agent& r = peers_[static_cast<std::size_t>(id)];
                 if (!r.known || r.inc != inc) {
                     r.next_seq = 1;
+                    r.lane = 0;
                     r.ok_seqs.clear();
                 }
                 r.known = true;
@@ -543,7 +567,8 @@ void agent<Backend>::post_one(Backend& b, int to) {
     std::iota(positions.begin(), positions.end(), std::size_t{0});
     std::shuffle(positions.begin(), positions.end(), rng_);
     positions.resize(k);
-    std::byte* area = (op == xfer_op::write ? staging_ : scratch_) + static_cast<std::size_t>(to) * slot_bytes();
+    std::byte* area =
+        (op == xfer_op::write ? staging_ : scratch_) + (static_cast<std::size_t>(to) * lanes() + r.lane) * slot_bytes();
 
     flight f;
     f.to = to;
@@ -551,6 +576,7 @@ void agent<Backend>::post_one(Backend& b, int to) {
     f.op = op;
     f.path = path;
     f.tinc = r.inc;
+    f.lane = r.lane;
     f.bytes = k * bs;
     std::vector<ferry::desc> local, remote;
     std::string notif;
@@ -561,10 +587,12 @@ void agent<Backend>::post_one(Backend& b, int to) {
             std::byte* src = area + positions[j] * bs;
             fill_block(src, bs, static_cast<std::uint32_t>(id_), inc_, f.seq, first + j);
             local.push_back({reinterpret_cast<std::uintptr_t>(src), bs, 0});
-            remote.push_back({r.inbox_addr + (static_cast<std::size_t>(id_) * o_.blocks + first + j) * bs, bs, 0});
+            remote.push_back(
+                {r.inbox_addr + ((static_cast<std::size_t>(id_) * lanes() + r.lane) * o_.blocks + first + j) * bs, bs,
+                 0});
         }
         notif = "w " + std::to_string(id_) + " " + std::to_string(inc_) + " " + std::to_string(r.inc) + " " +
-                std::to_string(f.seq) + " " + std::to_string(first) + " " + std::to_string(k);
+                std::to_string(f.seq) + " " + std::to_string(first) + " " + std::to_string(k) + " " + std::to_string(r.lane);
     } else {
         std::vector<std::uint64_t> blocks(o_.blocks);
         std::iota(blocks.begin(), blocks.end(), std::uint64_t{0});
@@ -622,7 +650,7 @@ void agent<Backend>::finish(Backend& b, flight& f, status s) {
             if (r.inc == f.tinc) r.ok_seqs.push_back(f.seq);
         } else {
             const std::size_t k = f.remote_blocks.size() / 2;
-            std::byte* area = scratch_ + static_cast<std::size_t>(f.to) * slot_bytes();
+            std::byte* area = scratch_ + (static_cast<std::size_t>(f.to) * lanes() + f.lane) * slot_bytes();
             for (std::size_t j = 0; j < k; ++j) {
                 const std::byte* got = area + f.remote_blocks[k + j] * o_.block_size;
                 words_.resize(o_.block_size / 8);
@@ -637,7 +665,13 @@ void agent<Backend>::finish(Backend& b, flight& f, status s) {
                 }
             }
         }
-    } else if (current && s != status::no_such_peer) {
+    } else {
+        info(op + (f.op == xfer_op::write ? " seq " + std::to_string(f.seq) : std::string()) + " to " +
+             agent_name(f.to) + " (incarnation " + std::to_string(f.tinc) + ", path " +
+             std::string(ferry::to_string(b.path_of(f.x))) + ") ended " + std::string(ferry::to_string(s)));
+    }
+    if (s != status::ok && r.inc == f.tinc && r.lane == f.lane) r.lane = (r.lane + 1) % lanes();
+    if (s != status::ok && current && s != status::no_such_peer) {
         // Operations UCX may still complete must not land over the next
         // transfer's blocks: unloading the peer cancels them.
         r.needs_reload = true;
@@ -653,9 +687,9 @@ void agent<Backend>::on_notif(std::string_view from, std::string_view msg) {
     char tag = 0;
     int w = -1;
     std::uint32_t winc = 0, tinc = 0;
-    std::uint64_t seq = 0, first = 0, k = 0;
-    in >> tag >> w >> winc >> tinc >> seq >> first >> k;
-    if (!in || tag != 'w' || w < 0 || w >= o_.agents || k == 0 || first + k > o_.blocks ||
+    std::uint64_t seq = 0, first = 0, k = 0, lane = 0;
+    in >> tag >> w >> winc >> tinc >> seq >> first >> k >> lane;
+    if (!in || tag != 'w' || w < 0 || w >= o_.agents || k == 0 || first + k > o_.blocks || lane >= lanes() ||
         from != agent_name(w)) {
         violation("malformed notification '" + std::string(msg) + "' from '" + std::string(from) + "'");
         return;
@@ -678,7 +712,7 @@ void agent<Backend>::on_notif(std::string_view from, std::string_view msg) {
     std::size_t superseded = 0;
     for (std::uint64_t j = 0; j < k; ++j) {
         const std::uint64_t pos = first + j;
-        const std::byte* at = inbox_ + (static_cast<std::size_t>(w) * o_.blocks + pos) * bs;
+        const std::byte* at = inbox_ + ((static_cast<std::size_t>(w) * lanes() + lane) * o_.blocks + pos) * bs;
         words_.resize(bs / 8);
         std::memcpy(words_.data(), at, bs);
         std::string why;
@@ -755,7 +789,7 @@ int agent<Backend>::run() {
     Backend b(cfg);
     // Which regions UCX allocates and which are the caller's, per incarnation.
     const std::uint64_t mix_bits = rng_();
-    ferry::region own = make_region(b, slot_bytes(), mix_bits & 1, own_mem);
+    ferry::region own = make_region(b, slot_bytes(), mix_bits & 1, own_mem);  // read by peers, never written
     ferry::region inbox = make_region(b, area_bytes(), mix_bits & 2, inbox_mem);
     ferry::region staging = make_region(b, area_bytes(), mix_bits & 4, staging_mem);
     ferry::region scratch = make_region(b, area_bytes(), mix_bits & 8, scratch_mem);
@@ -1038,6 +1072,7 @@ void coordinator::on_frame(int i, frame type, std::string payload) {
             s.final_received = true;
             break;
         case frame::violation: violation(payload); break;
+        case frame::info: note(payload); break;
         default: violation("agent " + std::to_string(i) + " sent an unknown frame"); break;
     }
 }
