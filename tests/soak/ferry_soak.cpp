@@ -216,20 +216,25 @@ enum class verdict { intact, superseded, bad };
 // (the writer posts seq+1 as soon as seq completed, which may be long before
 // this agent gets to the notification), and a copy in flight tears words at
 // any byte (UCX's active-message fragments, the kernel's copies): a block
-// whose every byte is the byte of seq or of a later seq (up to 64 later) at
-// that place was overwritten, not corrupted. Anything else, older data
-// included (the notification came before its data), is bad.
+// whose every byte is the byte of seq or of a later seq at that place was
+// overwritten, not corrupted. Later means up to 64 past seq or past the seq
+// in the block's header: a notification may come hundreds of WRITEs late
+// (host_ipc lands the data inside post, and a stopped target's queue holds
+// the notifications). Anything else, older data included (the notification
+// came before its data), is bad.
 verdict judge_block(const std::vector<std::uint64_t>& words, std::uint32_t who, std::uint32_t inc,
                     std::uint64_t seq, std::uint64_t pos, std::string& why) {
     const std::size_t n = words.size();
     std::vector<std::uint64_t> seqs{seq};  // the seqs found in the block so far
+    const std::uint64_t header_seq = words.size() > 2 && words[2] > seq && words[2] - seq < (1u << 24) ? words[2] : seq;
+    const std::uint64_t latest = header_seq + 64;
     auto byte_of = [](std::uint64_t w, unsigned b) { return (w >> (8 * b)) & 0xffu; };
     // Whether `part` (a whole word, or one of its bytes) is some seq's, adding
     // the later seq it first finds.
     auto explained = [&](std::size_t i, auto&& same) {
         for (auto s : seqs)
             if (same(expected_word(who, inc, s, pos, i))) return true;
-        for (std::uint64_t later = seq + 1; later <= seq + 64; ++later)
+        for (std::uint64_t later = seq + 1; later <= latest; ++later)
             if (same(expected_word(who, inc, later, pos, i))) {
                 seqs.push_back(later);
                 return true;
