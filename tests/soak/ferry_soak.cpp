@@ -87,6 +87,7 @@ struct options {
     int deadline_ms = 2000;
     std::string path = "mix";
     std::string ucx_log = "fatal";
+    int steady = 2;
     bool one_lane = false;
     bool verbose = false;
 };
@@ -102,6 +103,8 @@ void usage(std::FILE* to) {
                  "  --seed N             seeds the fault injector and the agents     [1]\n"
                  "  --tls LIST           UCX_TLS of every agent: shm, tcp, shm,tcp   [shm,tcp]\n"
                  "  --fault-rate R       faults per second (0: none)                 [1]\n"
+                 "  --steady N           agents 0..N-1 are never killed or stopped, so that their\n"
+                 "                       descriptors and RSS are watched for the whole run [2]\n"
                  "  --block-size BYTES   bytes per block, a multiple of 8, >= 64     [4096]\n"
                  "  --blocks N           blocks per region slot (and per transfer at most) [16]\n"
                  "  --deadline-ms MS     deadline of every post                      [2000]\n"
@@ -159,6 +162,7 @@ std::optional<options> parse_options(int argc, char** argv) {
             good = parse_int(v, o.block_size) && o.block_size >= 64 && o.block_size % 8 == 0 &&
                    o.block_size <= (16u << 20);
         else if (arg == "--blocks") good = parse_int(v, o.blocks) && o.blocks >= 1 && o.blocks <= 4096;
+        else if (arg == "--steady") good = parse_int(v, o.steady) && o.steady >= 0;
         else if (arg == "--deadline-ms") good = parse_int(v, o.deadline_ms) && o.deadline_ms > 0;
         else if (arg == "--path") good = (o.path = v) == "auto" || o.path == "ucx" || o.path == "mix";
         else if (arg == "--ucx-log") good = !(o.ucx_log = v).empty();
@@ -1157,7 +1161,8 @@ void coordinator::inject() {
     if (eligible.empty()) return;
     const int i = eligible[rng_() % eligible.size()];
     agent_slot& s = slots_[static_cast<std::size_t>(i)];
-    switch (rng_() % 3) {
+    // A steady agent is only asked to reload peers.
+    switch (i < o_.steady ? 2 : rng_() % 3) {
         case 0:
             s.killed_by_us = true;
             ::kill(s.pid, SIGKILL);
