@@ -220,29 +220,39 @@ enum class verdict { intact, superseded, bad };
 // (the writer posts seq+1 as soon as seq completed, which may be long before
 // this agent gets to the notification), and a copy in flight tears words at
 // any byte (UCX's active-message fragments, the kernel's copies): a block
-// whose every byte is the byte of seq or of a later seq at that place was
+// whose every byte is the byte of seq or of a later WRITE at that place was
 // overwritten, not corrupted. Later means up to 64 past seq or past the seq
-// in the block's header: a notification may come hundreds of WRITEs late
-// (host_ipc lands the data inside post, and a stopped target's queue holds
-// the notifications). Anything else, older data included (the notification
-// came before its data), is bad.
+// in the block's header, or any WRITE of a later incarnation of the writer
+// that the header names: a notification may come hundreds of WRITEs late,
+// even after its writer was killed and restarted (host_ipc lands the data
+// inside post, and a stopped target's queue holds the notifications).
+// Anything else, older data included (the notification came before its
+// data), is bad.
 verdict judge_block(const std::vector<std::uint64_t>& words, std::uint32_t who, std::uint32_t inc,
                     std::uint64_t seq, std::uint64_t pos, std::string& why) {
     const std::size_t n = words.size();
-    std::vector<std::uint64_t> seqs{seq};  // the seqs found in the block so far
-    const std::uint64_t header_seq = words.size() > 2 && words[2] > seq && words[2] - seq < (1u << 24) ? words[2] : seq;
-    const std::uint64_t latest = header_seq + 64;
+    struct family {
+        std::uint32_t inc;
+        std::uint64_t first, last;  // seqs
+    };
+    std::vector<family> families{{inc, seq + 1, seq + 64}};
+    if (n > 2 && words[1] == inc && words[2] > seq && words[2] - seq < (1u << 24))
+        families[0].last = words[2] + 64;
+    if (n > 2 && words[1] > inc && words[1] - inc < (1u << 16) && words[2] < (1u << 24))
+        families.push_back({static_cast<std::uint32_t>(words[1]), 1, words[2] + 64});
+    std::vector<std::pair<std::uint32_t, std::uint64_t>> found{{inc, seq}};  // (incarnation, seq) in the block
     auto byte_of = [](std::uint64_t w, unsigned b) { return (w >> (8 * b)) & 0xffu; };
-    // Whether `part` (a whole word, or one of its bytes) is some seq's, adding
-    // the later seq it first finds.
+    // Whether `part` (a whole word, or one of its bytes) is some WRITE's,
+    // adding the later one it first finds.
     auto explained = [&](std::size_t i, auto&& same) {
-        for (auto s : seqs)
-            if (same(expected_word(who, inc, s, pos, i))) return true;
-        for (std::uint64_t later = seq + 1; later <= latest; ++later)
-            if (same(expected_word(who, inc, later, pos, i))) {
-                seqs.push_back(later);
-                return true;
-            }
+        for (auto [fi, fs] : found)
+            if (same(expected_word(who, fi, fs, pos, i))) return true;
+        for (const family& f : families)
+            for (std::uint64_t s = f.first; s <= f.last; ++s)
+                if (same(expected_word(who, f.inc, s, pos, i))) {
+                    found.emplace_back(f.inc, s);
+                    return true;
+                }
         return false;
     };
     for (std::size_t i = 0; i < n; ++i) {
@@ -258,7 +268,7 @@ verdict judge_block(const std::vector<std::uint64_t>& words, std::uint32_t who, 
               std::to_string((words[0] ^ block_magic) & 0xffffffffu);
         return verdict::bad;
     }
-    return seqs.size() == 1 ? verdict::intact : verdict::superseded;
+    return found.size() == 1 ? verdict::intact : verdict::superseded;
 }
 
 // ---- framing over the control sockets ---------------------------------------
