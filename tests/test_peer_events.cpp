@@ -33,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -541,4 +542,34 @@ TEST_CASE("a pid that now names another process is a dead peer at once") {
         CHECK(s.b.peer_status(p) == status::ok);
         CHECK(s.b.take_peer_events().empty());
     }
+}
+
+// A peer that is unloaded or replaced gives its pidfd back: a process whose
+// peers restart for weeks must not run out of descriptors (the soak found one
+// kept per unload until the backend went).
+TEST_CASE("unloading a watched peer closes its pidfd") {
+    auto open_fds = [] {
+        std::size_t n = 0;
+        for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+        return n;
+    };
+    self_peer s;
+    const auto blob = s.b.local_metadata();
+    // One round first: UCX opens what it keeps for the life of the worker.
+    s.b.unload_remote(s.b.load_remote(blob));
+    s.b.progress();
+    static_cast<void>(s.b.take_peer_events());
+    const std::size_t before = open_fds();
+    constexpr int rounds = 100;
+    for (int i = 0; i < rounds; ++i) {
+        const ferry::peer p = s.b.load_remote(blob);
+        REQUIRE(s.b.peer_status(p) == status::ok);
+        s.b.unload_remote(p);
+    }
+    s.b.progress();
+    const auto events = s.b.take_peer_events();
+    CHECK(events.size() == rounds);
+    const std::size_t after = open_fds();
+    INFO("open descriptors: " << before << " before " << rounds << " loads and unloads, " << after << " after");
+    CHECK(after <= before + 4);
 }

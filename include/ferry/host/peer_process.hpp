@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -39,7 +40,7 @@ public:
     peer_process(const peer_process&) = delete;
     peer_process& operator=(const peer_process&) = delete;
     ~peer_process() {
-        if (pidfd_ >= 0) ::close(pidfd_);
+        if (const int fd = pidfd_.load(std::memory_order_relaxed); fd >= 0) ::close(fd);
     }
 
     [[nodiscard]] ::pid_t pid() const noexcept { return static_cast<::pid_t>(pid_); }
@@ -74,11 +75,26 @@ public:
     /// False once the peer's process has exited. With a pidfd (Linux >= 5.3)
     /// the answer is about the very process probed, so that a process_vm
     /// call that follows cannot reach a stranger that inherited its pid.
+    /// After release() it is false: the peer was unloaded, and without its
+    /// pidfd the pid alone could name a stranger.
     [[nodiscard]] bool alive() const noexcept {
         if (!gone_.empty()) return false;
-        if (pidfd_ < 0) return ::kill(pid(), 0) == 0 || errno == EPERM;
-        pollfd p{pidfd_, POLLIN, 0};
+        const int fd = pidfd_.load(std::memory_order_acquire);
+        if (released_.load(std::memory_order_acquire)) return false;
+        if (fd < 0) return ::kill(pid(), 0) == 0 || errno == EPERM;
+        // A release() between the two loads closes fd under us: poll then
+        // reports it invalid (POLLNVAL), which reads as not alive.
+        pollfd p{fd, POLLIN, 0};
         return ::poll(&p, 1, 0) == 0;
+    }
+
+    /// Closes the pidfd of a peer that was unloaded or replaced. Its entry
+    /// outlives it (a thread may have just looked it up), and a process whose
+    /// peers restart for weeks would otherwise keep one descriptor per
+    /// restart. Called once the watch let go of it, on the worker's thread.
+    void release() noexcept {
+        released_.store(true, std::memory_order_release);
+        if (const int fd = pidfd_.exchange(-1, std::memory_order_acq_rel); fd >= 0) ::close(fd);
     }
 
     /// Whether the peer's death can be watched at all: it is a process here.
@@ -86,7 +102,7 @@ public:
 
     /// The pidfd, readable once the process has exited; -1 where the kernel
     /// has none (Linux < 5.3, or seccomp forbids it): then only probe() can tell.
-    [[nodiscard]] int pidfd() const noexcept { return pidfd_; }
+    [[nodiscard]] int pidfd() const noexcept { return pidfd_.load(std::memory_order_acquire); }
 
     /// Why the process was already gone (or the pid named another process)
     /// when this object was made; empty if it was there.
@@ -104,8 +120,8 @@ public:
 private:
     void identify() {
 #ifdef SYS_pidfd_open
-        pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid(), 0));
-        if (pidfd_ < 0 && errno == ESRCH) {
+        pidfd_.store(static_cast<int>(::syscall(SYS_pidfd_open, pid(), 0)), std::memory_order_relaxed);
+        if (pidfd_.load(std::memory_order_relaxed) < 0 && errno == ESRCH) {
             gone_ = "process " + std::to_string(pid_) + " had exited before its metadata was loaded";
             return;
         }
@@ -116,10 +132,8 @@ private:
         } else if (start_time_ != 0 && now.start != 0 && now.start != start_time_) {
             gone_ = stranger(now.start);
         }
-        if (!gone_.empty() && pidfd_ >= 0) {
-            ::close(pidfd_);
-            pidfd_ = -1;
-        }
+        if (!gone_.empty())
+            if (const int fd = pidfd_.exchange(-1, std::memory_order_relaxed); fd >= 0) ::close(fd);
     }
 
     std::string stranger(std::uint64_t found) const {
@@ -140,7 +154,8 @@ private:
     std::string gone_;
     bool vm_checked_ = false;
     std::string vm_why_not_;
-    int pidfd_ = -1;
+    std::atomic<int> pidfd_{-1};
+    std::atomic<bool> released_{false};
 };
 
 }  // namespace detail::host

@@ -240,6 +240,7 @@ private:
         auto e = peers_.take(ref);
         e->p->retired.store(true, std::memory_order_release);
         watch_.remove(*e->p);
+        e->p->process().release();
         by_name_.erase(e->p->name());
         retiring_.push_back(e->p);
         closing_.reserve(closing_.size() + retiring_.size());
