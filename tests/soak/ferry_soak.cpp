@@ -919,7 +919,10 @@ int agent<Backend>::run() {
             }
             for (const auto& [w, entry] : seen_) {
                 text += "N " + std::to_string(w) + " " + std::to_string(entry.first);
-                for (auto s : entry.second) text += " " + std::to_string(s);
+                for (auto s : entry.second) {
+                    text += ' ';
+                    text += std::to_string(s);
+                }
                 text += "\n";
             }
             send_blocking(fd_, make_frame(frame::final_report, text));
