@@ -47,6 +47,7 @@ using Catch::Matchers::Equals;
 using ferry::status;
 using ferry::xfer_op;
 using ferry::xfer_path;
+using ferry_test::error_text;
 using ferry_test::expect;
 using ferry_test::expect_status;
 using ferry_test::fail;
@@ -548,11 +549,6 @@ ferry::ucx_config loop_config() {
     return cfg;
 }
 
-
-// std::system_error appends ": " and the code's message to what it is given.
-std::string error_text(const std::string& message, status s) {
-    return message + ": " + std::string(ferry::to_string(s));
-}
 
 // One backend that has loaded its own metadata. `src` and `dst` are each one
 // buffer registered as two adjacent halves, followed by as many bytes again

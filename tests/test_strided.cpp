@@ -37,6 +37,7 @@ using ferry::status;
 using ferry::strided_desc;
 using ferry::xfer_op;
 using ferry::xfer_path;
+using ferry_test::error_text;
 using ferry_test::expect;
 using ferry_test::expect_status;
 using ferry_test::fail;
@@ -285,11 +286,6 @@ ferry::ucx_config loop_config() {
     cfg.name = "strided";
     cfg.ucx_options = {{"TLS", "shm"}};
     return cfg;
-}
-
-// std::system_error appends ": " and the code's message to what it is given.
-std::string error_text(const std::string& message, status s) {
-    return message + ": " + std::string(ferry::to_string(s));
 }
 
 struct loopback {

@@ -63,6 +63,12 @@ inline constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feat
 inline constexpr bool sanitized = false;
 #endif
 
+/// What ferry::error's what() says for `message` and status `s`:
+/// std::system_error appends ": " and the code's message.
+inline std::string error_text(const std::string& message, ferry::status s) {
+    return message + ": " + std::string(ferry::to_string(s));
+}
+
 /// Marks the running test case skipped: ctest reports it so, with `why`.
 /// Call it, then return from the test case.
 inline void skip(const std::string& why) {
