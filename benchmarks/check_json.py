@@ -11,7 +11,7 @@ STEP = ["p50_us", "p99_us", "min_us", "mean_us", "post_us", "complete_us"]
 KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "prepare_us", "gbps", "desc_per_s",
          "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
          "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
-         "first_after_load", "xfer_us", "tel_p50_us", "tel_p99_us", "raw_buffer"]
+         "connect_us", "first_after_load", "xfer_us", "tel_p50_us", "tel_p99_us", "raw_buffer"]
         + ["step_" + k for k in STEP] + ["raw_step_" + k for k in STEP]
         + ["step_gbps", "step_vs_bw", "raw_step_vs_bw", "step_ratio"])
 
@@ -31,6 +31,10 @@ def check_first(row, i, a):
     positive(row, i, "first_us")
     if row["first_after_load"] is not (i == 0 or a.reload):
         fail(f"row {i}: first_after_load is {row['first_after_load']!r}")
+    if row["first_after_load"] and not a.no_connect:
+        positive(row, i, "connect_us")
+    elif row["connect_us"] is not None:
+        fail(f"row {i}: connect_us should be null: no connect before this row")
     if a.no_raw:
         if row["raw_first_us"] is not None or row["raw_buffer"] is not None:
             fail(f"row {i}: raw_first_us and raw_buffer should be null without a baseline")
@@ -78,6 +82,7 @@ def main():
     p.add_argument("--no-raw", action="store_true", help="run with --baseline none: raw columns must be null")
     p.add_argument("--step", action="store_true", help="run with --mode step: step columns must be set")
     p.add_argument("--reload", action="store_true", help="run with --reload-peer: every first transfer follows a load")
+    p.add_argument("--no-connect", action="store_true", help="run with --no-connect: connect_us must be null")
     p.add_argument("--path", help="the path every row must report (ucx, cuda_ipc, host_ipc)")
     p.add_argument("--telemetry", action="store_true",
                    help="run with --telemetry: the histogram's p50 and p99 must be set, p50 <= p99")

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,8 @@ public:
     /// Row `index` of the sweep.
     row_result run_row(std::size_t index, const row_spec& spec, progress_line& progress, const std::string& label) {
         if (index > 0 && o_.reload_peer) me_.reload();
+        std::optional<double> connect_us;
+        if ((index == 0 || o_.reload_peer) && !o_.no_connect) connect_us = me_.connect() * 1e6;
         const layout l = make_layout(o_.pattern, spec.block, spec.batch, buffer_, o_.seed, o_.run_length);
         const bool raw = me_.has_raw();
         ctl_.send(msg::row, wire_writer()
@@ -59,6 +62,7 @@ public:
         const std::string_view first_note = o_.notif || o_.mode.step ? note_bw : std::string_view{};
         out.first_us = micros(me_.ferry().timed_post(first_note));
         out.first_after_load = index == 0 || o_.reload_peer;
+        out.connect_us = connect_us;
         if (raw) out.raw_first_us = micros(me_.raw().timed_post(first_note));
         sync();
 

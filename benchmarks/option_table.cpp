@@ -96,6 +96,10 @@ const option_spec table[] = {
      "run ferry with telemetry::on and print its latency histogram's p50/p99 (post to completion, over the bw "
      "repetitions) next to the measured figures; the run fails unless the histogram counted every post",
      "off", false, flag<&options::telemetry>},
+    {what, "--no-connect", "",
+     "skip connect() after load_remote, so that the first transfer also finishes the endpoint (UCX wires some "
+     "transports up at their first use: a round trip to the peer)",
+     "off", false, flag<&options::no_connect>},
     {what, "--reload-peer", "",
      "before every row, unload the peer and load its metadata again, so that each row's first transfer is the "
      "first after load_remote, as the first row's always is",
@@ -250,8 +254,9 @@ measurements taken just before and just after it (1.00: no overhead, below
 post() until the target held the notification; in post and done: medians of
 the time until post() returned and until the initiator saw completion; step
 GB/s: bytes / step p50, and vs bw its fraction of the row's GB/s (raw s.*:
-the raw loop's; step ratio: ferry step p50 / raw step p50). first us: the
-row's first post, post to completion, right after prepare (and load_remote);
+the raw loop's; step ratio: ferry step p50 / raw step p50). conn us: connect() right after
+load_remote (first row; every row with --reload-peer). first us: the row's
+first post, post to completion, right after prepare (and load_remote);
 xfer us: the same in steady state (back to back, median). blocks: the
 operations (or copies) a transfer became; entries: the descriptors (with
 --strided, the strided entries) of the longer list; prep us: how long its

@@ -94,6 +94,7 @@ struct options {
     std::size_t reps = 5;
     std::size_t retries = 3;  // per measurement, while another process preempted a side
     bool reload_peer = false;  // load the peer again before every row
+    bool no_connect = false;   // no connect() after load_remote
     bool telemetry = false;    // --telemetry: ferry with telemetry::on, its histogram next to the figures
 
     // Transport and backend.

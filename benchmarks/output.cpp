@@ -92,6 +92,7 @@ std::vector<field> fields(const row_result& r) {
     num("copy_ratio", r.copy_ratio);
     num("first_us", r.first_us);
     num("raw_first_us", r.raw_first_us);
+    num("connect_us", r.connect_us);
     out.push_back({"first_after_load", r.first_after_load ? "true" : "false", r.first_after_load ? "true" : "false"});
     num("xfer_us", r.xfer_us);
     num("tel_p50_us", r.tel_p50_us);

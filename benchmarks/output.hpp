@@ -57,6 +57,7 @@ struct row_result {
     std::optional<double> first_us;
     std::optional<double> raw_first_us;  // the raw loop's, on the same endpoint, after ferry's
     bool first_after_load = false;
+    std::optional<double> connect_us;    // connect() after that load_remote; none with --no-connect
     std::optional<double> xfer_us;       // steady state: back-to-back post to completion, median
     std::optional<double> tel_p50_us;    // --telemetry: ferry's own histogram over the bw repetitions
     std::optional<double> tel_p99_us;

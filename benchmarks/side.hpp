@@ -13,6 +13,7 @@
 #include "plan.hpp"
 #include "raw_runner.hpp"
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -130,6 +131,16 @@ public:
         if constexpr (raw_capable<B>) {
             if (raw_) raw_->connect(backend_->ucx_endpoint(peer_), raw_rkey_, raw_remote_base_);
         }
+    }
+
+    /// connect() to the loaded peer, as the README advises after
+    /// load_remote; returns how long it took, in seconds.
+    double connect() {
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto s = backend_->connect(
+            peer_, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(opts_.timeout)));
+        if (s != ferry::status::ok) throw peer_error(std::string("connect: ") + std::string(ferry::to_string(s)));
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
 
     void progress() { backend_->progress(); }

@@ -87,6 +87,7 @@ const column raw_step_columns[] = {
     {"step ratio", 10, [](const row_result& r) { return fixed(r.step_ratio, 3); }},
 };
 const column first_columns[] = {
+    {"conn us", 8, [](const row_result& r) { return micros(r.connect_us); }},
     {"first us", 9, [](const row_result& r) { return micros(r.first_us); }},
     {"xfer us", 8, [](const row_result& r) { return micros(r.xfer_us); }},
 };

@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -32,6 +33,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 using ferry::status;
@@ -1340,6 +1342,62 @@ TEST_CASE("notifications are grouped under each sender's exact name") {
         }
         s.ch.send("grouped");
         serve_until_bye(b, s.ch);
+    };
+    ferry_test::run_two_process(tls, initiator, target);
+}
+
+// connect's initiator, under either progress policy.
+template <class B>
+void connect_initiator(side& s) {
+    using namespace std::chrono_literals;
+    B b(s.config("initiator"));
+    const auto blob = s.ch.recv_bytes();
+    const ferry::peer p = b.load_remote(blob);
+    expect_status(b.connect(p, 20s), status::ok, "connect to a live peer");
+    expect_status(b.connect(p, 20s), status::ok, "connect to it again");
+    expect_status(b.send_notif(p, "after connect"), status::ok, "send_notif after connect");
+    ferry_test::progress_until_message(b, s.ch);
+    s.ch.expect_message("got it");
+    expect_status(b.connect(ferry::peer{}, 1s), status::no_such_peer, "connect to an unknown handle");
+    b.unload_remote(p);
+    expect_status(b.connect(p, 1s), status::no_such_peer, "connect to an unloaded peer");
+
+    const ferry::peer again = b.load_remote(blob);
+    s.ch.send("die");
+    s.ch.expect_closed();
+    ferry_test::patience patience;
+    while (b.peer_status(again) != status::peer_failed) {
+        b.progress();
+        patience.check("the dead target to be found");
+    }
+    expect_status(b.connect(again, 1s), status::peer_failed, "connect to a dead peer");
+}
+
+TEST_CASE("connect finishes a peer's endpoint, sends no notification, and refuses unknown, unloaded and dead peers") {
+    const std::string tls = tls_under_test();
+    const bool threaded = GENERATE(false, true);
+    CAPTURE(tls, threaded);
+    auto initiator = [&](side& s) {
+        if (threaded) connect_initiator<ferry::ucx_backend<ferry::policy<ferry::progress::thread, ferry::memory::host>>>(s);
+        else connect_initiator<backend>(s);
+    };
+    auto target = [](side& s) {
+        backend b(s.config("target"));
+        s.ch.send(b.local_metadata());
+        std::vector<std::pair<std::string, std::string>> got;
+        collect_notifs_until(b, got, [&] { return !got.empty(); }, "the notification after connect");
+        // Whatever connect sent must not surface as a notification, nor be
+        // counted as a malformed one.
+        for (int i = 0; i < 1000; ++i) b.progress();
+        b.poll_notifs([&](std::string_view from, std::string_view msg) { got.emplace_back(from, msg); });
+        expect(got.size() == 1 && got[0].first == "initiator" && got[0].second == "after connect",
+               std::to_string(got.size()) + " notifications, the first '" + got[0].second + "' from '" +
+                   got[0].first + "'");
+        expect(b.dropped_notifs() == 0, std::to_string(b.dropped_notifs()) + " notifications dropped");
+        s.ch.send("got it");
+        ferry_test::progress_until_message(b, s.ch);
+        s.ch.expect_message("die");
+        ::_exit(0);
     };
     ferry_test::run_two_process(tls, initiator, target);
 }

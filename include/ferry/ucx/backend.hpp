@@ -187,6 +187,17 @@ public:
     /// unknown or was unloaded.
     [[nodiscard]] status peer_status(peer p) const noexcept { return peers_.status_of(p); }
 
+    /// Finishes connecting to a loaded peer now, so that the first transfer
+    /// or notification to it does not pay for it. load_remote creates the
+    /// endpoint; UCX completes it on first use, and with some transports
+    /// (RDMA's connected queue pairs, say) that takes a round trip to the
+    /// peer, which must be progressing, and hundreds of microseconds. This
+    /// sends one empty message over the endpoint, on the lane notifications
+    /// take, and waits until UCX has sent it. Optional; call it once per
+    /// load_remote. ok, no_such_peer, peer_failed, or timed_out (the peer
+    /// did not answer in time; the message may still go later).
+    status connect(peer p, std::chrono::nanoseconds timeout);
+
     // ---- transfers --------------------------------------------------------
 
     /// Checks and resolves a transfer: lists of equal length, pairs of equal
@@ -356,7 +367,8 @@ public:
     /// The underlying UCX objects, for callers who need to go below ferry.
     /// The worker and endpoints belong to their owner thread (see the class
     /// comment): under the thread policy, that is the progress thread, and
-    /// no application thread may call UCX on them.
+    /// no application thread may call UCX on them. ferry's active-message
+    /// handlers take ids 1 and 2 on the worker (ucx/notif.hpp).
     [[nodiscard]] ucp_context_h ucx_context() const noexcept { return context_->get(); }
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept { return worker_->get(); }
     [[nodiscard]] ucp_ep_h ucx_endpoint(peer p) const noexcept {

@@ -1,13 +1,16 @@
 #pragma once
 
 // ucx_backend's notification calls: standalone notifications out (a pooled
-// buffer, sent at once or carried to the progress thread) and what arrived
-// (notif_inbox) handed to the application.
+// buffer, sent at once or carried to the progress thread), what arrived
+// (notif_inbox) handed to the application, and connect, whose empty message
+// takes the notifications' lane ahead of the first of them.
 #include <ferry/ucx/backend.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <new>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -49,6 +52,37 @@ inline status ucx_backend<Policy>::send_notif_untraced(peer p, std::string_view 
     } else {
         return send_now(*buf, msg);
     }
+}
+
+template <class Policy>
+inline status ucx_backend<Policy>::connect(peer p, std::chrono::nanoseconds timeout) {
+    const auto deadline = detail::deadline_after(timeout);
+    void* request = nullptr;
+    status s = on_worker("connect", [&] {
+        auto* to = peers_.get(p.ref);
+        if (!to) return status::no_such_peer;
+        if (to->failed()) return status::peer_failed;
+        auto r = detail::send_connect_am(to->ep());
+        if (r == nullptr) return status::ok;
+        if (UCS_PTR_IS_ERR(r)) return detail::from_ucs(UCS_PTR_STATUS(r));
+        request = r;
+        return status::in_progress;
+    });
+    while (s == status::in_progress) {
+        if constexpr (threaded) std::this_thread::sleep_for(std::chrono::microseconds(20));
+        else progress();
+        s = on_worker("connect", [&] {
+            const ucs_status_t c = ucp_request_check_status(request);
+            if (c == UCS_INPROGRESS) {
+                if (std::chrono::steady_clock::now() < deadline) return status::in_progress;
+                ucp_request_free(request);  // UCX frees it when it completes
+                return status::timed_out;
+            }
+            ucp_request_free(request);
+            return detail::from_ucs(c);
+        });
+    }
+    return s;
 }
 
 template <class Policy>

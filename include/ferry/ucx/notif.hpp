@@ -25,8 +25,12 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail {
 
-// UCX sizes a worker's handler table by the largest id, so keep it small.
+// UCX sizes a worker's handler table by the largest id, so keep them small.
 inline constexpr unsigned notif_am_id = 1;
+// An empty message that ucx_backend::connect sends over a peer's endpoint
+// so that UCX finishes wiring the endpoint up then, not at the first
+// notification; the receiver drops it.
+inline constexpr unsigned connect_am_id = 2;
 
 /// Notifications received but not yet handed to the application, packed
 /// into one growing buffer: arrival costs a copy out of UCX's buffer and, in
@@ -47,6 +51,9 @@ public:
         param.flags = UCP_AM_FLAG_WHOLE_MSG;
         param.cb = &on_message;
         param.arg = this;
+        check_ucx(ucp_worker_set_am_recv_handler(worker, &param), "ucp_worker_set_am_recv_handler");
+        param.id = connect_am_id;
+        param.cb = &on_connect;
         check_ucx(ucp_worker_set_am_recv_handler(worker, &param), "ucp_worker_set_am_recv_handler");
     }
 
@@ -115,6 +122,12 @@ private:
         return UCS_OK;
     }
 
+    // Returning UCS_OK lets UCX free whatever came with it.
+    static ucs_status_t on_connect(void*, const void*, std::size_t, void*, std::size_t,
+                                   const ucp_am_recv_param_t*) noexcept {
+        return UCS_OK;
+    }
+
     Mutex mutex_;
     Mutex drain_mutex_;
     std::vector<char> buffer_;
@@ -148,6 +161,16 @@ inline ucs_status_ptr_t send_notif_am(ucp_ep_h ep, std::string_view sender, std:
     }
     param.op_attr_mask &= ~static_cast<std::uint32_t>(UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL);
     return ucp_am_send_nbx(ep, notif_am_id, sender.data(), sender.size(), storage.data(), storage.size(), &param);
+}
+
+/// Sends connect's empty message the way notifications go (eagerly, on the
+/// same lane), so that what UCX sets up for their first one is set up by
+/// it. Returns the request to poll, null when already done, or an error.
+inline ucs_status_ptr_t send_connect_am(ucp_ep_h ep) noexcept {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    return ucp_am_send_nbx(ep, connect_am_id, nullptr, 0, nullptr, 0, &param);
 }
 
 /// Buffers for standalone notifications: where UCX keeps the message until
