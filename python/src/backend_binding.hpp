@@ -7,6 +7,7 @@
 #include "buffers.hpp"
 #include "descs.hpp"
 #include "region.hpp"
+#include "status_enum.hpp"
 
 #include <ferry/ferry.hpp>
 #ifdef FERRY_PYTHON_CUDA

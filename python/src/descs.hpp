@@ -34,14 +34,14 @@ inline std::vector<ferry::desc> descs_from(py::handle list, const char* which) {
         const auto n = static_cast<std::size_t>(rows.shape(0));
         const auto width = static_cast<std::size_t>(rows.shape(1));
         const std::uint64_t* p = rows.data();
-        out.resize(n);
+        // One pass: reserve, not resize, so the list is written once.
+        out.reserve(n);
         for (std::size_t i = 0; i < n; ++i, p += width) {
-            out[i].addr = static_cast<std::uintptr_t>(p[0]);
-            out[i].len = static_cast<std::size_t>(p[1]);
-            out[i].dev = width == 3 ? static_cast<std::uint32_t>(p[2]) : 0;
             if (width == 3 && p[2] > UINT32_MAX)
                 throw std::invalid_argument(name + "[" + std::to_string(i) + "]: device " + std::to_string(p[2]) +
                                             " is out of range");
+            out.push_back({static_cast<std::uintptr_t>(p[0]), static_cast<std::size_t>(p[1]),
+                           width == 3 ? static_cast<std::uint32_t>(p[2]) : 0U});
         }
         return out;
     }

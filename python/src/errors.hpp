@@ -2,6 +2,8 @@
 
 // ferry.Error and one subclass per status, raised with the C++ message and
 // carrying `status` (ferry.Status) and `ucx_status` (UCX's code, 0 if none).
+#include "status_enum.hpp"
+
 #include <ferry/status.hpp>
 
 #include <pybind11/pybind11.h>

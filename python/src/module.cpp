@@ -5,6 +5,7 @@
 #include "backend_binding.hpp"
 #include "errors.hpp"
 #include "region.hpp"
+#include "status_enum.hpp"
 
 #include <ferry/ferry.hpp>
 #include <ferry/version.hpp>
@@ -90,19 +91,7 @@ PYBIND11_MODULE(_ferry, m) {
     m.attr("has_cuda") = false;
 #endif
 
-    py::enum_<ferry::status>(m, "Status")
-        .value("OK", ferry::status::ok)
-        .value("IN_PROGRESS", ferry::status::in_progress)
-        .value("INVALID_ARGUMENT", ferry::status::invalid_argument)
-        .value("NOT_REGISTERED", ferry::status::not_registered)
-        .value("NO_SUCH_PEER", ferry::status::no_such_peer)
-        .value("BUSY", ferry::status::busy)
-        .value("CANCELED", ferry::status::canceled)
-        .value("PEER_FAILED", ferry::status::peer_failed)
-        .value("UCX_ERROR", ferry::status::ucx_error)
-        .value("TIMED_OUT", ferry::status::timed_out)
-        .value("NO_MEMORY", ferry::status::no_memory)
-        .value("DEVICE_ERROR", ferry::status::device_error);
+    register_status(m);
     py::enum_<ferry::xfer_op>(m, "Op").value("READ", ferry::xfer_op::read).value("WRITE", ferry::xfer_op::write);
     register_errors(m);
 
