@@ -37,6 +37,14 @@ READ = Op.READ
 WRITE = Op.WRITE
 
 
+def _invalid_argument(message):
+    # As the module raises its own: every ferry.Error carries status and ucx_status.
+    error = InvalidArgumentError(message)
+    error.status = Status.INVALID_ARGUMENT
+    error.ucx_status = 0
+    return error
+
+
 def Backend(name, progress="inline", memory="host", **config):
     """A ucx_backend named `name` (1 to 255 bytes).
 
@@ -50,9 +58,9 @@ def Backend(name, progress="inline", memory="host", **config):
     cuda_device (int). Use it as a context manager, or call close().
     """
     if progress not in ("inline", "thread"):
-        raise InvalidArgumentError(f"Backend: progress must be 'inline' or 'thread', got {progress!r}")
+        raise _invalid_argument(f"Backend: progress must be 'inline' or 'thread', got {progress!r}")
     if memory not in ("host", "cuda"):
-        raise InvalidArgumentError(f"Backend: memory must be 'host' or 'cuda', got {memory!r}")
+        raise _invalid_argument(f"Backend: memory must be 'host' or 'cuda', got {memory!r}")
     if memory == "cuda" and not has_cuda:
-        raise InvalidArgumentError("Backend: memory='cuda' needs a ferry module built with CUDA (ferry::cuda)")
+        raise _invalid_argument("Backend: memory='cuda' needs a ferry module built with CUDA (ferry::cuda)")
     return getattr(_ferry, f"_{memory}_{progress}")(name, **config)

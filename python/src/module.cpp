@@ -62,6 +62,39 @@ ferry::ucx_config config_from(const std::string& name, const py::kwargs& kw) {
     return cfg;
 }
 
+// Region's buffer protocol: host memory, writable, one dimension of bytes.
+extern "C" int region_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
+    view->obj = nullptr;
+    const char* why = "the object is not a ferry.Region";
+    try {
+        auto& r = py::handle(obj).cast<py_region&>();
+        if (!r.r) {
+            why = "the region is closed";
+        } else if (!r.host) {
+            why = "the region is CUDA device memory, which has no host view";
+        } else {
+            const int rc = PyBuffer_FillInfo(view, obj, r.r.data(), static_cast<Py_ssize_t>(r.r.size()), 0, flags);
+            if (rc == 0) ++r.exports;
+            return rc;
+        }
+        raise(ferry::status::invalid_argument, why, 0);
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (...) {
+        PyErr_SetString(PyExc_BufferError, why);
+    }
+    return -1;
+}
+
+extern "C" void region_releasebuffer(PyObject* obj, Py_buffer*) {
+    try {
+        auto& r = py::handle(obj).cast<py_region&>();
+        if (r.exports > 0) --r.exports;
+    } catch (...) {
+        PyErr_Clear();
+    }
+}
+
 template <class B>
 void bind_constructor(py::module_& m, const char* factory) {
     m.def(
@@ -108,9 +141,10 @@ PYBIND11_MODULE(_ferry, m) {
             return "<ferry.Xfer " + std::to_string(x.ref.index) + "." + std::to_string(x.ref.generation) + ">";
         });
 
-    py::class_<py_region>(m, "Region", py::buffer_protocol(),
+    py::class_<py_region> region_class(m, "Region", py::buffer_protocol(),
                           "Registered memory. Host memory reads and writes through the buffer protocol "
-                          "(memoryview(region), numpy.asarray(region)).")
+                          "(memoryview(region), numpy.asarray(region)).");
+    region_class
         .def_property_readonly("addr", [](const py_region& r) { return reinterpret_cast<std::uintptr_t>(r.r.data()); })
         .def_property_readonly("size", [](const py_region& r) { return r.r.size(); })
         .def_property_readonly("dev", [](const py_region& r) { return r.r.dev(); })
@@ -127,12 +161,13 @@ PYBIND11_MODULE(_ferry, m) {
              "Deregisters the region and lets go of the object's memory; BusyError while transfers use it.")
         .def("__enter__", [](py_region& r) -> py_region& { return r; }, py::return_value_policy::reference)
         .def("__exit__", [](py_region& r, py::args) { r.close(); })
-        .def_buffer([](py_region& r) -> py::buffer_info {
-            if (!r.r) throw std::invalid_argument("the region is closed");
-            if (!r.host) throw std::invalid_argument("the region is CUDA device memory, which has no host view");
-            return py::buffer_info(r.r.data(), 1, py::format_descriptor<std::uint8_t>::format(), 1,
-                                   {static_cast<py::ssize_t>(r.r.size())}, {1});
-        });
+        ;
+    // A Python error instead of std::terminate: pybind11 2.10 lets an exception
+    // from a def_buffer function escape its C callback, so np.asarray() of a
+    // closed or device region would end the process.
+    auto* region_type = reinterpret_cast<PyTypeObject*>(region_class.ptr());
+    region_type->tp_as_buffer->bf_getbuffer = region_getbuffer;
+    region_type->tp_as_buffer->bf_releasebuffer = region_releasebuffer;
 
     bind_backend<host_inline>(m, "_HostInline", "host");
     bind_backend<host_thread>(m, "_HostThread", "host");

@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace ferry_python {
@@ -46,6 +47,7 @@ struct py_region {
     std::unique_ptr<held_memory> held;  // null for memory the backend allocated
     bool host = true;                   // the process can read and write it
     std::shared_ptr<backend_core> owner;
+    std::size_t exports = 0;  // live buffer-protocol views (memoryview, numpy) of it
 
     py_region() = default;
     py_region(const py_region&) = delete;
@@ -55,6 +57,10 @@ struct py_region {
     /// Region.close(): deregisters, or raises BusyError while transfers use it.
     void close() {
         if (!r) return;
+        // A view would outlive memory that the backend allocated.
+        if (exports > 0)
+            throw ferry::error(ferry::status::busy, "Region.close: " + std::to_string(exports) +
+                                                        " memoryview or numpy view(s) of it are alive; drop them first");
         if (owner && owner->open()) owner->deregister(r);
         else r.reset();
         held.reset();
