@@ -452,12 +452,15 @@ void await_target(int fd, Backend& backend, const std::string& target) {
         while (!bye) {
             if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("the target never said bye");
             backend.wait_notifs(std::chrono::milliseconds(100));
-            for (const ferry::peer_event& e : backend.take_peer_events())
-                if (e.kind == ferry::peer_event_kind::failed && e.name == target)
-                    throw std::runtime_error("the target failed before it said bye: " + e.detail);
+            // Notifications first: the target exits right after its bye, and
+            // its exit may be noticed in the same round as the bye itself.
             backend.poll_notifs([&](std::string_view from, std::string_view msg) {
                 bye = bye || (from == target && msg == "bye");
             });
+            if (bye) break;
+            for (const ferry::peer_event& e : backend.take_peer_events())
+                if (e.kind == ferry::peer_event_kind::failed && e.name == target)
+                    throw std::runtime_error("the target failed before it said bye: " + e.detail);
         }
         return;
     }
