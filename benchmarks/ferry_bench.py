@@ -33,6 +33,45 @@ def target(conn, tls, progress, size):
         conn.recv()
 
 
+def nixl_row(a, blob, remote, size, batch):
+    """transfer + check_xfer_state through ferry.nixl against post + check on the agent's own backend."""
+    from ferry.nixl import nixl_agent, nixl_agent_config
+
+    agent = nixl_agent("bench-nixl", nixl_agent_config(enable_prog_thread=a.progress == "thread"))
+    local = np.zeros(size, dtype=np.uint8)
+    agent.register_memory(local)
+    name = agent.add_remote_agent(blob)
+    agent.make_connection(name)
+    offsets = np.arange(batch, dtype=np.uint64) * a.block_size
+    descs_l = np.stack([local.ctypes.data + offsets, np.full(batch, a.block_size, np.uint64),
+                        np.zeros(batch, np.uint64)], axis=1)
+    descs_r = descs_l.copy()
+    descs_r[:, 0] = remote + offsets
+    h = agent.initialize_xfer("WRITE", agent.get_xfer_descs(descs_l, "DRAM"), agent.get_xfer_descs(descs_r, "DRAM"),
+                              name)
+    backend, in_progress = agent._backend, ferry.Status.IN_PROGRESS
+    transfer, check_state, post, check = agent.transfer, agent.check_xfer_state, backend.post, backend.check
+    nx, direct = [], []
+    for _ in range(a.reps):
+        t0 = time.perf_counter()
+        for _ in range(a.iters):
+            s = transfer(h)
+            while s == "PROC":
+                s = check_state(h)
+        nx.append((time.perf_counter() - t0) / a.iters * 1e6)
+        if s != "DONE":
+            raise SystemExit(f"ferry_bench.py: a facade transfer ended {s}")
+        t0 = time.perf_counter()
+        for _ in range(a.iters):
+            s = post(h.xfer)
+            while s == in_progress:
+                s = check(h.xfer)
+        direct.append((time.perf_counter() - t0) / a.iters * 1e6)
+    agent.release_xfer_handle(h)
+    nixl_us, direct_us = statistics.median(nx), statistics.median(direct)
+    return {"nixl_us": nixl_us, "direct_us": direct_us, "nixl_overhead_us": nixl_us - direct_us}
+
+
 def positive_ints(text):
     try:
         values = [int(v) for v in text.split(",")]
@@ -53,6 +92,9 @@ def main():
     p.add_argument("--reps", type=int, default=5, help="measurements per side and row; medians shown [5]")
     p.add_argument("--prepare-blocks", type=int, default=100000,
                    help="descriptors in the prepare measurement (0: skip it) [100000]")
+    p.add_argument("--nixl", action="store_true",
+                   help="also time the NIXL facade (ferry.nixl: transfer + check_xfer_state) against the same "
+                        "transfer posted through ferry's own Python API, on one agent's backend")
     p.add_argument("--json", help="write the rows to this file")
     a = p.parse_args()
     if a.block_size <= 0 or a.iters <= 0 or a.reps <= 0 or a.prepare_blocks < 0:
@@ -102,6 +144,11 @@ def main():
                 print(f"{batch:>7} {row['path']:>9} {py_us:>10.3f} {cc_us:>8.3f} {py_us - cc_us:>12.3f} "
                       f"{py_us / cc_us:>6.2f}")
                 b.release(x)
+                if a.nixl:
+                    row.update(nixl_row(a, blob, remote, size, batch))
+                    print(f"{'':>7} {'nixl':>9} {row['nixl_us']:>10.3f} {row['direct_us']:>8.3f} "
+                          f"{row['nixl_overhead_us']:>12.3f} {row['nixl_us'] / row['direct_us']:>6.2f}"
+                          f"   (facade vs ferry's Python API)")
             if a.prepare_blocks:
                 n = a.prepare_blocks
                 # Every other block: nothing to coalesce, n operations.

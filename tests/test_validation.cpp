@@ -262,9 +262,13 @@ TEST_CASE("unknown and unloaded peers are refused with no_such_peer") {
             lb.b.remote_regions(ferry::peer{}), status::no_such_peer,
             Equals(what("remote_regions: the peer handle is unknown or was unloaded", status::no_such_peer)));
         CHECK(lb.b.ucx_endpoint(ferry::peer{}) == nullptr);
+        REQUIRE_FERRY_ERROR(
+            lb.b.peer_name(ferry::peer{}), status::no_such_peer,
+            Equals(what("peer_name: the peer handle is unknown or was unloaded", status::no_such_peer)));
     }
     SECTION("a handle after unload_remote") {
         auto x = lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), lb.self);
+        CHECK(lb.b.peer_name(lb.self) == "validation");
         lb.b.unload_remote(lb.self);
         CHECK_FALSE(lb.b.find_peer("validation").has_value());
         REQUIRE_FERRY_ERROR(lb.b.prepare(ferry::xfer_op::write, std::span(&local, 1), std::span(&remote, 1), lb.self),

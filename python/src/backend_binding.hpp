@@ -180,6 +180,17 @@ void bind_backend(py::module_& m, const char* class_name, const char* memory_nam
         "Registers the memory of `obj` (buffer protocol, __cuda_array_interface__ or __dlpack__) without copying; "
         "`obj` stays referenced until the region is closed.");
     c.def(
+        "register_address",
+        [](const backend_ptr<B>& s, std::uintptr_t addr, std::size_t length, std::uint32_t dev) {
+            auto r = s->get("register_address").register_memory(reinterpret_cast<void*>(addr), length, dev);
+            // ferry found the memory's kind; the caller vouches that it stays put.
+            return make_region(s, std::move(r), false);
+        },
+        py::arg("addr"), py::arg("length"), py::arg("dev") = 0,
+        "Registers `length` bytes at a raw address (host memory, or CUDA memory of device `dev`), as NIXL's "
+        "(addr, len, dev) tuples do: nothing keeps that memory alive, the caller must. The region has no buffer "
+        "view.");
+    c.def(
         "allocate",
         [](const backend_ptr<B>& s, std::size_t n, std::uint32_t dev) {
             return make_region(s, s->get("allocate").allocate(n, dev), !cuda);
@@ -222,6 +233,9 @@ void bind_backend(py::module_& m, const char* class_name, const char* memory_nam
         },
         py::arg("peer"), py::arg("timeout") = 5.0,
         "Finishes connecting to a loaded peer now (see the C++ connect); returns a Status.");
+    c.def(
+        "peer_name", [](self_t& s, ferry::peer p) { return name_of(s.get("peer_name").peer_name(p)); },
+        py::arg("peer"), "The agent name in the peer's metadata.");
     c.def(
         "peer_status", [](self_t& s, ferry::peer p) { return s.get("peer_status").peer_status(p); },
         py::arg("peer"));

@@ -178,6 +178,9 @@ public:
     /// The peer loaded under `name`, if any. For set-up, not the hot path.
     [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const { return peers_.find(name); }
 
+    /// The agent name a loaded peer's metadata carries.
+    [[nodiscard]] std::string peer_name(peer p) const { return peers_.name_of(p); }
+
     /// The regions a loaded peer published, as descriptors in its address space.
     [[nodiscard]] std::vector<desc> remote_regions(peer p) const { return peers_.published(p); }
 

@@ -175,6 +175,13 @@ public:
         return e->p->published();
     }
 
+    [[nodiscard]] std::string name_of(peer p) const {
+        std::lock_guard lock(mutex_);
+        auto* e = peers_.get(p.ref);
+        if (!e) throw error(status::no_such_peer, "peer_name: the peer handle is unknown or was unloaded");
+        return e->p->name();
+    }
+
     [[nodiscard]] status status_of(peer p) const noexcept {
         auto* e = peers_.get(p.ref);
         if (!e) return status::no_such_peer;
