@@ -28,6 +28,8 @@ def target(conn, tls, progress, size):
         region = b.allocate(size)
         conn.send((b.metadata(), region.addr))
         b.load(conn.recv())
+        # Before the initiator may finish: its worker must outlive this load.
+        conn.send("loaded")
         while not conn.poll():
             b.progress()
         conn.recv()
@@ -112,6 +114,8 @@ def main():
             blob, remote = conn.recv()
             local = b.allocate(size)
             conn.send(b.metadata())
+            if conn.recv() != "loaded":
+                raise SystemExit("ferry_bench.py: the target did not load our metadata")
             peer = b.load(blob)
             b.connect(peer)
             print(f"# ferry {ferry.__version__}, tls {a.tls}, progress {a.progress}, {a.block_size} B blocks, "
