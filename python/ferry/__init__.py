@@ -17,6 +17,7 @@ from ._ferry import (  # noqa: F401
     DeviceError,
     Error,
     InvalidArgumentError,
+    Listener,
     NoMemoryError,
     NoSuchPeerError,
     NotRegisteredError,
@@ -29,7 +30,9 @@ from ._ferry import (  # noqa: F401
     UcxError,
     Xfer,
     __version__,
+    fetch_metadata,
     has_cuda,
+    push_metadata,
 )
 from . import _ferry
 

@@ -18,6 +18,7 @@ import numpy as np
 import ferry
 
 NIXL_INIT_AGENT = "NIXL_INIT_AGENT"
+DEFAULT_COMM_PORT = 8888
 _MEM_TYPES = {"DRAM": "DRAM", "cpu": "DRAM", "VRAM": "VRAM", "cuda": "VRAM"}
 
 
@@ -200,9 +201,6 @@ class nixl_agent:
         for b in conf.backends:
             if b != "UCX":
                 _not_implemented(f"nixl_agent(backends=[{b!r}])", "ferry has one backend, UCX")
-        if conf.enable_listen:
-            _not_implemented("nixl_agent_config(enable_listen_thread=True)",
-                             "exchange metadata with get_agent_metadata / add_remote_agent, or ferry's C++ listener")
         self.name = agent_name
         progress = "thread" if conf.enable_pthread else "inline"
         self._backend = None
@@ -215,11 +213,28 @@ class nixl_agent:
             if self._backend is None:
                 self._backend = ferry.Backend(agent_name, progress=progress, memory="host")
         self._vram = self._backend.memory_kind == "cuda"
+        # enable_listen_thread: ferry's listener, on every interface as NIXL's, serving our metadata and
+        # keeping what peers push (check_remote_metadata loads it). listen_port 0: any port (listen_port says).
+        self._listener = None
+        if conf.enable_listen:
+            with _translated():
+                self._listener = ferry.Listener(bind="0.0.0.0", port=conf.port)
+                self._listener.publish(self._backend.metadata())
         self._peers = {}
         # As NIXL: memory stays registered until deregister_memory, whatever becomes of the list.
         self._registered = {}  # the rows' bytes -> their regions
         self.notifs = {}
         self.backends = {"UCX": 0}
+
+    @property
+    def listen_port(self):
+        """The port the listener took (enable_listen_thread), or None. Not in NIXL: its port is fixed."""
+        return self._listener.port if self._listener else None
+
+    def _republish(self):
+        if self._listener:
+            with _translated():
+                self._listener.publish(self._backend.metadata())
 
     # ---- plugins and backends ------------------------------------------------
     def get_plugin_list(self):
@@ -264,6 +279,7 @@ class nixl_agent:
                     r.close()
                 raise
         self._registered.setdefault(dlist.rows.tobytes(), []).extend(regions)
+        self._republish()
         return dlist
 
     def deregister_memory(self, dereg_list, backends=()):
@@ -276,6 +292,7 @@ class nixl_agent:
                 regions[-1].close()  # raises while a transfer uses it; the rest stay registered
                 regions.pop()
         del self._registered[key]
+        self._republish()
 
     def query_memory(self, *args, **kwargs):
         _not_implemented("query_memory", "ferry has no storage backends")
@@ -298,6 +315,11 @@ class nixl_agent:
         del self._peers[agent]
 
     def check_remote_metadata(self, agent, descs=None):
+        """True once `agent` is loaded; loads it first if it pushed its metadata to our listener."""
+        if agent not in self._peers and self._listener:
+            blob = self._listener.pushed(agent)
+            if blob is not None:
+                self.add_remote_agent(blob)
         return agent in self._peers
 
     def make_connection(self, remote_agent, backends=()):
@@ -309,16 +331,31 @@ class nixl_agent:
     def get_partial_agent_metadata(self, *args, **kwargs):
         _not_implemented("get_partial_agent_metadata", "ferry's metadata is always whole")
 
-    def send_local_metadata(self, *args, **kwargs):
-        _not_implemented("send_local_metadata", "the listener is not bound in Python yet; use get_agent_metadata")
+    def send_local_metadata(self, ip_addr="", port=DEFAULT_COMM_PORT):
+        """Pushes our metadata to the listener at ip_addr:port (another agent's, enable_listen_thread)."""
+        if not ip_addr:
+            _not_implemented("send_local_metadata without ip_addr", "ferry's Python module has no etcd client")
+        with _translated():
+            ferry.push_metadata(ip_addr, port, self._backend.metadata())
 
-    send_partial_agent_metadata = send_local_metadata
+    def send_partial_agent_metadata(self, *args, **kwargs):
+        _not_implemented("send_partial_agent_metadata", "ferry's metadata is always whole")
 
-    def fetch_remote_metadata(self, *args, **kwargs):
-        _not_implemented("fetch_remote_metadata", "the listener is not bound in Python yet; use add_remote_agent")
+    def fetch_remote_metadata(self, remote_agent, ip_addr="", port=DEFAULT_COMM_PORT):
+        """Fetches and loads the metadata the listener at ip_addr:port serves, at once (NIXL does it in the
+        background: check_remote_metadata is then already True)."""
+        if not ip_addr:
+            _not_implemented("fetch_remote_metadata without ip_addr", "ferry's Python module has no etcd client")
+        with _translated():
+            blob = ferry.fetch_metadata(ip_addr, port)
+        name = self.add_remote_agent(blob)
+        if name != remote_agent:
+            self.remove_remote_agent(name)
+            _raise(ferry.Status.INVALID_ARGUMENT,
+                   f"fetch_remote_metadata: {ip_addr}:{port} serves agent {name!r}, not {remote_agent!r}")
 
     def invalidate_local_metadata(self, *args, **kwargs):
-        _not_implemented("invalidate_local_metadata", "the listener is not bound in Python yet")
+        _not_implemented("invalidate_local_metadata", "ferry's listener protocol has no invalidation message")
 
     def _peer(self, agent, what):
         if agent == self.name and agent not in self._peers:

@@ -4,6 +4,7 @@
 // ferry.Error hierarchy. python/ferry/__init__.py is the public face.
 #include "backend_binding.hpp"
 #include "errors.hpp"
+#include "listener_binding.hpp"
 #include "region.hpp"
 #include "status_enum.hpp"
 
@@ -168,6 +169,8 @@ PYBIND11_MODULE(_ferry, m) {
     auto* region_type = reinterpret_cast<PyTypeObject*>(region_class.ptr());
     region_type->tp_as_buffer->bf_getbuffer = region_getbuffer;
     region_type->tp_as_buffer->bf_releasebuffer = region_releasebuffer;
+
+    bind_listener(m);
 
     bind_backend<host_inline>(m, "_HostInline", "host");
     bind_backend<host_thread>(m, "_HostThread", "host");

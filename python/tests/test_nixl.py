@@ -15,6 +15,7 @@ from ferry.nixl import (
     nixl_agent_config,
     nixlInvalidParamError,
     nixlNotFoundError,
+    nixlRemoteDisconnectError,
     nixlRepostActiveError,
 )
 from twoproc import FILL, TIMEOUT, check_blocks, fill_blocks, pattern, scattered, spawn_side
@@ -145,15 +146,81 @@ def test_nixl_errors():
     with pytest.raises(nixlInvalidParamError, match="released"):
         agent.check_xfer_state(h)
     for method, args in (("query_memory", ()), ("send_local_metadata", ()), ("fetch_remote_metadata", ("x",)),
-                         ("get_xfer_telemetry", (None,)), ("prep_mem_view", ()), ("get_partial_agent_metadata", ())):
-        with pytest.raises(NotImplementedError, match=f"ferry.nixl: {method} is not implemented"):
+                         ("get_xfer_telemetry", (None,)), ("prep_mem_view", ()), ("get_partial_agent_metadata", ()),
+                         ("invalidate_local_metadata", ())):
+        with pytest.raises(NotImplementedError, match=f"ferry.nixl: {method}.* is not implemented"):
             getattr(agent, method)(*args)
     with pytest.raises(NotImplementedError, match="create_backend\\('GDS'\\)"):
         agent.create_backend("GDS")
-    with pytest.raises(NotImplementedError, match="enable_listen_thread"):
-        nixl_agent("listen", nixl_agent_config(enable_listen_thread=True))
+    port = _closed_port()
+    with pytest.raises(nixlRemoteDisconnectError, match=f"fetch_metadata from 127.0.0.1:{port}: cannot connect"):
+        agent.fetch_remote_metadata("x", "127.0.0.1", port)
     assert isinstance(nixlRepostActiveError("x"), ferry.Error)
     agent.deregister_memory(reg)
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_target(conn):
+    """A target whose metadata is fetched from its listener; it pushes its own to the initiator's too."""
+    agent = nixl_agent("listening-target", nixl_agent_config(enable_listen_thread=True, listen_port=0))
+    buf = np.full(SIZE, FILL, dtype=np.uint8)
+    agent.register_memory(buf)  # published again: the initiator must see this region
+    conn.send((agent.listen_port, buf.ctypes.data))
+    initiator_port = conn.recv()
+    agent.send_local_metadata("127.0.0.1", initiator_port)
+    deadline = time.monotonic() + TIMEOUT
+    while not agent.check_remote_xfer_done("listening-initiator", b"over the listener"):
+        assert time.monotonic() < deadline, "the notification never came"
+    check_blocks(buf, OFFSETS[:4], LENGTH, SEED, FILL)
+    conn.send("checked")
+    assert conn.recv() == "bye"
+
+
+def test_metadata_through_the_listener():
+    initiator = nixl_agent("listening-initiator", nixl_agent_config(enable_listen_thread=True, listen_port=0))
+    assert initiator.listen_port > 0
+    local = np.zeros(SIZE, dtype=np.uint8)
+    fill_blocks(local, OFFSETS[:4], LENGTH, SEED)
+    initiator.register_memory(local)
+    target = spawn_side(listening_target)
+    try:
+        port, remote = target.recv()
+        assert not initiator.check_remote_metadata("listening-target")
+        with pytest.raises(nixlInvalidParamError, match="serves agent 'listening-target', not 'someone-else'"):
+            initiator.fetch_remote_metadata("someone-else", "127.0.0.1", port)
+        assert not initiator.check_remote_metadata("listening-target")
+        initiator.fetch_remote_metadata("listening-target", "127.0.0.1", port)
+        assert initiator.check_remote_metadata("listening-target")
+        initiator.remove_remote_agent("listening-target")
+        # Now the other way: the target pushes its metadata into our listener.
+        target.send(initiator.listen_port)
+        deadline = time.monotonic() + TIMEOUT
+        while not initiator.check_remote_metadata("listening-target"):
+            assert time.monotonic() < deadline, "the pushed metadata never arrived"
+            time.sleep(0.01)
+        h = initiator.initialize_xfer(
+            "WRITE", initiator.get_xfer_descs([(local.ctypes.data + off, LENGTH, 0) for off in OFFSETS[:4]], "DRAM"),
+            initiator.get_xfer_descs([(remote + off, LENGTH, 0) for off in OFFSETS[:4]], "DRAM"),
+            "listening-target", b"over the listener")
+        state = initiator.transfer(h)
+        while state == "PROC":
+            assert time.monotonic() < deadline
+            state = initiator.check_xfer_state(h)
+        assert state == "DONE"
+        target.expect("checked")
+        target.send("bye")
+        target.finish()
+        initiator.release_xfer_handle(h)
+    finally:
+        if target.process.is_alive():
+            target.kill()
 
 
 NIXL_PROGRAM = '''
