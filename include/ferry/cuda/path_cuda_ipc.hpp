@@ -93,13 +93,7 @@ public:
         if (!copy_of(st).launch()) {
             st.device_failed = true;
             st.pending = 0;
-            if (st.threaded) {
-                st.finish(status::device_error);
-            } else {
-                st.let_go_regions();
-                st.result.store(status::device_error, std::memory_order_relaxed);
-                st.phase.store(xfer_state::idle, std::memory_order_relaxed);
-            }
+            st.end_at_once(status::device_error);
             return status::device_error;
         }
         st.pending = 1;  // the event

@@ -66,7 +66,9 @@ public:
         return {index, s.generation.load(std::memory_order_relaxed)};
     }
 
-    [[nodiscard]] T* get(slot_ref ref) const noexcept {
+    // Inlined by force: every post and check starts here, and the call
+    // itself would cost as much as the lookup.
+    [[nodiscard, gnu::always_inline]] T* get(slot_ref ref) const noexcept {
         if (ref.index >= chunk_size * max_chunks) return nullptr;
         const slot* chunk = chunks_[ref.index >> chunk_bits].load(std::memory_order_acquire);
         if (!chunk) return nullptr;

@@ -277,7 +277,7 @@ private:
                 s = st.outcome();
             }
         }
-        st.finish(s);
+        st.end_at_once(s);
         return s;
     }
 };

@@ -111,9 +111,10 @@ inline status ucx_backend<Policy>::post(xfer x, std::string_view notif, std::chr
             st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
             if (!notif.empty())
                 if (auto s = st->keep_notif(notif); s != status::ok) return s;
-            st->hold_regions();
             st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-            return paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
+            const status s = paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
+            if (s == status::in_progress) st->hold_regions();  // see hold_regions
+            return s;
         }
     }
 }
@@ -173,12 +174,12 @@ inline status ucx_backend<Policy>::post_traced(xfer x, std::string_view notif, s
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
         if (!notif.empty())
             if (auto s = st->keep_notif(notif); s != status::ok) return refuse(s);
-        st->hold_regions();
         st->phase.store(xfer_state::busy, std::memory_order_relaxed);
         telemetry_.begin(*trace, detail::telemetry_now(), st->result.load(std::memory_order_relaxed));
         if (!notif.empty()) trace->stats->notifs_sent.add();
         const status s = paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
-        if (s != status::in_progress) telemetry_.end(*trace, s);
+        if (s == status::in_progress) st->hold_regions();
+        else telemetry_.end(*trace, s);
         return s;
     }
 }

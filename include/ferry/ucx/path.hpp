@@ -54,10 +54,12 @@ struct resolved_pairs {
 ///    when it is this path's own id, it throws instead of returning false,
 ///    naming the first pair it cannot serve and why. Nothing is touched
 ///    before it decides.
-///  - start(st, with_notif): starts one post of st, whose phase is busy and
-///    whose regions are held, and, when `with_notif`, its notification (in
-///    st.notif_storage) once the data is visible at the target. Returns ok
-///    when it completed at once, in_progress, or the error, as post does.
+///  - start(st, with_notif): starts one post of st, whose phase is busy, and,
+///    when `with_notif`, its notification (in st.notif_storage) once the data
+///    is visible at the target. Returns ok when it completed at once,
+///    in_progress, or the error, as post does. A post that ends inside start
+///    ends with st.end_at_once: under inline progress its regions are held
+///    only once start returns in_progress (xfer_state::hold_regions).
 ///  - estimate(st): what one post is expected to take.
 template <class P>
 concept xfer_path_impl =

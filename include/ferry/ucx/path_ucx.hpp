@@ -15,7 +15,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <type_traits>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {
@@ -73,45 +72,22 @@ public:
 
     /// Issues every operation, then the flush (carrying the notification
     /// when `with_notif`). Returns ok when all completed inline, in_progress
-    /// when callbacks are outstanding, or the error.
-    static status start(xfer_state& st, bool with_notif) noexcept {
+    /// when callbacks are outstanding, or the error. Inlined by force into
+    /// post, so that a post is one call frame, as a raw UCX loop is.
+    [[gnu::always_inline]] static status start(xfer_state& st, bool with_notif) noexcept {
         st.first_error = UCS_OK;
         st.pending = 1;  // held until every operation is issued, so no callback can finish early
         const ucp_ep_h ep = st.target->ep();
 
-        ucp_request_param_t& param = st.rma_param;
         // One loop per direction and key layout, so that the per-descriptor
-        // path holds no branch on either; with one key pair for all blocks
-        // (the usual case) the memh is set once and the rkey stays in a register.
-        auto issue_all = [&](auto rma, auto one_key_pair) {
-            constexpr bool shared = decltype(one_key_pair)::value;
-            const rma_keys* k = st.keys.data();
-            const ucp_rkey_h rkey = k->rkey;
-            if constexpr (shared) param.memh = k->memh;
-            const rma_block* b = st.blocks.data();
-            const rma_block* const end = b + st.blocks.size();
-            for (; b != end; ++b) {
-                if constexpr (!shared) param.memh = k->memh;
-                auto r = rma(ep, b->local, b->len, b->remote, shared ? rkey : k->rkey, &param);
-                if constexpr (!shared) ++k;
-                if (r != nullptr) {
-                    if (UCS_PTR_IS_ERR(r)) {
-                        st.first_error = UCS_PTR_STATUS(r);
-                        return;
-                    }
-                    ucp_request_free(r);  // the flush below covers its completion
-                }
-            }
-        };
-        using one = std::true_type;
-        using many = std::false_type;
+        // path holds no branch on either.
         const bool write = st.op == xfer_op::write;
         if (st.keys.size() == 1) {
-            if (write) issue_all(&ucp_put_nbx, one{});
-            else issue_all(&ucp_get_nbx, one{});
+            if (write) issue_all<true, true>(st, ep);
+            else issue_all<false, true>(st, ep);
         } else {
-            if (write) issue_all(&ucp_put_nbx, many{});
-            else issue_all(&ucp_get_nbx, many{});
+            if (write) issue_all<true, false>(st, ep);
+            else issue_all<false, false>(st, ep);
         }
 
         if (with_notif && st.first_error == UCS_OK) {
@@ -136,14 +112,8 @@ public:
             return status::in_progress;
         }
         st.pending = 0;
-        auto s = st.outcome();
-        st.result.store(s, std::memory_order_relaxed);
-        if (st.threaded) {
-            st.finish(s);
-        } else {
-            st.let_go_regions();
-            st.phase.store(xfer_state::idle, std::memory_order_relaxed);
-        }
+        const status s = st.outcome();
+        st.end_at_once(s);
         return s;
     }
 
@@ -172,6 +142,33 @@ public:
     }
 
 private:
+    // Every put (Write) or get of the post, stopping at the first error. With
+    // one key pair for all blocks (SharedKeys, the usual case) the memh is
+    // set once and the rkey stays in a register.
+    template <bool Write, bool SharedKeys>
+    [[gnu::always_inline]] static void issue_all(xfer_state& st, ucp_ep_h ep) noexcept {
+        ucp_request_param_t& param = st.rma_param;
+        const rma_keys* k = st.keys.data();
+        const ucp_rkey_h rkey = k->rkey;
+        if constexpr (SharedKeys) param.memh = k->memh;
+        const rma_block* b = st.blocks.data();
+        const rma_block* const end = b + st.blocks.size();
+        for (; b != end; ++b) {
+            ucs_status_ptr_t r;
+            if constexpr (!SharedKeys) param.memh = k->memh;
+            if constexpr (Write) r = ucp_put_nbx(ep, b->local, b->len, b->remote, SharedKeys ? rkey : k->rkey, &param);
+            else r = ucp_get_nbx(ep, b->local, b->len, b->remote, SharedKeys ? rkey : k->rkey, &param);
+            if constexpr (!SharedKeys) ++k;
+            if (r != nullptr) {
+                if (UCS_PTR_IS_ERR(r)) {
+                    st.first_error = UCS_PTR_STATUS(r);
+                    return;
+                }
+                ucp_request_free(r);  // the flush covers its completion
+            }
+        }
+    }
+
     // The flush of a post with a notification: every put/get of the post is
     // complete at the target, so the notification may leave now.
     static void on_flushed(void* request, ucs_status_t s, void* user_data) noexcept {

@@ -137,12 +137,14 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         return true;
     }
 
-    /// Counts a post in on every local region it uses, before the post
-    /// checks that they are still registered, and out again once UCX is done
-    /// with it: deregister_memory refuses while the count is not zero. With
-    /// threads the count is sequentially consistent, as deregister_memory's
-    /// look at it; under inline progress nothing else runs meanwhile, and a
-    /// plain load and store keep the lock prefix off the post.
+    /// Counts a post in on every local region it uses, and out again once
+    /// UCX is done with it: deregister_memory refuses while the count is not
+    /// zero. With threads the post counts itself in before it checks that the
+    /// regions are still registered, and the count is sequentially consistent,
+    /// as deregister_memory's look at it. Under inline progress nothing else
+    /// runs until post returns, so post counts in only a transfer that is
+    /// still in flight then (a post that completes at once costs no count),
+    /// and a plain load and store keep the lock prefix off it.
     void hold_regions() noexcept {
         for (const auto& r : regions) {
             if (threaded) r->users.fetch_add(1, std::memory_order_seq_cst);
@@ -181,6 +183,16 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
         }
         if (prev == released) delete this;
         if (wake) wake->notify();
+    }
+
+    /// Ends a post that completed inside the path's start, before post
+    /// returned. Under inline progress such a post never held its regions,
+    /// and nothing else can have looked at it: no deadline list, not
+    /// abandoned, not released, nobody to wake.
+    void end_at_once(status s) noexcept {
+        if (threaded) return finish(s);
+        result.store(s, std::memory_order_relaxed);
+        phase.store(idle, std::memory_order_relaxed);
     }
 
     /// The deadline passed (`why` timed_out) or the peer failed (`why`
