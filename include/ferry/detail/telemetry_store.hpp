@@ -6,6 +6,7 @@
 // that a post or check updates relaxed atomics and nothing else: no lock,
 // no allocation, no lookup by name.
 #include <ferry/detail/histogram.hpp>
+#include <ferry/detail/tick_clock.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/status.hpp>
 #include <ferry/telemetry.hpp>
@@ -101,7 +102,7 @@ struct peer_stats {
 };
 
 /// One transfer's last post. The fields below `open` are written by prepare
-/// and read-only after; the times are nanoseconds on steady_clock.
+/// and read-only after; the times are tick_clock ticks.
 template <bool SharedWriters>
 struct xfer_trace {
     std::atomic<std::int64_t> posted{0}, handed{0}, completed{0};
@@ -119,17 +120,13 @@ struct xfer_trace {
     slot_ref peer_ref{};
 };
 
-[[nodiscard]] inline std::int64_t telemetry_now() noexcept {
-    return std::chrono::steady_clock::now().time_since_epoch().count();
-}
-
 template <bool SharedWriters>
 class telemetry_store {
 public:
     using stats_type = peer_stats<SharedWriters>;
     using trace_type = xfer_trace<SharedWriters>;
 
-    explicit telemetry_store(std::string agent) : agent_(std::move(agent)) {}
+    explicit telemetry_store(std::string agent) : agent_(std::move(agent)), clock_(tick_clock::get()) {}
 
     // ---- set-up: load_remote, prepare -----------------------------------
 
@@ -166,6 +163,9 @@ public:
 
     // ---- hot path ---------------------------------------------------------
 
+    /// The time the hot path records, in ticks.
+    [[nodiscard]] std::int64_t now() const noexcept { return clock_.now(); }
+
     [[nodiscard]] trace_type& trace(xfer x) const noexcept { return *traces_.find(x.ref.index); }
     [[nodiscard]] stats_type* peer_of(peer p) const noexcept {
         auto* slot = by_peer_.find(p.ref.index);
@@ -186,17 +186,23 @@ public:
     }
 
     /// The end of the open post, reported as `s`; counted once however many
-    /// threads report it.
+    /// threads report it. Under inline progress one thread reports, and a
+    /// plain load and store keep the lock prefix off the post.
     void end(trace_type& t, status s, std::int64_t now = 0) noexcept {
-        if (t.open.load(std::memory_order_relaxed) == 0 || t.open.exchange(0, std::memory_order_acq_rel) == 0) return;
-        if (now == 0) now = telemetry_now();
+        if (t.open.load(std::memory_order_relaxed) == 0) return;
+        if constexpr (SharedWriters) {
+            if (t.open.exchange(0, std::memory_order_acq_rel) == 0) return;
+        } else {
+            t.open.store(0, std::memory_order_release);
+        }
+        if (now == 0) now = clock_.now();
         t.completed.store(now, std::memory_order_relaxed);
         t.result.store(static_cast<int>(s), std::memory_order_relaxed);
         stats_type& p = *t.stats;
         if (s == status::ok) {
             p.completions.add();
             p.bytes.add(t.bytes);
-            const std::int64_t d = now - t.posted.load(std::memory_order_relaxed);
+            const std::int64_t d = clock_.to_ns(now - t.posted.load(std::memory_order_relaxed));
             p.latency[telemetry_path_index(t.path)].record(d > 0 ? static_cast<std::uint64_t>(d) : 0);
         } else {
             p.failures.add();
@@ -231,13 +237,13 @@ public:
     [[nodiscard]] xfer_telemetry read(xfer x) const {
         const trace_type& t = trace(x);
         xfer_telemetry out;
-        using tp = std::chrono::steady_clock::time_point;
-        using d = std::chrono::steady_clock::duration;
         out.posted_once = t.posted_once.load(std::memory_order_acquire);
         const bool open = t.open.load(std::memory_order_acquire) != 0;
-        out.posted = tp(d(t.posted.load(std::memory_order_relaxed)));
-        out.handed = tp(d(t.handed.load(std::memory_order_relaxed)));
-        out.completed = open ? tp{} : tp(d(t.completed.load(std::memory_order_relaxed)));
+        const auto now = clock_.read_both();
+        out.posted = clock_.to_steady(t.posted.load(std::memory_order_relaxed), now);
+        out.handed = clock_.to_steady(t.handed.load(std::memory_order_relaxed), now);
+        out.completed = open ? std::chrono::steady_clock::time_point{}
+                             : clock_.to_steady(t.completed.load(std::memory_order_relaxed), now);
         out.result = open ? status::in_progress : static_cast<status>(t.result.load(std::memory_order_relaxed));
         out.bytes = t.bytes;
         out.descriptors = t.descriptors;
@@ -250,6 +256,7 @@ public:
 
 private:
     std::string agent_;
+    const tick_clock& clock_;
     mutable std::mutex mutex_;  // set-up calls and snapshot, never the hot path
     std::vector<std::unique_ptr<stats_type>> peers_;
     chunked_array<std::atomic<stats_type*>> by_peer_;

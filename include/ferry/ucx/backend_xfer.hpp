@@ -148,7 +148,7 @@ inline status ucx_backend<Policy>::post_traced(xfer x, std::string_view notif, s
         st->deadline = timeout.count() > 0 ? detail::deadline_after(timeout) : no_deadline;
         // Opened before anything can end it, so that a check on another
         // thread never sees the end of a post that is not open yet.
-        telemetry_.begin(*trace, detail::telemetry_now(), st->result.load(std::memory_order_relaxed));
+        telemetry_.begin(*trace, telemetry_.now(), st->result.load(std::memory_order_relaxed));
         if (!notif.empty()) trace->stats->notifs_sent.add();
         if constexpr (paths_type::any_direct) {
             // A copy needs no worker: it runs here, and only a notification
@@ -175,7 +175,7 @@ inline status ucx_backend<Policy>::post_traced(xfer x, std::string_view notif, s
         if (!notif.empty())
             if (auto s = st->keep_notif(notif); s != status::ok) return refuse(s);
         st->phase.store(xfer_state::busy, std::memory_order_relaxed);
-        telemetry_.begin(*trace, detail::telemetry_now(), st->result.load(std::memory_order_relaxed));
+        telemetry_.begin(*trace, telemetry_.now(), st->result.load(std::memory_order_relaxed));
         if (!notif.empty()) trace->stats->notifs_sent.add();
         const status s = paths_.with(st->path, [&](auto& path) { return path.start(*st, !notif.empty()); });
         if (s == status::in_progress) st->hold_regions();
@@ -281,7 +281,7 @@ inline void ucx_backend<Policy>::execute_post(detail::command& c, void* self) no
     // Unloading runs on this thread too, so this answer cannot go stale.
     if (st.target->retired.load(std::memory_order_relaxed)) return st.finish(status::no_such_peer);
     if (st.target->failed()) return st.finish(status::peer_failed);
-    if constexpr (traced) b.telemetry_.trace(xfer{detail::slot_ref{st.slot, 0}}).handed.store(detail::telemetry_now(), std::memory_order_relaxed);
+    if constexpr (traced) b.telemetry_.trace(xfer{detail::slot_ref{st.slot, 0}}).handed.store(b.telemetry_.now(), std::memory_order_relaxed);
     const status started = b.paths_.with(st.path, [&](auto& path) {
         // A direct path's post copied on the posting thread already.
         if constexpr (detail::direct_path<std::remove_reference_t<decltype(path)>>) return path.notify(st);
