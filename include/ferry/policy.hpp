@@ -27,6 +27,10 @@ struct host {};
 struct cuda {};
 }  // namespace memory
 
+namespace detail {
+struct no_ranges;  // detail/telemetry_store.hpp
+}  // namespace detail
+
 namespace telemetry {
 /// No telemetry: the hot path is the same, instruction for instruction, as
 /// without the parameter.
@@ -34,7 +38,10 @@ struct off {};
 /// Counters and latency histograms per backend and per peer, and a record of
 /// each transfer's last post: snapshot(), telemetry_of(xfer),
 /// write_prometheus() (<ferry/telemetry.hpp>, <ferry/prometheus.hpp>).
-struct on {};
+/// telemetry::nvtx (<ferry/cuda/nvtx.hpp>) adds an NVTX range per post.
+struct on {
+    using ranges = detail::no_ranges;  // what marks each post's span for a profiler: nothing
+};
 }  // namespace telemetry
 
 template <class T>
@@ -68,8 +75,8 @@ struct policy {
     static_assert(is_memory_kind<Memory>::value,
                   "ferry::policy: the second argument must be a memory kind, e.g. ferry::memory::host");
     static_assert(is_telemetry_mode<Telemetry>::value,
-                  "ferry::policy: the third argument must be a telemetry mode, ferry::telemetry::off or "
-                  "ferry::telemetry::on");
+                  "ferry::policy: the third argument must be a telemetry mode, ferry::telemetry::off, "
+                  "ferry::telemetry::on or ferry::telemetry::nvtx (<ferry/cuda/nvtx.hpp>)");
     using progress_mode = Progress;
     using memory_kind = Memory;
     using telemetry_mode = Telemetry;
@@ -86,6 +93,6 @@ template <class Policy>
 inline constexpr bool is_threaded_v = std::is_same_v<typename Policy::progress_mode, progress::thread>;
 
 template <class Policy>
-inline constexpr bool has_telemetry_v = std::is_same_v<typename Policy::telemetry_mode, telemetry::on>;
+inline constexpr bool has_telemetry_v = !std::is_same_v<typename Policy::telemetry_mode, telemetry::off>;
 
 FERRY_NAMESPACE_END

@@ -7,7 +7,9 @@
 // no allocation, no lookup by name.
 #include <ferry/detail/histogram.hpp>
 #include <ferry/detail/tick_clock.hpp>
+#include <ferry/desc.hpp>
 #include <ferry/handles.hpp>
+#include <ferry/policy.hpp>
 #include <ferry/status.hpp>
 #include <ferry/telemetry.hpp>
 #include <ferry/version.hpp>
@@ -101,9 +103,19 @@ struct peer_stats {
     }
 };
 
+/// What telemetry::on marks for a profiler: nothing. telemetry::nvtx's
+/// ranges (cuda/nvtx.hpp) have the same members.
+struct no_ranges {
+    struct mark {};  // per transfer
+    explicit no_ranges(const std::string&) noexcept {}
+    void name(mark&, xfer_op, std::string_view /*peer*/, xfer_path) noexcept {}
+    void start(mark&) noexcept {}
+    void stop(mark&) noexcept {}
+};
+
 /// One transfer's last post. The fields below `open` are written by prepare
 /// and read-only after; the times are tick_clock ticks.
-template <bool SharedWriters>
+template <bool SharedWriters, class Ranges>
 struct xfer_trace {
     std::atomic<std::int64_t> posted{0}, handed{0}, completed{0};
     std::atomic<int> result{static_cast<int>(status::ok)};
@@ -118,15 +130,17 @@ struct xfer_trace {
     std::size_t blocks = 0;
     xfer_path path = xfer_path::ucx;
     slot_ref peer_ref{};
+    [[no_unique_address]] typename Ranges::mark mark;
 };
 
-template <bool SharedWriters>
+template <bool SharedWriters, class Ranges = no_ranges>
 class telemetry_store {
 public:
     using stats_type = peer_stats<SharedWriters>;
-    using trace_type = xfer_trace<SharedWriters>;
+    using trace_type = xfer_trace<SharedWriters, Ranges>;
 
-    explicit telemetry_store(std::string agent) : agent_(std::move(agent)), clock_(tick_clock::get()) {}
+    explicit telemetry_store(std::string agent)
+        : agent_(std::move(agent)), clock_(tick_clock::get()), ranges_(agent_) {}
 
     // ---- set-up: load_remote, prepare -----------------------------------
 
@@ -143,7 +157,7 @@ public:
         by_peer_.make(p.ref.index).store(s, std::memory_order_release);
     }
 
-    void on_prepare(xfer x, peer p, std::uint64_t bytes, std::size_t descriptors, std::size_t blocks,
+    void on_prepare(xfer x, xfer_op op, peer p, std::uint64_t bytes, std::size_t descriptors, std::size_t blocks,
                     xfer_path path) {
         std::lock_guard lock(mutex_);
         trace_type& t = traces_.make(x.ref.index);
@@ -159,6 +173,7 @@ public:
         t.blocks = blocks;
         t.path = path;
         t.peer_ref = p.ref;
+        ranges_.name(t.mark, op, t.stats ? std::string_view(t.stats->name) : std::string_view{}, path);
     }
 
     // ---- hot path ---------------------------------------------------------
@@ -181,6 +196,7 @@ public:
         t.completed.store(0, std::memory_order_relaxed);
         t.result.store(static_cast<int>(status::in_progress), std::memory_order_relaxed);
         t.posted_once.store(true, std::memory_order_relaxed);
+        ranges_.start(t.mark);
         t.open.store(1, std::memory_order_release);
         t.stats->posts.add();
     }
@@ -196,6 +212,7 @@ public:
             t.open.store(0, std::memory_order_release);
         }
         if (now == 0) now = clock_.now();
+        ranges_.stop(t.mark);
         t.completed.store(now, std::memory_order_relaxed);
         t.result.store(static_cast<int>(s), std::memory_order_relaxed);
         stats_type& p = *t.stats;
@@ -257,6 +274,7 @@ public:
 private:
     std::string agent_;
     const tick_clock& clock_;
+    [[no_unique_address]] Ranges ranges_;
     mutable std::mutex mutex_;  // set-up calls and snapshot, never the hot path
     std::vector<std::unique_ptr<stats_type>> peers_;
     chunked_array<std::atomic<stats_type*>> by_peer_;
@@ -267,6 +285,16 @@ private:
 /// telemetry::off: nothing, and [[no_unique_address]] makes it take no room.
 struct no_telemetry {
     explicit no_telemetry(const std::string&) noexcept {}
+};
+
+/// The store a backend keeps for telemetry mode `Mode`.
+template <bool Threaded, class Mode>
+struct telemetry_storage {
+    using type = telemetry_store<Threaded, typename Mode::ranges>;
+};
+template <bool Threaded>
+struct telemetry_storage<Threaded, telemetry::off> {
+    using type = no_telemetry;
 };
 
 }  // namespace detail

@@ -82,8 +82,7 @@ class ucx_backend {
 
     static constexpr bool threaded = is_threaded_v<Policy>;
     static constexpr bool traced = has_telemetry_v<Policy>;
-    using telemetry_type =
-        std::conditional_t<traced, detail::telemetry_store<threaded>, detail::no_telemetry>;
+    using telemetry_type = typename detail::telemetry_storage<threaded, typename Policy::telemetry_mode>::type;
     static constexpr auto no_deadline = detail::expiry::never;
     using mutex_type = std::conditional_t<threaded, std::mutex, detail::null_mutex>;
     using engine_type =

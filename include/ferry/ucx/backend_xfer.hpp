@@ -47,7 +47,7 @@ inline xfer ucx_backend<Policy>::prepare_resolved(xfer_op op, std::span<const de
     if constexpr (traced) {
         auto* st = xfers_.get(x.ref);
         st->slot = x.ref.index;
-        telemetry_.on_prepare(x, p, st->total_bytes, local.size(), st->block_count, st->shown_path);
+        telemetry_.on_prepare(x, op, p, st->total_bytes, local.size(), st->block_count, st->shown_path);
     }
     return x;
 }
