@@ -63,11 +63,19 @@ decltype(auto) with_backend(const options& o, F&& f) {
     namespace progress = ferry::progress;
     namespace memory = ferry::memory;
     if (o.telemetry) {
-        // Host memory only: each policy is one more backend instantiation to build.
-        if (o.memory != memory_kind::host) throw usage_error("--telemetry: built for --memory host only");
+        using ferry::telemetry::on;
+        if (o.memory == memory_kind::cuda) {
+#if defined(FERRY_BENCH_CUDA)
+            if (o.progress == progress_kind::thread)
+                return f.template operator()<ferry::ucx_backend<policy<progress::thread, memory::cuda, on>>>();
+            return f.template operator()<ferry::ucx_backend<policy<progress::inline_poll, memory::cuda, on>>>();
+#else
+            throw usage_error("--progress/--memory: this combination is not built");
+#endif
+        }
         if (o.progress == progress_kind::thread)
-            return f.template operator()<ferry::ucx_backend<policy<progress::thread, memory::host, ferry::telemetry::on>>>();
-        return f.template operator()<ferry::ucx_backend<policy<progress::inline_poll, memory::host, ferry::telemetry::on>>>();
+            return f.template operator()<ferry::ucx_backend<policy<progress::thread, memory::host, on>>>();
+        return f.template operator()<ferry::ucx_backend<policy<progress::inline_poll, memory::host, on>>>();
     }
     switch (o.progress) {
         case progress_kind::inline_poll:
