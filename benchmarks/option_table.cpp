@@ -99,9 +99,9 @@ const option_spec table[] = {
     {what, "--nixl", "",
      "also time the NIXL facade (<ferry/nixl.hpp>: postXferReq, then getXferStatus until done) against the same "
      "request posted through the agent's own backend (post, then check), alternated (direct, nixl, direct, ..., "
-     "nixl, direct) on each row's blocks: the agent is a third backend in the initiator's process, on the "
-     "transports of --tls and the policy of --progress. Its transfers carry no notification. Host memory, "
-     "--mode bw",
+     "nixl, direct) on each row's blocks: the agent is a second backend in the initiator's process, on the "
+     "transports of --tls and the policy of --progress, on the path prepare chooses (host_ipc on one host). "
+     "Its transfers carry no notification. Host memory, --mode bw",
      "off", false, flag<&options::nixl>},
     {what, "--no-connect", "",
      "skip connect() after load_remote, so that the first transfer also finishes the endpoint (UCX wires some "
