@@ -13,7 +13,8 @@ KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "pr
          "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
          "connect_us", "first_after_load", "xfer_us", "tel_p50_us", "tel_p99_us", "raw_buffer"]
         + ["step_" + k for k in STEP] + ["raw_step_" + k for k in STEP]
-        + ["step_gbps", "step_vs_bw", "raw_step_vs_bw", "step_ratio"])
+        + ["step_gbps", "step_vs_bw", "raw_step_vs_bw", "step_ratio"]
+        + ["nixl_us", "nixl_direct_us", "nixl_overhead_us"])
 
 
 def fail(msg):
@@ -70,6 +71,21 @@ def check_step(row, i, a):
             fail(f"row {i}: {key} was not measured, so it should be null")
 
 
+def check_nixl(row, i, a):
+    keys = ("nixl_us", "nixl_direct_us", "nixl_overhead_us")
+    if not a.nixl:
+        for key in keys:
+            if row[key] is not None:
+                fail(f"row {i}: {key} without --nixl")
+        return
+    positive(row, i, "nixl_us")
+    positive(row, i, "nixl_direct_us")
+    # A difference of two timings: either sign, but a number.
+    v = row["nixl_overhead_us"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        fail(f"row {i}: nixl_overhead_us should be a number, got {v!r}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("json")
@@ -90,6 +106,8 @@ def main():
                    help="run with --pattern kv:N --strided: the longer list must hold one entry per page")
     p.add_argument("--runs", type=int,
                    help="run with --pattern runs:N --coalesce: every transfer must have become one block per run")
+    p.add_argument("--nixl", action="store_true",
+                   help="run with --nixl: the facade's and the direct times must be set, the difference a number")
     a = p.parse_args()
 
     with open(a.json) as f:
@@ -156,6 +174,7 @@ def main():
 
         check_first(row, i, a)
         check_step(row, i, a)
+        check_nixl(row, i, a)
 
     if a.csv:
         with open(a.csv, newline="") as f:

@@ -5,6 +5,7 @@
 
 #include "control.hpp"
 #include "measure.hpp"
+#include "nixl_runner.hpp"
 #include "options.hpp"
 #include "output.hpp"
 #include "plan.hpp"
@@ -23,8 +24,9 @@ namespace bench {
 template <bench_backend B>
 class initiator {
 public:
-    initiator(control& ctl, const options& o, std::size_t buffer, side<B>& me)
-        : ctl_(ctl), o_(o), buffer_(buffer), me_(me) {}
+    /// `nixl`: the facade's runner, with --nixl.
+    initiator(control& ctl, const options& o, std::size_t buffer, side<B>& me, nixl_runner* nixl = nullptr)
+        : ctl_(ctl), o_(o), buffer_(buffer), me_(me), nixl_(nixl) {}
 
     /// Row `index` of the sweep.
     row_result run_row(std::size_t index, const row_spec& spec, progress_line& progress, const std::string& label) {
@@ -41,6 +43,7 @@ public:
                                 .u64s(l.remote));
         me_.ferry().prepare(o_.op, l.local, l.remote, spec.block);
         if (raw) me_.raw().prepare(o_.op, l.local, l.remote, spec.block);
+        if (nixl_) nixl_->prepare(o_.op, l.local, l.remote, spec.block);
         await(msg::row_ok, "the row's answer transfers");
 
         row_result out;
@@ -67,12 +70,14 @@ public:
         sync();
 
         if (o_.mode.bw) measure_bw(out, l, bytes, progress, label);
+        if (nixl_) measure_nixl(out, progress, label);
         if (o_.mode.lat) measure_lat(out, progress, label);
         if (o_.mode.step) measure_step(out, bytes, progress, label);
 
         ctl_.send(msg::row_end);
         await(msg::row_end_ok, "the end of the row");
         me_.ferry().release();
+        if (nixl_) nixl_->release();
         return out;
     }
 
@@ -172,6 +177,38 @@ private:
             out.raw_gbps = median(r_gbps);
             out.ratio = median(ratios);
         }
+    }
+
+    // --nixl: direct, nixl, direct, ..., nixl, direct on the agent's one
+    // request; each facade measurement is compared with the mean of the
+    // direct ones either side of it, as ferry's are with the raw loop's.
+    void measure_nixl(row_result& out, progress_line& progress, const std::string& label) {
+        nixl_runner& n = *nixl_;
+        auto facade = [&](std::size_t k) { return n.facade(k); };
+        auto direct = [&](std::size_t k) { return n.direct(k); };
+        progress.show(label + " nixl warm-up");
+        const double per = std::max(warm(facade), warm(direct));
+        sync();
+        const std::size_t iters = iterations(per);
+        auto us = [&](auto& run) {
+            const double seconds = clean([&] {
+                const double s = run(iters);
+                sync();
+                return s;
+            });
+            return seconds / static_cast<double>(iters) * 1e6;
+        };
+        std::vector<double> f_us, d_us, extra;
+        d_us.push_back(us(direct));
+        for (std::size_t rep = 0; rep < o_.reps; ++rep) {
+            progress.show(cat(label, " nixl ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
+            f_us.push_back(us(facade));
+            d_us.push_back(us(direct));
+            extra.push_back(f_us[rep] - (d_us[rep] + d_us[rep + 1]) / 2);
+        }
+        out.nixl_us = median(f_us);
+        out.nixl_direct_us = median(d_us);
+        out.nixl_overhead_us = median(extra);
     }
 
     void measure_lat(row_result& out, progress_line& progress, const std::string& label) {
@@ -326,6 +363,7 @@ private:
     const options& o_;
     std::size_t buffer_;
     side<B>& me_;
+    nixl_runner* nixl_;
     std::uint64_t target_switches_ = 0;
     std::size_t measurements_ = 0;
     std::size_t disturbed_ = 0;

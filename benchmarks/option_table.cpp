@@ -96,6 +96,13 @@ const option_spec table[] = {
      "run ferry with telemetry::on and print its latency histogram's p50/p99 (post to completion, over the bw "
      "repetitions) next to the measured figures; the run fails unless the histogram counted every post",
      "off", false, flag<&options::telemetry>},
+    {what, "--nixl", "",
+     "also time the NIXL facade (<ferry/nixl.hpp>: postXferReq, then getXferStatus until done) against the same "
+     "request posted through the agent's own backend (post, then check), alternated (direct, nixl, direct, ..., "
+     "nixl, direct) on each row's blocks: the agent is a second backend in the initiator's process, on the "
+     "transports of --tls and the policy of --progress, on the path prepare chooses (host_ipc on one host). "
+     "Its transfers carry no notification. Host memory, --mode bw",
+     "off", false, flag<&options::nixl>},
     {what, "--no-connect", "",
      "skip connect() after load_remote, so that the first transfer also finishes the endpoint (UCX wires some "
      "transports up at their first use: a round trip to the peer)",
@@ -208,6 +215,8 @@ void finish(options& o, const command_line& given) {
                                "the worker belongs to ferry's progress thread; use --baseline none");
         o.baseline = baseline_kind::none;
     }
+    if (o.nixl && o.memory != memory_kind::host) fail("--nixl", "the facade is timed on host memory only");
+    if (o.nixl && !o.mode.bw) fail("--nixl", "times back-to-back transfers: --mode must include bw");
     if (!o.json_path.empty()) check_writable("--json", o.json_path);
     if (!o.csv_path.empty()) check_writable("--csv", o.csv_path);
     if (!o.plot_path.empty()) {
@@ -261,7 +270,11 @@ xfer us: the same in steady state (back to back, median). blocks: the
 operations (or copies) a transfer became; entries: the descriptors (with
 --strided, the strided entries) of the longer list; prep us: how long its
 prepare took. raw buf: whether the raw loop ran on ferry's buffers (same)
-or on its own (own; the output says why).
+or on its own (own; the output says why). With --nixl: nixl us and direct us
+are one transfer, post to completion, through the NIXL facade and through
+the agent's own backend (medians), and nixl +us the median over repetitions
+of the facade's time minus the mean of the direct measurements on either
+side of it: the facade's cost per transfer.
 )");
 }
 

@@ -96,6 +96,7 @@ struct options {
     bool reload_peer = false;  // load the peer again before every row
     bool no_connect = false;   // no connect() after load_remote
     bool telemetry = false;    // --telemetry: ferry with telemetry::on, its histogram next to the figures
+    bool nixl = false;         // --nixl: the NIXL facade against its own backend, per row
 
     // Transport and backend.
     std::string tls;  // empty: UCX's own choice

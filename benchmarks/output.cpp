@@ -111,6 +111,9 @@ std::vector<field> fields(const row_result& r) {
     num("step_vs_bw", r.step_vs_bw);
     num("raw_step_vs_bw", r.raw_step_vs_bw);
     num("step_ratio", r.step_ratio);
+    num("nixl_us", r.nixl_us);
+    num("nixl_direct_us", r.nixl_direct_us);
+    num("nixl_overhead_us", r.nixl_overhead_us);
     return out;
 }
 

@@ -69,6 +69,11 @@ struct row_result {
     std::optional<double> step_vs_bw;      // step_gbps / gbps (back to back, same row, same run)
     std::optional<double> raw_step_vs_bw;  // the same for the raw loop
     std::optional<double> step_ratio;      // ferry step p50 / raw step p50
+
+    // --nixl: the NIXL facade against the agent's own backend, same request.
+    std::optional<double> nixl_us;           // postXferReq + getXferStatus to done, median
+    std::optional<double> nixl_direct_us;    // post + check to done, median
+    std::optional<double> nixl_overhead_us;  // median over repetitions of facade - mean of its direct neighbours
 };
 
 /// The table on stdout: its columns follow what the run measures.

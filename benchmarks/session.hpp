@@ -6,6 +6,7 @@
 #include "backends.hpp"
 #include "control.hpp"
 #include "initiator.hpp"
+#include "nixl_runner.hpp"
 #include "options.hpp"
 #include "output.hpp"
 #include "plan.hpp"
@@ -13,6 +14,7 @@
 #include "target.hpp"
 
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,7 +35,10 @@ std::vector<row_result> run_initiator(control& ctl, const options& o, table_prin
     else if (!mine.empty()) std::printf("# raw baseline, initiator: %s\n", mine.c_str());
     if (!theirs.empty() && mine != theirs) std::printf("# raw baseline, target: %s\n", theirs.c_str());
     table.columns();
-    initiator<B> run(ctl, o, buffer, me);
+    // After the handshake: the target progresses while the agent connects.
+    std::optional<nixl_runner> nixl;
+    if (o.nixl) nixl.emplace(o, reinterpret_cast<void*>(me.base()), buffer, me.peer_blob(), me.remote_base());
+    initiator<B> run(ctl, o, buffer, me, nixl ? &*nixl : nullptr);
     const auto rows = make_rows(o);
     std::vector<row_result> results;
     progress_line progress;
@@ -45,6 +50,8 @@ std::vector<row_result> run_initiator(control& ctl, const options& o, table_prin
         progress.clear();
         table.row(results.back());
     }
+    // Its endpoint closes while the target still answers.
+    nixl.reset();
     run.quit();
     if (!has_progress_thread<B>)
         std::printf("# %zu of %zu timed measurements had a side preempted by another process even after %zu "

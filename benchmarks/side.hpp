@@ -18,6 +18,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -101,13 +102,13 @@ public:
     void load(const message& m) {
         auto r = m.reader();
         blob_ = r.bytes();
-        const auto remote_base = r.u64();
+        remote_base_ = r.u64();
         const auto remote_size = r.u64();
         const bool remote_raw = r.u64() != 0;
         if (remote_size != buffer_) throw peer_error("the peer registered a buffer of a different size");
         if (remote_raw != raw_.has_value()) throw peer_error("the peer disagrees about --baseline raw");
         peer_ = backend_->load_remote(blob_);
-        ferry_.emplace(*backend_, peer_, base(), remote_base, opts_.timeout,
+        ferry_.emplace(*backend_, peer_, base(), remote_base_, opts_.timeout,
                        ferry::xfer_options{.path = to_xfer_path(opts_.path), .coalesce = opts_.coalesce},
                        opts_.strided);
         if (remote_raw) {
@@ -147,6 +148,9 @@ public:
     B& backend() { return *backend_; }
     [[nodiscard]] std::uintptr_t base() const { return reinterpret_cast<std::uintptr_t>(region_->data()); }
     ferry_runner<B>& ferry() { return *ferry_; }
+    /// The peer's metadata and buffer, as load() received them.
+    [[nodiscard]] std::span<const std::byte> peer_blob() const noexcept { return blob_; }
+    [[nodiscard]] std::uintptr_t remote_base() const noexcept { return remote_base_; }
     [[nodiscard]] bool has_raw() const { return raw_.has_value(); }
     raw_runner& raw() { return *raw_; }
 
@@ -206,6 +210,7 @@ private:
     std::optional<typename B::region_type> region_;
     std::optional<raw_runner> raw_;
     std::vector<std::byte> blob_;
+    std::uintptr_t remote_base_ = 0;
     std::vector<std::byte> raw_rkey_;
     std::uint64_t raw_remote_base_ = 0;
     std::string peer_raw_note_;

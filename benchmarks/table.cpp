@@ -91,6 +91,11 @@ const column first_columns[] = {
     {"first us", 9, [](const row_result& r) { return micros(r.first_us); }},
     {"xfer us", 8, [](const row_result& r) { return micros(r.xfer_us); }},
 };
+const column nixl_columns[] = {
+    {"nixl us", 8, [](const row_result& r) { return fixed(r.nixl_us, 3); }},
+    {"direct us", 9, [](const row_result& r) { return fixed(r.nixl_direct_us, 3); }},
+    {"nixl +us", 8, [](const row_result& r) { return fixed(r.nixl_overhead_us, 3); }},
+};
 const column telemetry_columns[] = {
     {"tel p50", 8, [](const row_result& r) { return micros(r.tel_p50_us); }},
     {"tel p99", 8, [](const row_result& r) { return micros(r.tel_p99_us); }},
@@ -115,14 +120,15 @@ void table_printer::header(const options& o, std::size_t buffer) {
     const std::string iters = o.iters ? std::to_string(o.iters) : cat("auto (", fixed(o.time, 3), " s)");
     std::fprintf(out_,
                  "# ferry-bench: op %s, mem %s, pattern %s, coalesce %s, strided %s, tls %s, notif %s, mode %s, baseline %s, progress %s, "
-                 "memory %s,%s, path %s%s\n"
+                 "memory %s,%s, path %s%s%s\n"
                  "# %s posts per measurement, %zu repetitions (raw, ferry, raw, ..., ferry, raw), %s per side, UCX %s\n",
                  std::string(ferry::to_string(o.op)).c_str(), std::string(to_string(o.mem)).c_str(),
                  pattern_name(o.pattern, o.run_length).c_str(), o.coalesce ? "on" : "off", o.strided ? "on" : "off", o.tls.empty() ? "(UCX default)" : o.tls.c_str(),
                  o.notif ? "on" : "off", to_string(o.mode).c_str(), std::string(to_string(o.baseline)).c_str(),
                  std::string(to_string(o.progress)).c_str(), std::string(to_string(o.initiator_buffer)).c_str(),
                  std::string(to_string(o.target_buffer)).c_str(), std::string(to_string(o.path)).c_str(),
-                 o.reload_peer ? ", peer reloaded every row" : "", iters.c_str(), o.reps, format_size(buffer).c_str(),
+                 o.reload_peer ? ", peer reloaded every row" : "",
+                 o.nixl ? ", NIXL facade timed (direct, nixl, ..., direct)" : "", iters.c_str(), o.reps, format_size(buffer).c_str(),
                  ucx_version().c_str());
     const bool raw = o.baseline == baseline_kind::raw;
     columns_.clear();
@@ -133,6 +139,7 @@ void table_printer::header(const options& o, std::size_t buffer) {
     add(bw_columns, o.mode.bw);
     add(raw_bw_columns, o.mode.bw && raw);
     add(telemetry_columns, o.mode.bw && o.telemetry);
+    add(nixl_columns, o.nixl);
     add(lat_columns, o.mode.lat);
     add(raw_lat_columns, o.mode.lat && raw);
     add(step_columns, o.mode.step);
