@@ -320,7 +320,9 @@ public:
     // (useListenThread). Without ipAddr NIXL would use etcd: NIXL_ERR_NOT_SUPPORTED here (see
     // detail::names_listener). Each call is done when it returns, where NIXL's may still be under way in
     // its listener thread. A listener that cannot be reached gives NIXL_ERR_REMOTE_DISCONNECT (refused) or
-    // NIXL_ERR_BACKEND (timed out, 5 s); one that refuses the request, NIXL_ERR_INVALID_PARAM.
+    // NIXL_ERR_BACKEND (timed out, 5 s); one that refuses the request, NIXL_ERR_INVALID_PARAM; one that
+    // publishes nothing yet (fetchRemoteMD), NIXL_ERR_NOT_FOUND. A port outside 1..65535 is
+    // NIXL_ERR_INVALID_PARAM.
 
     /// Pushes this agent's metadata to the listener at ipAddr:port, which keeps it for its owner's
     /// checkRemoteMD.
