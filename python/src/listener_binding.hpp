@@ -63,9 +63,24 @@ inline void bind_listener(py::module_& m) {
         .def(
             "forget", [](ferry::metadata_listener& l, const std::string& name) { return l.forget(name); },
             py::arg("name"))
-        .def("take_invalidations", &ferry::metadata_listener::take_invalidations,
-             "The agents that invalidated their metadata here since the last call, each once; their pushed "
-             "blobs are already gone.");
+        .def(
+            "take_invalidations",
+            [](ferry::metadata_listener& l) {
+                py::list out;
+                for (const auto& name : l.take_invalidations()) {
+                    // Anyone may send any bytes: a name that is not UTF-8 names no Python agent (their
+                    // names are str), and must not make this call raise.
+                    PyObject* text = PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), nullptr);
+                    if (!text) {
+                        PyErr_Clear();
+                        continue;
+                    }
+                    out.append(py::reinterpret_steal<py::str>(text));
+                }
+                return out;
+            },
+            "The agents that invalidated their metadata here since the last call, each once; their pushed "
+            "blobs are already gone. Names that are not UTF-8 are left out.");
     m.def(
         "fetch_metadata",
         [](const std::string& host, std::uint16_t port, double timeout) {

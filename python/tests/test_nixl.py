@@ -1,6 +1,8 @@
 """ferry.nixl: NIXL's agent API between two processes, every byte checked, and NIXL's errors."""
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -162,8 +164,6 @@ def test_nixl_errors():
 
 
 def _closed_port():
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -199,6 +199,12 @@ def test_invalidate_metadata_at_a_listener():
     assert listener.take_invalidations() == []
     with pytest.raises(ferry.InvalidArgumentError, match="1..255 bytes"):
         ferry.invalidate_metadata("127.0.0.1", listener.port, "")
+    # The listener's protocol, by hand: a name that is not UTF-8 is answered ok but names no Python agent.
+    for name in (b"\xff\xfe", b"ok"):
+        with socket.create_connection(("127.0.0.1", listener.port)) as s:
+            s.sendall(struct.pack("<IHHQ", 0x4E4C5246, 1, 3, len(name)) + name)
+            assert struct.unpack("<IHHQ", s.makefile("rb").read(16)) == (0x4E4C5246, 1, 0, 0)
+    assert listener.take_invalidations() == ["ok"]
 
 
 def test_metadata_through_the_listener():
