@@ -4,6 +4,9 @@
 //  - a real backend's blob fetched from its listener, loaded, and one WRITE
 //    landing with the right bytes; a push the other way; the served blob
 //    replaced and fetched again;
+//  - invalidations (NIXL's invalidateLocalMD): the pushed blob dropped, the
+//    name handed to the owner once and reported as a remove event, their
+//    number bounded, malformed ones answered bad request;
 //  - hostile clients (garbage, a 4 GiB length prefix, a slow-loris, 200
 //    connections held, connections closed at once, a client that never reads
 //    a large answer, a pushed blob that fails validation), each in a process
@@ -463,6 +466,78 @@ TEST_CASE("listener: clients that connect and close at once, or never read a lar
         c.ready();
     });
     fetch_while_others_misbehave(l, served);
+}
+
+TEST_CASE("listener: an invalidation drops the pushed blob and is handed to the owner once") {
+    auto cfg = test_config();
+    cfg.max_peers = 2;
+    ferry::metadata_listener l(cfg);
+    const auto friend_blob = fake_blob("friend");
+    ferry::push_metadata("127.0.0.1", l.port(), friend_blob, 1s);
+    REQUIRE(l.pushed("friend") == friend_blob);
+    ferry::invalidate_metadata("127.0.0.1", l.port(), "friend", 1s);
+    CHECK_FALSE(l.pushed("friend").has_value());
+    const auto events = l.poll_events(1s);
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].what == ferry::directory_event::kind::put);
+    CHECK(events[1].what == ferry::directory_event::kind::remove);
+    CHECK(events[1].name == "friend");
+    CHECK(events[1].blob.empty());
+    CHECK(l.take_invalidations() == std::vector<std::string>{"friend"});
+    CHECK(l.take_invalidations().empty());
+
+    // A name that pushed nothing is taken too (it may have been fetched),
+    // each name once however often it comes, and no more than max_peers
+    // names wait for the owner.
+    ferry::invalidate_metadata("127.0.0.1", l.port(), "stranger", 1s);
+    ferry::invalidate_metadata("127.0.0.1", l.port(), "stranger", 1s);
+    ferry::invalidate_metadata("127.0.0.1", l.port(), "friend", 1s);
+    REQUIRE_FERRY_ERROR(ferry::invalidate_metadata("127.0.0.1", l.port(), "third", 1s), status::invalid_argument,
+                        Catch::Contains("already holding 2"));
+    CHECK(l.take_invalidations() == std::vector<std::string>{"friend", "stranger"});
+    CHECK(l.stats().invalidations_accepted == 4);
+    CHECK(l.stats().invalidations_refused == 1);
+
+    // A push after an invalidation is kept: a new incarnation.
+    ferry::push_metadata("127.0.0.1", l.port(), friend_blob, 1s);
+    CHECK(l.pushed("friend") == friend_blob);
+
+    // Names outside 1..255 bytes are refused before anything is sent.
+    REQUIRE_FERRY_ERROR(ferry::invalidate_metadata("127.0.0.1", l.port(), "", 1s), status::invalid_argument,
+                        Catch::Contains("1..255 bytes"));
+    REQUIRE_FERRY_ERROR(ferry::invalidate_metadata("127.0.0.1", l.port(), std::string(256, 'n'), 1s),
+                        status::invalid_argument, Catch::Contains("1..255 bytes"));
+    CHECK(l.stats().bad_requests == 0);
+}
+
+TEST_CASE("listener: malformed invalidations are answered bad request and change nothing") {
+    ferry::metadata_listener l(test_config());
+    const auto served = fake_blob("server");
+    l.publish(served);
+    const auto kept = fake_blob("kept");
+    ferry::push_metadata("127.0.0.1", l.port(), kept, 1s);
+    fetch_while(l, served, [&](const hostile_process::control& c) {
+        const auto invalidate = static_cast<std::uint16_t>(ferry::detail::wire_code::invalidate);
+        for (const std::uint64_t length : {std::uint64_t{0}, std::uint64_t{256}, std::uint64_t{4} << 30}) {
+            auto fd = raw_connect(l.port());
+            const auto head = ferry::detail::encode_wire_header(invalidate, length);
+            send_raw(fd.get(), head.data(), head.size());
+            expect(read_reply_code(fd.get()) == static_cast<int>(ferry::detail::wire_reply::bad_request),
+                   "an invalidation of " + std::to_string(length) + " bytes was not answered bad request");
+            expect(closed_by_server(fd.get()), "the listener kept a bad invalidation's connection open");
+        }
+        // A name cut short: the connection closes before its bytes are in.
+        auto fd = raw_connect(l.port());
+        const auto head = ferry::detail::encode_wire_header(invalidate, 4);
+        send_raw(fd.get(), head.data(), head.size());
+        send_raw(fd.get(), "ke", 2);
+        fd = {};
+        c.ready();
+    });
+    CHECK(l.stats().bad_requests == 3);
+    CHECK(l.stats().invalidations_accepted == 0);
+    CHECK(l.take_invalidations().empty());
+    CHECK(l.pushed("kept") == kept);
 }
 
 TEST_CASE("listener: tcp_directory is a metadata_directory over listeners") {

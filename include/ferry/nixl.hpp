@@ -7,6 +7,8 @@
 // results; ferry's errors become NIXL's codes instead of exceptions. What
 // ferry cannot do returns NIXL_ERR_NOT_SUPPORTED. The README's "NIXL's agent,
 // on ferry" says, method by method, what is the same and what differs.
+#include <ferry/directory/client.hpp>
+#include <ferry/directory/listener.hpp>
 #include <ferry/ferry.hpp>
 
 #include <algorithm>
@@ -54,6 +56,9 @@ using nixl_b_params_t = std::unordered_map<std::string, std::string>;
 using nixl_mem_list_t = std::vector<nixl_mem_t>;
 using nixl_notifs_t = std::unordered_map<std::string, std::vector<nixl_blob_t>>;
 inline const std::string NIXL_INIT_AGENT;  // the local side of prepXferDlist
+/// The port nixl_opt_args_t::port names unless told otherwise, as NIXL's
+/// (and ferry.nixl's DEFAULT_COMM_PORT).
+inline constexpr int default_comm_port = 8888;
 
 struct nixlBasicDesc {
     std::uintptr_t addr = 0;
@@ -87,12 +92,16 @@ using nixl_xfer_dlist_t = nixlDescList<nixlBasicDesc>;
 class nixlBackendH {};
 
 /// The optional arguments NIXL's calls take; ferry reads notifMsg,
-/// hasNotif and skipDescMerge, and ignores the backend list (one backend).
+/// hasNotif, skipDescMerge, and ipAddr and port (the listener of another
+/// agent, for sendLocalMD, fetchRemoteMD and invalidateLocalMD), and ignores
+/// the backend list (one backend).
 struct nixl_opt_args_t {
     std::vector<nixlBackendH*> backends;
     nixl_blob_t notifMsg;
     bool hasNotif = false;
     bool skipDescMerge = false;
+    std::string ipAddr;
+    int port = default_comm_port;
 };
 
 struct nixlAgentConfig {
@@ -136,6 +145,19 @@ namespace detail {
     }
 }
 
+/// extra's listener address, or nothing: NIXL then names etcd, which this
+/// header does not use (ferry's etcd directory needs libcurl, and an engine
+/// that includes nixl.hpp must build without it).
+[[nodiscard]] inline bool names_listener(const nixl_opt_args_t* extra) noexcept {
+    return extra && !extra->ipAddr.empty();
+}
+
+[[nodiscard]] inline std::uint16_t listener_port(int port) {
+    if (port <= 0 || port > 65535)
+        throw error(status::invalid_argument, "nixl: port " + std::to_string(port) + " is outside 1..65535");
+    return static_cast<std::uint16_t>(port);
+}
+
 template <class F>
 nixl_status_t guarded(F&& f) noexcept {
     try {
@@ -160,13 +182,28 @@ public:
     using inline_backend = ucx_backend<policy<progress::inline_poll, Memory>>;
     using thread_backend = ucx_backend<policy<progress::thread, Memory>>;
 
-    /// useListenThread is not honoured: ferry's listener is a separate object
-    /// (directory/listener.hpp), and sendLocalMD / fetchRemoteMD say so.
+    /// useListenThread: the agent owns a metadata_listener on every
+    /// interface, as NIXL's, at listenPort (0: any free port, which
+    /// listenPort() names). It serves this agent's metadata, published again
+    /// whenever registerMem or deregisterMem changes it, and keeps what
+    /// peers push (checkRemoteMD loads it) or invalidate. Throws
+    /// ferry::error, as NIXL's constructor may throw, if the backend or the
+    /// listener cannot be made.
     basic_agent(const std::string& name, const nixlAgentConfig& cfg) : name_(name) {
         if (cfg.useProgThread) backend_.template emplace<std::unique_ptr<thread_backend>>(
             std::make_unique<thread_backend>(ucx_config{name, {}}));
         else backend_.template emplace<std::unique_ptr<inline_backend>>(
             std::make_unique<inline_backend>(ucx_config{name, {}}));
+        if (cfg.useListenThread) {
+            if (cfg.listenPort < 0 || cfg.listenPort > 65535)
+                throw error(status::invalid_argument,
+                            "nixlAgent: listenPort " + std::to_string(cfg.listenPort) + " is outside 0..65535");
+            listener_config lc;
+            lc.bind_address = "0.0.0.0";
+            lc.port = static_cast<std::uint16_t>(cfg.listenPort);
+            listener_ = std::make_unique<metadata_listener>(lc);
+            republish();
+        }
     }
     basic_agent(const basic_agent&) = delete;
     basic_agent& operator=(const basic_agent&) = delete;
@@ -204,6 +241,7 @@ public:
                                   }));
             }
             for (auto& [k, r] : made) registered_.emplace_back(k, std::move(r));
+            republish();
             return NIXL_SUCCESS;
         });
     }
@@ -211,14 +249,16 @@ public:
     /// register (NIXL_ERR_NOT_FOUND) or that a transfer uses (NIXL_ERR_REPOST_ACTIVE), which stays registered.
     nixl_status_t deregisterMem(const nixl_reg_dlist_t& descs, const nixl_opt_args_t* = nullptr) {
         return detail::guarded([&] {
-            for (int i = 0; i < descs.descCount(); ++i) {
-                const auto& d = descs[static_cast<std::size_t>(i)];
-                auto it = find_registered(key{d.addr, d.len, d.devId});
-                if (it == registered_.end()) return NIXL_ERR_NOT_FOUND;
-                visit([&](auto& b) { b.deregister_memory(it->second); });
-                registered_.erase(it);
+            // Those before a failure are gone either way: publish what is left.
+            nixl_status_t s = NIXL_SUCCESS;
+            try {
+                s = deregister_each(descs);
+            } catch (...) {
+                republish();
+                throw;
             }
-            return NIXL_SUCCESS;
+            republish();
+            return s;
         });
     }
 
@@ -232,9 +272,7 @@ public:
     }
     nixl_status_t loadRemoteMD(const nixl_blob_t& remote_metadata, std::string& agent_name) {
         return detail::guarded([&] {
-            const auto bytes = std::as_bytes(std::span(remote_metadata.data(), remote_metadata.size()));
-            const peer p = visit([&](auto& b) { return b.load_remote(bytes); });
-            agent_name = visit([&](auto& b) { return b.peer_name(p); });
+            agent_name = load(std::as_bytes(std::span(remote_metadata.data(), remote_metadata.size())));
             return NIXL_SUCCESS;
         });
     }
@@ -246,10 +284,18 @@ public:
             return NIXL_SUCCESS;
         });
     }
-    /// NIXL_SUCCESS once the agent is loaded and every descriptor lies in memory it published.
+    /// NIXL_SUCCESS once the agent is loaded and every descriptor lies in memory it published. An agent
+    /// that is not loaded but pushed its metadata to our listener (sendLocalMD) is loaded first, as NIXL's
+    /// listener thread would have done already.
     nixl_status_t checkRemoteMD(const std::string& remote_name, const nixl_xfer_dlist_t& descs) const {
         return detail::guarded([&] {
-            const auto p = find(remote_name);
+            auto p = find(remote_name);
+            if (!p && listener_) {
+                if (const auto pushed = listener_->pushed(remote_name)) {
+                    load(*pushed);
+                    p = find(remote_name);
+                }
+            }
             if (!p) return NIXL_ERR_NOT_FOUND;
             const auto published = visit([&](auto& b) { return b.remote_regions(*p); });
             for (int i = 0; i < descs.descCount(); ++i) {
@@ -269,11 +315,48 @@ public:
             return detail::to_nixl(visit([&](auto& b) { return b.connect(*p, std::chrono::seconds(10)); }));
         });
     }
-    /// The listener-backed metadata calls: ferry's listener is a separate
-    /// object (directory/listener.hpp); exchange getLocalMD blobs instead.
-    nixl_status_t sendLocalMD(const nixl_opt_args_t* = nullptr) const { return NIXL_ERR_NOT_SUPPORTED; }
-    nixl_status_t fetchRemoteMD(const std::string&, const nixl_opt_args_t* = nullptr) { return NIXL_ERR_NOT_SUPPORTED; }
-    nixl_status_t invalidateLocalMD(const nixl_opt_args_t* = nullptr) const { return NIXL_ERR_NOT_SUPPORTED; }
+
+    // The listener-backed metadata calls: extra->ipAddr and port name another agent's listener
+    // (useListenThread). Without ipAddr NIXL would use etcd: NIXL_ERR_NOT_SUPPORTED here (see
+    // detail::names_listener). Each call is done when it returns, where NIXL's may still be under way in
+    // its listener thread. A listener that cannot be reached gives NIXL_ERR_REMOTE_DISCONNECT (refused) or
+    // NIXL_ERR_BACKEND (timed out, 5 s); one that refuses the request, NIXL_ERR_INVALID_PARAM; one that
+    // publishes nothing yet (fetchRemoteMD), NIXL_ERR_NOT_FOUND. A port outside 1..65535 is
+    // NIXL_ERR_INVALID_PARAM.
+
+    /// Pushes this agent's metadata to the listener at ipAddr:port, which keeps it for its owner's
+    /// checkRemoteMD.
+    nixl_status_t sendLocalMD(const nixl_opt_args_t* extra_params = nullptr) const {
+        if (!detail::names_listener(extra_params)) return NIXL_ERR_NOT_SUPPORTED;
+        return detail::guarded([&] {
+            const auto blob = visit([](auto& b) { return b.local_metadata(); });
+            push_metadata(extra_params->ipAddr, detail::listener_port(extra_params->port), blob);
+            return NIXL_SUCCESS;
+        });
+    }
+    /// Fetches the metadata the listener at ipAddr:port serves and loads it (loadRemoteMD). A listener that
+    /// serves another agent than `remote_name` gives NIXL_ERR_MISMATCH, and nothing is loaded.
+    nixl_status_t fetchRemoteMD(const std::string& remote_name, const nixl_opt_args_t* extra_params = nullptr) {
+        if (!detail::names_listener(extra_params)) return NIXL_ERR_NOT_SUPPORTED;
+        return detail::guarded([&] {
+            const auto blob = fetch_metadata(extra_params->ipAddr, detail::listener_port(extra_params->port));
+            if (ferry::detail::decode_metadata(blob).name != remote_name) return NIXL_ERR_MISMATCH;
+            load(blob);
+            return NIXL_SUCCESS;
+        });
+    }
+    /// Tells the listener at ipAddr:port that this agent's metadata is no longer valid: that listener's
+    /// agent drops it (unloads this agent) at its next call that names or loads an agent, or getNotifs.
+    nixl_status_t invalidateLocalMD(const nixl_opt_args_t* extra_params = nullptr) const {
+        if (!detail::names_listener(extra_params)) return NIXL_ERR_NOT_SUPPORTED;
+        return detail::guarded([&] {
+            invalidate_metadata(extra_params->ipAddr, detail::listener_port(extra_params->port), name_);
+            return NIXL_SUCCESS;
+        });
+    }
+    /// ferry's addition: the port this agent's listener took (useListenThread; listenPort 0 picks a free
+    /// one), or 0 without a listener.
+    [[nodiscard]] int listenPort() const noexcept { return listener_ ? listener_->port() : 0; }
 
     // ---- transfers -------------------------------------------------------------
     nixl_status_t createXferReq(nixl_xfer_op_t operation, const nixl_xfer_dlist_t& local_descs,
@@ -284,8 +367,8 @@ public:
     }
     nixl_status_t prepXferDlist(const std::string& agent_name, const nixl_xfer_dlist_t& descs,
                                 nixlDlistH*& dlist_hndl, const nixl_opt_args_t* = nullptr) {
-        if (!agent_name.empty() && !find(agent_name)) return NIXL_ERR_NOT_FOUND;
         return detail::guarded([&] {
+            if (!agent_name.empty() && !find(agent_name)) return NIXL_ERR_NOT_FOUND;
             auto h = std::make_unique<nixlDlistH>();
             h->agent = agent_name;
             h->descs = to_descs(descs);
@@ -336,8 +419,11 @@ public:
 
     // ---- notifications ---------------------------------------------------------------
     /// Appends what arrived to `notif_map`, per sender.
+    /// Also applies the invalidations our listener received (invalidateLocalMD), so that an agent that
+    /// only waits for notifications still drops the peers that withdrew.
     nixl_status_t getNotifs(nixl_notifs_t& notif_map, const nixl_opt_args_t* = nullptr) {
         return detail::guarded([&] {
+            apply_invalidations();
             visit([&](auto& b) {
                 b.poll_notifs([&](std::string_view from, std::string_view msg) {
                     notif_map[std::string(from)].emplace_back(msg);
@@ -375,8 +461,43 @@ private:
         return std::find_if(registered_.begin(), registered_.end(), [&](const auto& e) { return e.first == k; });
     }
 
+    // Every call that names an agent looks it up here, so an invalidation our listener received is
+    // applied before the name is resolved.
     [[nodiscard]] std::optional<peer> find(const std::string& agent) const {
+        apply_invalidations();
         return visit([&](auto& b) { return b.find_peer(agent); });
+    }
+
+    // Invalidations that came before a load concern the incarnation loaded before it, so loads apply them
+    // first too.
+    std::string load(std::span<const std::byte> blob) const {
+        apply_invalidations();
+        const peer p = visit([&](auto& b) { return b.load_remote(blob); });
+        return visit([&](auto& b) { return b.peer_name(p); });
+    }
+
+    // Unloads the agents that invalidated their metadata at our listener.
+    void apply_invalidations() const {
+        if (!listener_) return;
+        for (const auto& agent : listener_->take_invalidations())
+            visit([&](auto& b) {
+                if (const auto p = b.find_peer(agent)) b.unload_remote(*p);
+            });
+    }
+
+    void republish() const {
+        if (listener_) listener_->publish(visit([](auto& b) { return b.local_metadata(); }));
+    }
+
+    nixl_status_t deregister_each(const nixl_reg_dlist_t& descs) {
+        for (int i = 0; i < descs.descCount(); ++i) {
+            const auto& d = descs[static_cast<std::size_t>(i)];
+            auto it = find_registered(key{d.addr, d.len, d.devId});
+            if (it == registered_.end()) return NIXL_ERR_NOT_FOUND;
+            visit([&](auto& b) { b.deregister_memory(it->second); });
+            registered_.erase(it);
+        }
+        return NIXL_SUCCESS;
     }
 
     template <class Desc>
@@ -430,6 +551,8 @@ private:
     std::vector<std::pair<key, region>> registered_;
     std::vector<std::unique_ptr<nixlXferReqH>> requests_;
     std::vector<std::unique_ptr<nixlDlistH>> dlists_;
+    // Last: it publishes the backend's metadata, so it stops serving before the backend goes.
+    std::unique_ptr<metadata_listener> listener_;
 };
 
 using nixlAgent = basic_agent<memory::host>;

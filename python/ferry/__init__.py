@@ -32,6 +32,7 @@ from ._ferry import (  # noqa: F401
     __version__,
     fetch_metadata,
     has_cuda,
+    invalidate_metadata,
     push_metadata,
 )
 from . import _ferry

@@ -214,7 +214,8 @@ class nixl_agent:
                 self._backend = ferry.Backend(agent_name, progress=progress, memory="host")
         self._vram = self._backend.memory_kind == "cuda"
         # enable_listen_thread: ferry's listener, on every interface as NIXL's, serving our metadata and
-        # keeping what peers push (check_remote_metadata loads it). listen_port 0: any port (listen_port says).
+        # keeping what peers push (check_remote_metadata loads it) or invalidate (_drop_invalidated unloads
+        # them). listen_port 0: any port (listen_port says).
         self._listener = None
         if conf.enable_listen:
             with _translated():
@@ -235,6 +236,17 @@ class nixl_agent:
         if self._listener:
             with _translated():
                 self._listener.publish(self._backend.metadata())
+
+    def _drop_invalidated(self):
+        # Every call that names or loads an agent, and get_new_notifs, comes here first: an invalidation
+        # that came before a load concerns the incarnation loaded before it.
+        if not self._listener:
+            return
+        for agent in self._listener.take_invalidations():
+            peer = self._peers.pop(agent, None)
+            if peer is not None:
+                with _translated():
+                    self._backend.unload(peer)
 
     # ---- plugins and backends ------------------------------------------------
     def get_plugin_list(self):
@@ -303,6 +315,7 @@ class nixl_agent:
             return self._backend.metadata()
 
     def add_remote_agent(self, metadata):
+        self._drop_invalidated()
         with _translated():
             peer = self._backend.load(bytes(metadata))
             name = self._backend.peer_name(peer)
@@ -316,6 +329,7 @@ class nixl_agent:
 
     def check_remote_metadata(self, agent, descs=None):
         """True once `agent` is loaded; loads it first if it pushed its metadata to our listener."""
+        self._drop_invalidated()
         if agent not in self._peers and self._listener:
             blob = self._listener.pushed(agent)
             if blob is not None:
@@ -354,10 +368,16 @@ class nixl_agent:
             _raise(ferry.Status.INVALID_ARGUMENT,
                    f"fetch_remote_metadata: {ip_addr}:{port} serves agent {name!r}, not {remote_agent!r}")
 
-    def invalidate_local_metadata(self, *args, **kwargs):
-        _not_implemented("invalidate_local_metadata", "ferry's listener protocol has no invalidation message")
+    def invalidate_local_metadata(self, ip_addr="", port=DEFAULT_COMM_PORT):
+        """Tells the listener at ip_addr:port that our metadata is no longer valid: its agent unloads us at its
+        next call that names or loads an agent, or get_new_notifs (NIXL's listener thread does it at once)."""
+        if not ip_addr:
+            _not_implemented("invalidate_local_metadata without ip_addr", "ferry's Python module has no etcd client")
+        with _translated():
+            ferry.invalidate_metadata(ip_addr, port, self.name)
 
     def _peer(self, agent, what):
+        self._drop_invalidated()
         if agent == self.name and agent not in self._peers:
             # Loopback: this agent as its own peer, as NIXL allows.
             self.add_remote_agent(self.get_agent_metadata())
@@ -438,6 +458,7 @@ class nixl_agent:
 
     # ---- notifications -----------------------------------------------------------
     def get_new_notifs(self, backends=()):
+        self._drop_invalidated()
         with _translated():
             return self._backend.take_notifs()
 

@@ -1,7 +1,8 @@
 #pragma once
 
-// ferry.Listener (metadata_listener: serves our blob, keeps what peers push)
-// and ferry.fetch_metadata / ferry.push_metadata, its client calls. Blobs
+// ferry.Listener (metadata_listener: serves our blob, keeps what peers push
+// or invalidate) and ferry.fetch_metadata / ferry.push_metadata /
+// ferry.invalidate_metadata, its client calls. Blobs
 // are bytes; every wait lets the GIL go.
 #include <ferry/directory/client.hpp>
 #include <ferry/directory/listener.hpp>
@@ -61,7 +62,25 @@ inline void bind_listener(py::module_& m) {
             py::arg("name"), "The blob the agent `name` pushed, or None.")
         .def(
             "forget", [](ferry::metadata_listener& l, const std::string& name) { return l.forget(name); },
-            py::arg("name"));
+            py::arg("name"))
+        .def(
+            "take_invalidations",
+            [](ferry::metadata_listener& l) {
+                py::list out;
+                for (const auto& name : l.take_invalidations()) {
+                    // Anyone may send any bytes: a name that is not UTF-8 names no Python agent (their
+                    // names are str), and must not make this call raise.
+                    PyObject* text = PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), nullptr);
+                    if (!text) {
+                        PyErr_Clear();
+                        continue;
+                    }
+                    out.append(py::reinterpret_steal<py::str>(text));
+                }
+                return out;
+            },
+            "The agents that invalidated their metadata here since the last call, each once; their pushed "
+            "blobs are already gone. Names that are not UTF-8 are left out.");
     m.def(
         "fetch_metadata",
         [](const std::string& host, std::uint16_t port, double timeout) {
@@ -83,6 +102,15 @@ inline void bind_listener(py::module_& m) {
         },
         py::arg("host"), py::arg("port"), py::arg("blob"), py::arg("timeout") = 5.0,
         "Sends our blob to the listener at host:port, which keeps it under our agent name.");
+    m.def(
+        "invalidate_metadata",
+        [](const std::string& host, std::uint16_t port, const std::string& name, double timeout) {
+            py::gil_scoped_release unlocked;
+            ferry::invalidate_metadata(host, port, name, std::chrono::milliseconds(static_cast<long>(timeout * 1000)));
+        },
+        py::arg("host"), py::arg("port"), py::arg("name"), py::arg("timeout") = 5.0,
+        "Tells the listener at host:port that agent `name`'s metadata is no longer valid: it drops what `name` "
+        "pushed, and its owner unloads `name`.");
 }
 
 }  // namespace ferry_python

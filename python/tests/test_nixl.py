@@ -1,6 +1,8 @@
 """ferry.nixl: NIXL's agent API between two processes, every byte checked, and NIXL's errors."""
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -245,13 +247,13 @@ def test_nixl_errors():
     port = _closed_port()
     with pytest.raises(nixlRemoteDisconnectError, match=f"fetch_metadata from 127.0.0.1:{port}: cannot connect"):
         agent.fetch_remote_metadata("x", "127.0.0.1", port)
+    with pytest.raises(nixlRemoteDisconnectError, match=f"invalidate_metadata to 127.0.0.1:{port}: cannot connect"):
+        agent.invalidate_local_metadata("127.0.0.1", port)
     assert isinstance(nixlRepostActiveError("x"), ferry.Error)
     agent.deregister_memory(reg)
 
 
 def _closed_port():
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -270,7 +272,29 @@ def listening_target(conn):
         assert time.monotonic() < deadline, "the notification never came"
     check_blocks(buf, OFFSETS[:4], LENGTH, SEED, FILL)
     conn.send("checked")
+    assert conn.recv() == "invalidate"
+    agent.invalidate_local_metadata("127.0.0.1", initiator_port)
+    conn.send("invalidated")
     assert conn.recv() == "bye"
+
+
+def test_invalidate_metadata_at_a_listener():
+    listener = ferry.Listener()
+    agent = nixl_agent("pusher", nixl_agent_config(enable_prog_thread=False))
+    agent.send_local_metadata("127.0.0.1", listener.port)
+    assert listener.pushed("pusher") == agent.get_agent_metadata()
+    ferry.invalidate_metadata("127.0.0.1", listener.port, "pusher")
+    assert listener.pushed("pusher") is None
+    assert listener.take_invalidations() == ["pusher"]
+    assert listener.take_invalidations() == []
+    with pytest.raises(ferry.InvalidArgumentError, match="1..255 bytes"):
+        ferry.invalidate_metadata("127.0.0.1", listener.port, "")
+    # The listener's protocol, by hand: a name that is not UTF-8 is answered ok but names no Python agent.
+    for name in (b"\xff\xfe", b"ok"):
+        with socket.create_connection(("127.0.0.1", listener.port)) as s:
+            s.sendall(struct.pack("<IHHQ", 0x4E4C5246, 1, 3, len(name)) + name)
+            assert struct.unpack("<IHHQ", s.makefile("rb").read(16)) == (0x4E4C5246, 1, 0, 0)
+    assert listener.take_invalidations() == ["ok"]
 
 
 def test_metadata_through_the_listener():
@@ -305,9 +329,16 @@ def test_metadata_through_the_listener():
             state = initiator.check_xfer_state(h)
         assert state == "DONE"
         target.expect("checked")
+        initiator.release_xfer_handle(h)
+        # The target withdraws its metadata: we drop it, and its pushed blob is gone from our listener.
+        target.send("invalidate")
+        target.expect("invalidated")
+        with pytest.raises(nixlNotFoundError, match="no remote agent 'listening-target'"):
+            initiator.initialize_xfer("WRITE", initiator.get_xfer_descs([(local.ctypes.data, LENGTH, 0)], "DRAM"),
+                                      initiator.get_xfer_descs([(remote, LENGTH, 0)], "DRAM"), "listening-target")
+        assert not initiator.check_remote_metadata("listening-target")
         target.send("bye")
         target.finish()
-        initiator.release_xfer_handle(h)
     finally:
         if target.process.is_alive():
             target.kill()

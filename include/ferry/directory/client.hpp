@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -105,6 +106,24 @@ inline void push_metadata(const std::string& host, std::uint16_t port, std::span
                           std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
     const std::string who = "push_metadata to " + host + ":" + std::to_string(port);
     auto r = detail::wire_exchange(host, port, detail::wire_code::push, blob, timeout, 0, who);
+    if (r.code != detail::wire_reply::ok)
+        throw error(status::invalid_argument, who + ": refused: " + detail::wire_text(r.payload));
+}
+
+/// Tells the metadata_listener at host:port that agent `name`'s metadata is
+/// no longer valid (NIXL's invalidateLocalMD): it drops the blob `name`
+/// pushed and its owner unloads `name`. Throws ferry::error as
+/// push_metadata does; invalid_argument also for a name outside
+/// 1..max_agent_name bytes, before anything is sent.
+inline void invalidate_metadata(const std::string& host, std::uint16_t port, std::string_view name,
+                                std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+    std::string who = "invalidate_metadata to ";
+    who.append(host).append(":").append(std::to_string(port));
+    if (name.empty() || name.size() > detail::max_agent_name)
+        throw error(status::invalid_argument, who + ": an agent name has 1.." +
+                                                  std::to_string(detail::max_agent_name) + " bytes");
+    auto r = detail::wire_exchange(host, port, detail::wire_code::invalidate,
+                                   std::as_bytes(std::span(name.data(), name.size())), timeout, 0, who);
     if (r.code != detail::wire_reply::ok)
         throw error(status::invalid_argument, who + ": refused: " + detail::wire_text(r.payload));
 }

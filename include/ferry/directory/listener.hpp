@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,7 +58,8 @@ struct listener_config {
     /// timeout).
     std::size_t max_clients = 64;
     /// Distinct agents whose pushed blobs are kept; pushes from new names
-    /// beyond that are refused.
+    /// beyond that are refused. Bounds the invalidations waiting for
+    /// take_invalidations the same way.
     std::size_t max_peers = 1024;
     /// Events kept until poll_events takes them; the oldest go first.
     std::size_t max_events = 4096;
@@ -68,14 +70,17 @@ struct listener_stats {
     std::uint64_t fetches_served = 0;
     std::uint64_t pushes_accepted = 0;
     std::uint64_t pushes_refused = 0;  // failed validation, too large, or too many peers
+    std::uint64_t invalidations_accepted = 0;
+    std::uint64_t invalidations_refused = 0;  // too many waiting for take_invalidations
     std::uint64_t bad_requests = 0;    // not our protocol
     std::uint64_t timed_out = 0;       // dropped at io_timeout
     std::uint64_t turned_away = 0;     // over max_clients
     std::uint64_t events_dropped = 0;  // over max_events
 };
 
-/// Serves our metadata blob over TCP and takes the blobs peers push to it
-/// (NIXL's listener: sendLocalMD / fetchRemoteMD). One thread of its own
+/// Serves our metadata blob over TCP, takes the blobs peers push to it and
+/// the invalidations they send (NIXL's listener: sendLocalMD, fetchRemoteMD,
+/// invalidateLocalMD). One thread of its own
 /// polls the listening socket and every connection, all non-blocking, so no
 /// client can hold up another; see detail/wire.hpp for the protocol.
 class metadata_listener {
@@ -158,8 +163,21 @@ public:
         return true;
     }
 
-    /// Blobs pushed since the last call, as put events, waiting up to
-    /// `timeout` for the first.
+    /// The agents that invalidated their metadata here since the last call
+    /// (invalidate_metadata), each once, for the owner to unload. The
+    /// listener has already dropped their pushed blobs. A push that comes
+    /// after an invalidation does not cancel it: it is a new incarnation,
+    /// which the owner loads after unloading the old one.
+    [[nodiscard]] std::vector<std::string> take_invalidations() {
+        std::lock_guard lock(mutex_);
+        std::vector<std::string> out(std::make_move_iterator(invalidated_.begin()),
+                                     std::make_move_iterator(invalidated_.end()));
+        invalidated_.clear();
+        return out;
+    }
+
+    /// Blobs pushed since the last call, as put events, and invalidations,
+    /// as remove events, waiting up to `timeout` for the first.
     [[nodiscard]] std::vector<directory_event> poll_events(std::chrono::milliseconds timeout) {
         std::unique_lock lock(mutex_);
         events_cv_.wait_for(lock, timeout, [&] { return !events_.empty(); });
@@ -235,11 +253,16 @@ private:
             it->second = blob;
         else
             peers_.emplace(name, blob);
+        event_locked({directory_event::kind::put, std::move(name), std::move(blob)});
+    }
+
+    // Called with mutex_ held.
+    void event_locked(directory_event e) {
         if (events_.size() >= config_.max_events) {
             events_.pop_front();
             ++stats_.events_dropped;
         }
-        events_.push_back({directory_event::kind::put, std::move(name), std::move(blob)});
+        events_.push_back(std::move(e));
         events_cv_.notify_all();
     }
 
@@ -303,6 +326,19 @@ private:
             c.at = phase::body;
             return;
         }
+        if (h->code == static_cast<std::uint16_t>(detail::wire_code::invalidate)) {
+            if (h->length == 0 || h->length > detail::max_agent_name) {
+                count(&listener_stats::bad_requests);
+                return set_reply(c, detail::wire_reply::bad_request,
+                                 "an invalidation carries an agent name of 1.." +
+                                     std::to_string(detail::max_agent_name) + " bytes, not " +
+                                     std::to_string(h->length));
+            }
+            c.body_total = static_cast<std::size_t>(h->length);
+            c.got = 0;
+            c.at = phase::body;
+            return;
+        }
         count(&listener_stats::bad_requests);
         set_reply(c, detail::wire_reply::bad_request, "unknown request code " + std::to_string(h->code));
     }
@@ -327,6 +363,24 @@ private:
             }
             ++stats_.pushes_accepted;
             store_locked(std::move(name), std::move(c.body));
+        }
+        set_reply(c, detail::wire_reply::ok, std::shared_ptr<const std::vector<std::byte>>{});
+    }
+
+    void on_invalidate(client& c) {
+        std::string name(reinterpret_cast<const char*>(c.body.data()), c.body_total);
+        {
+            std::lock_guard lock(mutex_);
+            if (!invalidated_.contains(name) && invalidated_.size() >= config_.max_peers) {
+                ++stats_.invalidations_refused;
+                return set_reply(c, detail::wire_reply::refused,
+                                 "invalidation refused: already holding " + std::to_string(config_.max_peers) +
+                                     " that the owner has not taken");
+            }
+            ++stats_.invalidations_accepted;
+            if (auto it = peers_.find(name); it != peers_.end()) peers_.erase(it);
+            invalidated_.insert(name);
+            event_locked({directory_event::kind::remove, std::move(name), {}});
         }
         set_reply(c, detail::wire_reply::ok, std::shared_ptr<const std::vector<std::byte>>{});
     }
@@ -366,6 +420,8 @@ private:
                 if (c.got < want) continue;
                 if (c.at == phase::header)
                     on_header(c);
+                else if (c.request.code == static_cast<std::uint16_t>(detail::wire_code::invalidate))
+                    on_invalidate(c);
                 else
                     on_push(c);
                 continue;
@@ -457,6 +513,7 @@ private:
     std::shared_ptr<const std::vector<std::byte>> served_;
     std::string served_name_;
     std::map<std::string, std::vector<std::byte>, std::less<>> peers_;
+    std::set<std::string, std::less<>> invalidated_;  // for take_invalidations
     std::deque<directory_event> events_;
     listener_stats stats_;
     std::string last_refusal_;

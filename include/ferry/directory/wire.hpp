@@ -17,11 +17,14 @@ namespace detail {
 //    6  u16 code            8  u64 payload length
 // Request codes: 1 fetch (empty payload; the response carries the blob the
 // listener serves), 2 push (payload: the sender's metadata blob, which the
-// listener validates and keeps under the agent name inside it).
-// Response codes: 0 ok (fetch: the blob; push: empty), 1 nothing published,
-// 2 refused (the pushed blob failed validation, or the listener keeps no
-// more peers), 3 too large, 4 bad request; the payload of 1..4 is a short
-// text saying why. The server closes the connection after its response.
+// listener validates and keeps under the agent name inside it), 3 invalidate
+// (payload: an agent name of 1..max_agent_name bytes, NIXL's
+// invalidateLocalMD: the listener drops that agent's pushed blob and tells
+// its owner to unload the agent).
+// Response codes: 0 ok (fetch: the blob; push, invalidate: empty), 1 nothing
+// published, 2 refused (the pushed blob failed validation, or the listener
+// keeps no more peers or pending invalidations), 3 too large, 4 bad request;
+// the payload of 1..4 is a short text saying why. The server closes the connection after its response.
 // The length is 64 bits so that a hostile prefix is checked against the
 // limit before anything is allocated, not truncated into a plausible size.
 inline constexpr std::uint32_t wire_magic = 0x4E4C5246U;  // "FRLN" read as little-endian
@@ -32,6 +35,7 @@ inline constexpr std::size_t max_wire_message = 1024;  // error texts
 enum class wire_code : std::uint16_t {
     fetch = 1,
     push = 2,
+    invalidate = 3,
 };
 enum class wire_reply : std::uint16_t {
     ok = 0,
