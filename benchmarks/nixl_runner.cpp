@@ -32,11 +32,13 @@ fn::nixlAgent make_agent(const options& o) {
 }  // namespace
 
 struct nixl_runner::state {
-    explicit state(const options& o) : agent(make_agent(o)), timeout(o.timeout), coalesce(o.coalesce) {}
+    explicit state(const options& o)
+        : agent(make_agent(o)), timeout(o.timeout), coalesce(o.coalesce), path(to_xfer_path(o.path)) {}
 
     fn::nixlAgent agent;
     double timeout;
     bool coalesce;
+    ferry::xfer_path path;
     std::uintptr_t local_base = 0;
     std::uintptr_t remote_base = 0;
     std::string peer;
@@ -72,6 +74,7 @@ void nixl_runner::prepare(ferry::xfer_op op, std::span<const std::uint64_t> loca
     for (auto off : remote_off) remote.addDesc({s_->remote_base + off, block, 0});
     fn::nixl_opt_args_t extra;
     extra.skipDescMerge = !s_->coalesce;
+    extra.path = s_->path;  // ferry's addition to NIXL's arguments: --path
     expect_success("createXferReq",
                    s_->agent.createXferReq(op == ferry::xfer_op::read ? fn::NIXL_READ : fn::NIXL_WRITE, local, remote,
                                            s_->peer, s_->req, &extra));

@@ -100,7 +100,8 @@ const option_spec table[] = {
      "also time the NIXL facade (<ferry/nixl.hpp>: postXferReq, then getXferStatus until done) against the same "
      "request posted through the agent's own backend (post, then check), alternated (direct, nixl, direct, ..., "
      "nixl, direct) on each row's blocks: the agent is a second backend in the initiator's process, on the "
-     "transports of --tls and the policy of --progress, on the path prepare chooses (host_ipc on one host). "
+     "transports of --tls and the policy of --progress, on the path of --path (auto: host_ipc on one host, where "
+     "a transfer completes inside postXferReq; --path ucx to poll getXferStatus). "
      "Its transfers carry no notification. Host memory, --mode bw",
      "off", false, flag<&options::nixl>},
     {what, "--no-connect", "",

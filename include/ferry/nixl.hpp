@@ -102,6 +102,10 @@ struct nixl_opt_args_t {
     bool skipDescMerge = false;
     std::string ipAddr;
     int port = default_comm_port;
+    // ferry's addition: the path createXferReq / makeXferReq prepare on
+    // (automatic picks as prepare does; a named one is refused if it cannot
+    // serve every descriptor). NIXL's agent has no such choice.
+    xfer_path path = xfer_path::automatic;
 };
 
 struct nixlAgentConfig {
@@ -529,6 +533,7 @@ private:
             if (!p) return NIXL_ERR_NOT_FOUND;
             xfer_options options;
             options.coalesce = !(extra_params && extra_params->skipDescMerge);
+            if (extra_params) options.path = extra_params->path;
             auto r = std::make_unique<nixlXferReqH>();
             const xfer_op op = operation == NIXL_READ ? xfer_op::read : xfer_op::write;
             r->x = visit([&](auto& b) {
