@@ -18,16 +18,6 @@ SOURCE = scattered(BLOCKS, LENGTH, 1000)  # in the upper half of each buffer
 DEST = scattered(BLOCKS, LENGTH, 20000)[::-1]  # in the lower half, reversed
 
 
-@pytest.fixture(scope="module")
-def cuda():
-    if not ferry.has_cuda:
-        pytest.skip("the ferry module was built without CUDA")
-    try:
-        ferry.Backend("probe", memory="cuda").close()
-    except ferry.Error as e:
-        pytest.skip(f"no usable GPU: {e}")
-
-
 def device_buffer(b, kind):
     """SIZE bytes of device memory on `b`: from allocate(), or a torch tensor through __cuda_array_interface__."""
     if kind == "allocate":

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-import ferry
 from ferry.nixl import nixl_agent, nixl_agent_config
 from twoproc import FILL, TIMEOUT, check_blocks, fill_blocks, spawn_side
 
@@ -37,13 +36,8 @@ def device_tensor(torch, rows, seed=None, picked=None):
 
 
 @pytest.fixture(scope="module")
-def gpu():
-    if not ferry.has_cuda:
-        pytest.skip("the ferry module was built without CUDA")
-    try:
-        ferry.Backend("probe", memory="cuda").close()
-    except ferry.Error as e:
-        pytest.skip(f"no usable GPU: {e}")
+def gpu(cuda):
+    """torch, where it sees the GPU that the cuda fixture (conftest.py) found usable."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no GPU")
