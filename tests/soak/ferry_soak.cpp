@@ -58,7 +58,8 @@
 #include <numeric>
 #include <optional>
 #include <random>
-#include <set>
+#include <iterator>
+#include <istream>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -206,6 +207,88 @@ void fill_block(std::byte* p, std::size_t block_size, std::uint32_t who, std::ui
         std::memcpy(p + 8 * i, &w, 8);
     }
 }
+
+// A set of sequence numbers kept as runs [first, last]: the ledgers of ok
+// WRITEs and of notifications hold millions of numbers in a long run, and
+// would otherwise grow the agents' own memory by tens of MiB an hour, which
+// the RSS invariant would blame on ferry.
+class seq_ledger {
+public:
+    /// False if `seq` is in the ledger already.
+    bool insert(std::uint64_t seq) {
+        auto next = runs_.upper_bound(seq);  // first run starting after seq
+        if (next != runs_.begin()) {
+            auto prev = std::prev(next);
+            if (seq <= prev->second) return false;
+            if (prev->second + 1 == seq) {
+                prev->second = seq;
+                if (next != runs_.end() && next->first == seq + 1) {
+                    prev->second = next->second;
+                    runs_.erase(next);
+                }
+                ++count_;
+                return true;
+            }
+        }
+        if (next != runs_.end() && next->first == seq + 1) {
+            const std::uint64_t last = next->second;
+            runs_.erase(next);
+            runs_.emplace(seq, last);
+        } else {
+            runs_.emplace(seq, seq);
+        }
+        ++count_;
+        return true;
+    }
+
+    [[nodiscard]] bool contains(std::uint64_t seq) const {
+        auto next = runs_.upper_bound(seq);
+        return next != runs_.begin() && seq <= std::prev(next)->second;
+    }
+
+    void clear() {
+        runs_.clear();
+        count_ = 0;
+    }
+    [[nodiscard]] std::uint64_t size() const noexcept { return count_; }
+
+    /// " first-last first-last ...", as parse reads it.
+    [[nodiscard]] std::string text() const {
+        std::string out;
+        for (const auto& [first, last] : runs_) {
+            out += ' ';
+            out += std::to_string(first);
+            out += '-';
+            out += std::to_string(last);
+        }
+        return out;
+    }
+    static bool parse(std::istream& in, seq_ledger& out) {
+        std::string run;
+        while (in >> run) {
+            const auto dash = run.find('-');
+            std::uint64_t first = 0, last = 0;
+            if (dash == std::string::npos || !parse_int(std::string_view(run).substr(0, dash), first) ||
+                !parse_int(std::string_view(run).substr(dash + 1), last) || last < first)
+                return false;
+            for (std::uint64_t s = first; s <= last; ++s)
+                if (!out.insert(s)) return false;
+        }
+        return true;
+    }
+
+    /// Calls f(seq) for each number in this ledger that `other` lacks.
+    template <class F>
+    void for_each_missing_from(const seq_ledger& other, F&& f) const {
+        for (const auto& [first, last] : runs_)
+            for (std::uint64_t s = first; s <= last; ++s)
+                if (!other.contains(s)) f(s);
+    }
+
+private:
+    std::map<std::uint64_t, std::uint64_t> runs_;  // first -> last
+    std::uint64_t count_ = 0;
+};
 
 std::string hex(std::uint64_t v) {
     char buf[24];
@@ -398,7 +481,7 @@ struct remote_agent {
     bool in_flight = false;
     std::uint64_t next_seq = 1;             // WRITE seqs to this incarnation
     std::size_t lane = 0;                   // see agent::lanes
-    std::vector<std::uint64_t> ok_seqs;     // WRITEs to this incarnation that ended ok
+    seq_ledger ok_seqs;                     // WRITEs to this incarnation that ended ok
 };
 
 struct flight {
@@ -484,7 +567,7 @@ private:
     std::vector<flight> flights_;
     std::map<std::string, std::uint64_t> counters_;
     // Notifications seen, per writer: its incarnation and the seqs.
-    std::map<int, std::pair<std::uint32_t, std::set<std::uint64_t>>> seen_;
+    std::map<int, std::pair<std::uint32_t, seq_ledger>> seen_;
     std::string in_;
     bool quiesced_ = false;
     bool exit_ = false;
@@ -666,7 +749,7 @@ void agent<Backend>::finish(Backend& b, flight& f, status s) {
         count(op + ".bytes", f.bytes);
         count(op + ".path." + std::string(ferry::to_string(b.path_of(f.x))));
         if (f.op == xfer_op::write) {
-            if (r.inc == f.tinc) r.ok_seqs.push_back(f.seq);
+            if (r.inc == f.tinc) r.ok_seqs.insert(f.seq);
         } else {
             const std::size_t k = f.remote_blocks.size() / 2;
             std::byte* area = scratch_ + (static_cast<std::size_t>(f.to) * lanes() + f.lane) * slot_bytes();
@@ -723,7 +806,7 @@ void agent<Backend>::on_notif(std::string_view from, std::string_view msg) {
         seen_inc = winc;
         seqs.clear();
     }
-    if (winc == seen_inc && !seqs.insert(seq).second) {
+    if (winc == seen_inc && !seqs.insert(seq)) {
         violation("duplicate notification " + std::string(msg) + " from " + std::string(from));
         return;
     }
@@ -914,15 +997,12 @@ int agent<Backend>::run() {
                 const remote_agent& r = peers_[i];
                 if (!r.known) continue;
                 text += "O " + std::to_string(i) + " " + std::to_string(r.inc);
-                for (auto s : r.ok_seqs) text += " " + std::to_string(s);
+                text += r.ok_seqs.text();
                 text += "\n";
             }
             for (const auto& [w, entry] : seen_) {
                 text += "N " + std::to_string(w) + " " + std::to_string(entry.first);
-                for (auto s : entry.second) {
-                    text += ' ';
-                    text += std::to_string(s);
-                }
+                text += entry.second.text();
                 text += "\n";
             }
             send_blocking(fd_, make_frame(frame::final_report, text));
@@ -1211,8 +1291,8 @@ void coordinator::cross_check() {
     // Every WRITE that ended ok to a peer's last incarnation: its
     // notification must have reached that incarnation. Both ledgers are of
     // the last incarnations, which live to the end.
-    std::map<std::pair<int, int>, std::pair<std::uint32_t, std::set<std::uint64_t>>> seen;  // (target, writer)
-    std::map<std::pair<int, int>, std::pair<std::uint32_t, std::vector<std::uint64_t>>> ok;  // (writer, target)
+    std::map<std::pair<int, int>, std::pair<std::uint32_t, seq_ledger>> seen;  // (target, writer)
+    std::map<std::pair<int, int>, std::pair<std::uint32_t, seq_ledger>> ok;    // (writer, target)
     for (int i = 0; i < o_.agents; ++i) {
         std::istringstream in(slots_[static_cast<std::size_t>(i)].final_text);
         std::string line;
@@ -1222,16 +1302,10 @@ void coordinator::cross_check() {
             int other = -1;
             std::uint32_t inc = 0;
             l >> other >> inc;
-            std::uint64_t seq = 0;
-            if (line[0] == 'N') {
-                auto& e = seen[{i, other}];
-                e.first = inc;
-                while (l >> seq) e.second.insert(seq);
-            } else {
-                auto& e = ok[{i, other}];
-                e.first = inc;
-                while (l >> seq) e.second.push_back(seq);
-            }
+            auto& e = line[0] == 'N' ? seen[{i, other}] : ok[{i, other}];
+            e.first = inc;
+            if (!seq_ledger::parse(l, e.second))
+                violation("agent " + std::to_string(i) + " reported a malformed ledger line: " + line.substr(0, 80));
         }
     }
     std::uint64_t checked = 0;
@@ -1240,12 +1314,11 @@ void coordinator::cross_check() {
         if (t < 0 || t >= o_.agents || entry.first != slots_[static_cast<std::size_t>(t)].inc) continue;
         const auto it = seen.find({t, w});
         std::vector<std::uint64_t> missing;
-        for (auto seq : entry.second) {
-            ++checked;
-            if (it == seen.end() || it->second.first != slots_[static_cast<std::size_t>(w)].inc ||
-                !it->second.second.count(seq))
-                missing.push_back(seq);
-        }
+        checked += entry.second.size();
+        static const seq_ledger none;
+        const bool current = it != seen.end() && it->second.first == slots_[static_cast<std::size_t>(w)].inc;
+        entry.second.for_each_missing_from(current ? it->second.second : none,
+                                           [&](std::uint64_t seq) { missing.push_back(seq); });
         if (!missing.empty()) {
             std::string list;
             for (std::size_t k = 0; k < missing.size() && k < 10; ++k) list += " " + std::to_string(missing[k]);
