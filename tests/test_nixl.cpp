@@ -105,6 +105,17 @@ void serve_until_message(nixlAgent& agent, ferry_test::channel& ch, nixl_notifs_
     while (!ch.readable()) expect(agent.getNotifs(notifs) == NIXL_SUCCESS, "getNotifs failed");
 }
 
+/// Progresses the agent until `from`'s notifications arrive, and expects
+/// exactly `want` among them.
+void await_notif(nixlAgent& agent, nixl_notifs_t& notifs, const std::string& from, const nixl_blob_t& want) {
+    ferry_test::patience patience;
+    while (notifs[from].empty()) {
+        REQUIRE(agent.getNotifs(notifs) == NIXL_SUCCESS);
+        patience.check("the WRITE's notification");
+    }
+    expect(notifs[from] == std::vector<nixl_blob_t>{want}, "the notification differs");
+}
+
 nixl_opt_args_t listener_at(int port) {
     nixl_opt_args_t extra;
     extra.ipAddr = "127.0.0.1";
@@ -153,15 +164,10 @@ TEST_CASE("nixlAgent: WRITE with a notification, READ of picked indices, and NIX
         s.ch.send_u64s(std::span(&base, 1));
         // The notification comes after its data.
         nixl_notifs_t notifs;
-        ferry_test::patience patience;
-        while (notifs["nixl-initiator"].empty()) {
-            REQUIRE(agent.getNotifs(notifs) == NIXL_SUCCESS);
-            patience.check("the WRITE's notification");
-        }
-        expect(notifs["nixl-initiator"] == std::vector<nixl_blob_t>{"written"}, "the notification differs");
+        await_notif(agent, notifs, "nixl-initiator", "written");
         check(buf, 0, 1, all_blocks(), "the WRITE's blocks", size / 2);  // the upper half holds what is READ
         s.ch.send("checked");
-        while (!s.ch.readable()) REQUIRE(agent.getNotifs(notifs) == NIXL_SUCCESS);  // progresses, as a target must
+        serve_until_message(agent, s.ch, notifs);
         s.ch.expect_message("bye");
         REQUIRE(agent.deregisterMem(whole(buf)) == NIXL_SUCCESS);
     };
@@ -274,12 +280,7 @@ TEST_CASE("nixlAgent: metadata through the listener: fetchRemoteMD, sendLocalMD,
         s.ch.send_u64s(std::span(&base, 1));
 
         nixl_notifs_t notifs;
-        ferry_test::patience patience;
-        while (notifs["md-a"].empty()) {
-            REQUIRE(agent.getNotifs(notifs) == NIXL_SUCCESS);
-            patience.check("the WRITE's notification");
-        }
-        expect(notifs["md-a"] == std::vector<nixl_blob_t>{"fetched"}, "the notification differs");
+        await_notif(agent, notifs, "md-a", "fetched");
         check(buf, 0, 1, all_blocks(), "the WRITE to the fetched agent");
         const nixl_xfer_dlist_t none(DRAM_SEG);
         expect_code(agent.checkRemoteMD("md-a", none), NIXL_ERR_NOT_FOUND, "checkRemoteMD before A pushed");

@@ -20,6 +20,7 @@ from ferry.nixl import (
     nixlRemoteDisconnectError,
     nixlRepostActiveError,
 )
+import nixl_torch
 from twoproc import FILL, TIMEOUT, check_blocks, fill_blocks, pattern, scattered, spawn_side
 
 SIZE = 1 << 20
@@ -115,94 +116,10 @@ def test_two_peers_write_notify_and_read(prog_thread):
             target.kill()
 
 
-# CPU torch tensors: KV-cache-like [rows, LENGTH] uint8 tensors, registered as a list, moved row by row and whole.
-ROWS = 32
-PICKED = [1, 4, 9, 17, 30]  # target rows the WRITE fills; not adjacent, so one descriptor each
-
-
-def row_offsets(rows):
-    return [r * LENGTH for r in rows]
-
-
-def flat(tensor):
-    """The tensor's bytes as a numpy array over the same memory, for twoproc's fill and check helpers."""
-    return tensor.numpy().reshape(-1)
-
-
-def wait_done(agent, handle):
-    deadline = time.monotonic() + TIMEOUT
-    state = agent.transfer(handle)
-    while state == "PROC":
-        assert time.monotonic() < deadline, "the transfer never completed"
-        state = agent.check_xfer_state(handle)
-    assert state == "DONE"
-
-
-def torch_target(conn, prog_thread):
-    """Registers two tensors as one list: rows of the first are written, the second is read whole."""
-    import torch
-
-    agent = nixl_agent("torch-target", nixl_agent_config(enable_prog_thread=prog_thread))
-    into = torch.full((ROWS, LENGTH), FILL, dtype=torch.uint8)
-    source = torch.full((ROWS, LENGTH), FILL, dtype=torch.uint8)
-    fill_blocks(flat(source), row_offsets(range(ROWS)), LENGTH, SEED + 1)
-    reg = agent.register_memory([into, source])
-    assert reg.getType() == "DRAM" and len(reg) == 2
-    rows = agent.get_xfer_descs([into[r] for r in PICKED])
-    conn.send((agent.get_agent_metadata(), agent.get_serialized_descs(rows),
-               agent.get_serialized_descs(agent.get_xfer_descs(source))))
-    deadline = time.monotonic() + TIMEOUT
-    while not agent.check_remote_xfer_done("torch-initiator", b"rows written", tag_is_prefix=False):
-        assert time.monotonic() < deadline, "the WRITE's notification never came"
-    check_blocks(flat(into), row_offsets(PICKED), LENGTH, SEED, FILL)
-    conn.send("written")
-    while not agent.check_remote_xfer_done("torch-initiator", b"read done", tag_is_prefix=False):
-        assert time.monotonic() < deadline, "the READ's notification never came"
-    check_blocks(flat(source), row_offsets(range(ROWS)), LENGTH, SEED + 1, FILL)  # a READ leaves it as it was
-    assert conn.recv() == "bye"
-    agent.deregister_memory(reg)
-
-
 @pytest.mark.parametrize("prog_thread", [False, True])
 def test_torch_tensors_write_notify_and_read(prog_thread):
     torch = pytest.importorskip("torch", reason="torch cannot be imported (Debian: python3-torch)")
-    initiator = nixl_agent("torch-initiator", nixl_agent_config(enable_prog_thread=prog_thread))
-    src = torch.full((len(PICKED), LENGTH), FILL, dtype=torch.uint8)
-    fill_blocks(flat(src), row_offsets(range(len(PICKED))), LENGTH, SEED)
-    back = torch.full((ROWS, LENGTH), FILL, dtype=torch.uint8)
-    reg = initiator.register_memory([src, back])
-    with pytest.raises(nixlInvalidParamError, match="must be contiguous"):
-        initiator.get_xfer_descs(back[:, :8])
-    target = spawn_side(torch_target, prog_thread)
-    try:
-        md, write_side, read_side = target.recv()
-        assert initiator.add_remote_agent(md) == "torch-target"
-        initiator.make_connection("torch-target")
-
-        # WRITE row k of src into target row PICKED[k], with a notification.
-        rows = initiator.get_xfer_descs([src[k] for k in range(len(PICKED))])
-        assert rows.getType() == "DRAM" and len(rows) == len(PICKED)
-        assert rows.rows[:, 0].tolist() == [src[k].data_ptr() for k in range(len(PICKED))]
-        h = initiator.initialize_xfer("WRITE", rows, initiator.deserialize_descs(write_side), "torch-target",
-                                      b"rows written")
-        wait_done(initiator, h)
-        initiator.release_xfer_handle(h)
-        target.expect("written", backend=None)
-
-        # READ the target's second tensor whole into back.
-        h = initiator.initialize_xfer("READ", initiator.get_xfer_descs(back), initiator.deserialize_descs(read_side),
-                                      "torch-target", b"read done")
-        wait_done(initiator, h)
-        initiator.release_xfer_handle(h)
-        check_blocks(flat(back), row_offsets(range(ROWS)), LENGTH, SEED + 1, FILL)
-        assert torch.equal(src[0], torch.from_numpy(pattern(LENGTH, SEED * 1000)))  # the WRITE's source is intact
-        target.send("bye")
-        target.finish()
-        initiator.deregister_memory(reg)
-        initiator.remove_remote_agent("torch-target")
-    finally:
-        if target.process.is_alive():
-            target.kill()
+    nixl_torch.run(torch, prog_thread, "cpu")
 
 
 def test_nixl_errors():
