@@ -363,6 +363,40 @@ TEST_CASE("a contiguous strided entry becomes one block; coalescing off keeps ev
     CHECK(lb.b.release(separate) == status::ok);
 }
 
+TEST_CASE("entries across regions: one per region, and one whose blocks lie in two", "[strided]") {
+    // The source buffer registered as two halves: prepare checks an entry by
+    // the span of its blocks, which for the last entry lies in no single
+    // region though each of its blocks lies in one.
+    loopback lb;
+    constexpr std::size_t half = loopback::size / 2;
+    std::vector<std::byte> mem(loopback::size);
+    const ferry::region low = lb.b.register_memory(mem.data(), half);
+    const ferry::region high = lb.b.register_memory(mem.data() + half, half);
+    const auto at = [&](std::size_t offset) { return reinterpret_cast<std::uintptr_t>(mem.data()) + offset; };
+    for (std::size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<std::byte>(i * 7 + 3);
+    const std::vector<strided_desc> per_region{{at(0), 64, 0, 128, 4}, {at(half), 64, 0, 256, 6}};
+    const std::vector<strided_desc> across{{at(0), 64, 0, 128, 4}, {at(half), 64, 0, 256, 4},
+                                           {at(half - 128), 64, 0, 128, 2}};
+    const std::vector<strided_desc> r{{lb.dst(0), 64, 0, 64, 10}};
+    for (const auto* l : {&per_region, &across})
+        for (const xfer_path path : {xfer_path::ucx, xfer_path::automatic}) {
+            INFO((l == &across ? "across" : "per region") << ", path " << ferry_test::str(path));
+            std::fill(lb.dst_mem.begin(), lb.dst_mem.end(), untouched);
+            const ferry::xfer x = lb.b.prepare(xfer_op::write, *l, r, lb.self, ferry::xfer_options{.path = path});
+            CHECK(lb.b.blocks_of(x) == 10);
+            ferry_test::post_and_wait(lb.b, x, {}, "across regions");
+            std::size_t k = 0;
+            for (const strided_desc& e : *l)
+                for (std::size_t j = 0; j < e.count; ++j, ++k) {
+                    INFO("block " << k);
+                    CHECK(std::memcmp(lb.dst_mem.data() + k * 64,
+                                      reinterpret_cast<const void*>(e.addr + j * e.stride), 64) == 0);
+                }
+            CHECK(ferry_test::check_filled(lb.dst_mem.data() + 640, loopback::size - 640, untouched).empty());
+            CHECK(lb.b.release(x) == status::ok);
+        }
+}
+
 TEST_CASE("prepare refuses bad strided entries, naming the entry or the block", "[strided]") {
     loopback lb;
     const std::size_t most = std::numeric_limits<std::size_t>::max();

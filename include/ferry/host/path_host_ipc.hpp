@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,45 +52,36 @@ public:
     explicit host_ipc_path(const Memory&) noexcept {}
 
     bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
-        const bool required = wanted == id;
-        host::peer_process& peer = pairs.target.process();
-        if (!peer.unreachable().empty()) {
-            if (!required) return false;
-            throw error(status::invalid_argument, "prepare: path host_ipc: " + peer.unreachable());
-        }
-        std::size_t unmapped = pairs.local.size();  // the first pair a mapping cannot serve
-        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
-            remote_region& r = *pairs.remote_regions[i];
-            std::string why;
-            if (pairs.local_regions[i]->facts.kind != memory_kind_code::host)
-                why = "the local block is not host memory (GPU memory reaches a peer's host memory on this "
-                      "host only where the peer allocated it with allocate_host)";
-            else if (r.kind != memory_kind_code::host)
-                why = "the remote block is not host memory";
-            if (!why.empty()) {
-                if (!required) return false;
-                throw error(status::invalid_argument, "prepare: path host_ipc: " + pairs.where(i) +
-                                                          ": " + why);
-            }
-            if (!r.ipc_handle.empty()) host::open_shared(r, static_cast<std::uint32_t>(peer.pid()));
-            if (!r.ipc_mapping && unmapped == pairs.local.size()) unmapped = i;
-        }
-        const bool mapped = unmapped == pairs.local.size();
-        if (!mapped) {
-            if (const std::string& why = peer.vm_refusal(pairs.remote[unmapped].addr); !why.empty()) {
-                if (!required) return false;
-                const remote_region& r = *pairs.remote_regions[unmapped];
-                throw error(status::invalid_argument,
-                            "prepare: path host_ipc: " + pairs.where(unmapped) + ": " +
-                                (r.ipc_error.empty() ? "the remote block is not in memory the peer's backend allocated"
-                                                     : "the remote block's shared memory cannot be mapped: " +
-                                                           r.ipc_error) +
-                                ", and " + why);
-            }
-        }
+        const auto mapped = check(pairs, pairs.local.size(), wanted, [&](std::size_t i) { return pairs.remote[i].addr; });
+        if (!mapped) return false;
         auto plan = std::make_unique<host_plan>();
-        if (mapped) build_copies(*plan, st.op, pairs);
-        else build_vm(*plan, st.op, pairs, peer);
+        if (*mapped) {
+            build_copies(*plan, st.op, pairs.local.size(), pairs.remote_regions, [&](std::size_t i) {
+                return copy_run{pairs.local[i].addr, pairs.remote[i].addr, pairs.local[i].len, 0, 0, 1};
+            });
+        } else {
+            build_vm(*plan, st.op, pairs, pairs.target.process());
+        }
+        st.path_data = plan.release();
+        st.destroy_path_data = [](void* p) noexcept { delete static_cast<host_plan*>(p); };
+        return true;
+    }
+
+    /// A strided transfer's runs: through mappings, one copy loop per run;
+    /// through process_vm, laid out block by block, as the calls take them.
+    bool prepare(xfer_state& st, const resolved_runs& resolved, xfer_path wanted) {
+        const auto mapped = check(resolved, resolved.runs.size(), wanted,
+                                  [&](std::size_t i) { return resolved.runs[i].remote.addr; });
+        if (!mapped) return false;
+        auto plan = std::make_unique<host_plan>();
+        if (*mapped) {
+            build_copies(*plan, st.op, resolved.runs.size(), resolved.remote_regions, [&](std::size_t i) {
+                const block_run& r = resolved.runs[i];
+                return copy_run{r.local.addr, r.remote.addr, r.local.len, r.local_stride, r.remote_stride, r.count};
+            });
+        } else {
+            build_vm(*plan, st.op, laid_out_runs(resolved).pairs(), resolved.target.process());
+        }
         st.path_data = plan.release();
         st.destroy_path_data = [](void* p) noexcept { delete static_cast<host_plan*>(p); };
         return true;
@@ -103,7 +96,12 @@ public:
             // something this thread does next (the notification, through
             // UCX's queues, or the application's own message), which is a
             // release and orders these stores before it.
-            for (const host_copy& c : plan.copies) std::memcpy(c.to, c.from, c.len);
+            for (const host_copy& c : plan.copies) {
+                auto* to = static_cast<std::byte*>(c.to);
+                const auto* from = static_cast<const std::byte*>(c.from);
+                for (std::size_t k = 0; k < c.count; ++k, to += c.to_stride, from += c.from_stride)
+                    std::memcpy(to, from, c.len);
+            }
             return status::ok;
         }
         if (!plan.process->alive()) {
@@ -147,7 +145,7 @@ public:
         const auto bytes = static_cast<double>(st.total_bytes);
         double s = 0;
         if (plan.process == nullptr)
-            s = bytes / 10e9 + 20e-9 * static_cast<double>(plan.copies.size());
+            s = bytes / 10e9 + 20e-9 * static_cast<double>(st.block_count);
         else
             s = bytes / 6e9 + 2e-6 * static_cast<double>(plan.calls.size());
         const auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
@@ -166,10 +164,24 @@ private:
         std::size_t bytes = 0;
     };
 
+    // `count` copies of `len` bytes, each strides after the one before.
     struct host_copy {
         void* to;
         const void* from;
         std::size_t len;
+        std::size_t to_stride;
+        std::size_t from_stride;
+        std::size_t count;
+    };
+
+    // A pair, or a run of pairs, as prepare hands it to build_copies.
+    struct copy_run {
+        std::uintptr_t local;
+        std::uint64_t remote;
+        std::size_t len;
+        std::size_t local_stride;
+        std::size_t remote_stride;
+        std::size_t count;
     };
 
     struct host_plan {
@@ -184,17 +196,62 @@ private:
         return *static_cast<const host_plan*>(st.path_data);
     }
 
-    static void build_copies(host_plan& plan, xfer_op op, const resolved_pairs& pairs) {
-        plan.copies.reserve(pairs.local.size());
-        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
-            const remote_region& r = *pairs.remote_regions[i];
+    // Whether the transfer's pairs (or runs) can go this way: nothing when
+    // not (a throw when host_ipc was asked for by name), else whether every
+    // remote block lies in a mapping of the peer's shared memory.
+    template <class List, class RemoteAddr>
+    static std::optional<bool> check(const List& list, std::size_t n, xfer_path wanted, RemoteAddr remote_addr) {
+        const bool required = wanted == id;
+        host::peer_process& peer = list.target.process();
+        if (!peer.unreachable().empty()) {
+            if (!required) return std::nullopt;
+            throw error(status::invalid_argument, "prepare: path host_ipc: " + peer.unreachable());
+        }
+        std::size_t unmapped = n;  // the first pair a mapping cannot serve
+        for (std::size_t i = 0; i < n; ++i) {
+            remote_region& r = *list.remote_regions[i];
+            std::string why;
+            if (list.local_regions[i]->facts.kind != memory_kind_code::host)
+                why = "the local block is not host memory (GPU memory reaches a peer's host memory on this "
+                      "host only where the peer allocated it with allocate_host)";
+            else if (r.kind != memory_kind_code::host)
+                why = "the remote block is not host memory";
+            if (!why.empty()) {
+                if (!required) return std::nullopt;
+                throw error(status::invalid_argument, "prepare: path host_ipc: " + list.where(i) + ": " + why);
+            }
+            if (!r.ipc_handle.empty()) host::open_shared(r, static_cast<std::uint32_t>(peer.pid()));
+            if (!r.ipc_mapping && unmapped == n) unmapped = i;
+        }
+        if (unmapped == n) return true;
+        if (const std::string& why = peer.vm_refusal(remote_addr(unmapped)); !why.empty()) {
+            if (!required) return std::nullopt;
+            const remote_region& r = *list.remote_regions[unmapped];
+            throw error(status::invalid_argument,
+                        "prepare: path host_ipc: " + list.where(unmapped) + ": " +
+                            (r.ipc_error.empty() ? "the remote block is not in memory the peer's backend allocated"
+                                                 : "the remote block's shared memory cannot be mapped: " +
+                                                       r.ipc_error) +
+                            ", and " + why);
+        }
+        return false;
+    }
+
+    // The copies through mappings of n pairs or runs; run(i) gives the i-th.
+    template <class Run>
+    static void build_copies(host_plan& plan, xfer_op op, std::size_t n,
+                             std::span<remote_region* const> remote_regions, Run run) {
+        plan.copies.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const remote_region& r = *remote_regions[i];
+            const copy_run c = run(i);
             // Inside the mapping: decode_metadata checked that the region lies
             // in its file, open_shared that the file is that large, prepare
-            // that the block lies in the region.
-            auto* there = reinterpret_cast<void*>(r.ipc_base + r.ipc_offset + (pairs.remote[i].addr - r.addr));
-            auto* here = reinterpret_cast<void*>(pairs.local[i].addr);
-            if (op == xfer_op::write) plan.copies.push_back({there, here, pairs.local[i].len});
-            else plan.copies.push_back({here, there, pairs.local[i].len});
+            // that every block lies in the region.
+            auto* there = reinterpret_cast<void*>(r.ipc_base + r.ipc_offset + (c.remote - r.addr));
+            auto* here = reinterpret_cast<void*>(c.local);
+            if (op == xfer_op::write) plan.copies.push_back({there, here, c.len, c.remote_stride, c.local_stride, c.count});
+            else plan.copies.push_back({here, there, c.len, c.local_stride, c.remote_stride, c.count});
             if (std::find(plan.mappings.begin(), plan.mappings.end(), r.ipc_mapping) == plan.mappings.end())
                 plan.mappings.push_back(r.ipc_mapping);
         }
@@ -211,8 +268,10 @@ private:
         std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
         spans.reserve(plan.copies.size());
         for (const host_copy& c : plan.copies) {
+            // A run's span, gaps and all: prepare checked that it lies in one region.
             const auto at = reinterpret_cast<std::uintptr_t>(op == xfer_op::write ? c.to : c.from);
-            spans.emplace_back(at / page * page, (at + c.len + page - 1) / page * page);
+            const std::size_t span = (c.count - 1) * (op == xfer_op::write ? c.to_stride : c.from_stride) + c.len;
+            spans.emplace_back(at / page * page, (at + span + page - 1) / page * page);
         }
         std::sort(spans.begin(), spans.end());
         const int advice = op == xfer_op::write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;

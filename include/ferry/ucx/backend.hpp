@@ -389,9 +389,11 @@ private:
     int watch_fd() const noexcept { return peers_.watch_fd(); }
     void on_watch_ready() noexcept { peers_.watch().poll_now(); }
 
-    // prepare's second half, for flat and strided lists alike.
-    xfer prepare_resolved(xfer_op op, std::span<const desc> local, std::span<const desc> remote, peer p,
-                          const xfer_options& options, const detail::strided_origin* origin);
+    // prepare's second half, for flat and strided lists alike: a transfer
+    // state for peer p, which resolve(state, regions) sets up on the worker.
+    // `descriptors`: how many the caller gave, which telemetry records.
+    template <class Resolve>
+    xfer prepare_with(xfer_op op, peer p, std::size_t descriptors, Resolve&& resolve);
 
     // Checks, with FERRY_ASSERTIONS, that the caller owns the worker.
     void touch(const char* what) const noexcept { worker_->owner().check(what); }

@@ -17,13 +17,14 @@ template <class Policy>
 inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const desc> local, std::span<const desc> remote,
                                          peer p, const xfer_options& options) {
     detail::check_prepare_arguments<paths_type>(op, local, remote, options.path);
-    return prepare_resolved(op, local, remote, p, options, nullptr);
+    return prepare_with(op, p, local.size(), [&](detail::xfer_state& st, const detail::registry& regions) {
+        detail::resolve(st, local, remote, regions, paths_, options);
+    });
 }
 
 template <class Policy>
-inline xfer ucx_backend<Policy>::prepare_resolved(xfer_op op, std::span<const desc> local,
-                                                  std::span<const desc> remote, peer p, const xfer_options& options,
-                                                  const detail::strided_origin* origin) {
+template <class Resolve>
+inline xfer ucx_backend<Policy>::prepare_with(xfer_op op, peer p, std::size_t descriptors, Resolve&& resolve) {
     // Resolving remote blocks may unpack rkeys, which touches the worker.
     const xfer x = on_worker("prepare", [&] {
         auto st = std::make_unique<xfer_state>();
@@ -41,25 +42,35 @@ inline xfer ucx_backend<Policy>::prepare_resolved(xfer_op op, std::span<const de
         st->keep_target = peers_.share(p.ref);
         if (!st->keep_target) throw error(status::no_such_peer, "prepare: the peer handle is unknown or was unloaded");
         st->target = st->keep_target.get();
-        detail::resolve(*st, local, remote, registration_.regions(), paths_, options, origin);
+        resolve(*st, registration_.regions());
         return xfer{xfers_.insert(std::move(st))};
     });
     if constexpr (traced) {
         auto* st = xfers_.get(x.ref);
         st->slot = x.ref.index;
-        telemetry_.on_prepare(x, op, p, st->total_bytes, local.size(), st->block_count, st->shown_path);
+        telemetry_.on_prepare(x, op, p, st->total_bytes, descriptors, st->block_count, st->shown_path);
+    } else {
+        static_cast<void>(descriptors);
     }
     return x;
 }
 
+// Strided lists are paired into runs and checked run by run, in O(entries);
+// where a run's blocks do not lie in one region on a side, its blocks are
+// laid out and resolved one by one, which finds each one's region or names
+// the bad block.
 template <class Policy>
 inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const strided_desc> local,
                                          std::span<const strided_desc> remote, peer p, const xfer_options& options) {
     const std::size_t blocks = detail::check_prepare_arguments<paths_type>(op, local, remote, options.path);
-    std::vector<desc> flat_local, flat_remote;
     detail::strided_origin origin;
-    detail::expand_strided(local, remote, blocks, flat_local, flat_remote, origin);
-    return prepare_resolved(op, flat_local, flat_remote, p, options, &origin);
+    const std::vector<detail::block_run> runs = detail::pair_runs(local, remote, origin);
+    return prepare_with(op, p, blocks, [&](detail::xfer_state& st, const detail::registry& regions) {
+        if (detail::resolve_runs(st, runs, origin, regions, paths_, options)) return;
+        std::vector<desc> flat_local, flat_remote;
+        detail::expand_runs(runs, flat_local, flat_remote);
+        detail::resolve(st, flat_local, flat_remote, regions, paths_, options, &origin);
+    });
 }
 
 template <class Policy>

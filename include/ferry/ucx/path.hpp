@@ -12,11 +12,13 @@
 #include <ferry/xfer_path.hpp>
 
 #include <concepts>
+#include <optional>
 #include <cstddef>
 #include <span>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail {
@@ -43,6 +45,50 @@ struct resolved_pairs {
     [[nodiscard]] std::string where(std::size_t i) const { return name_block(descriptor(i), origin); }
 };
 
+/// A strided transfer's runs as prepare checked them (resolve_runs): every
+/// local block of runs[i] lies in *local_regions[i], every remote block in
+/// *remote_regions[i] of `target`. `blocks` counts the pairs, after
+/// coalescing.
+struct resolved_runs {
+    std::span<const block_run> runs;
+    std::span<local_region* const> local_regions;
+    std::span<remote_region* const> remote_regions;
+    remote_peer& target;
+    const strided_origin& origin;
+
+    /// Run i as errors name it: its first block and the entries that hold it.
+    [[nodiscard]] std::string where(std::size_t i) const { return name_block(runs[i].first_block, &origin); }
+};
+
+/// The pairs of resolved runs laid out one by one, for a path that takes a
+/// plain list (cuda_ipc's chunk table); it names each pair by its block.
+class laid_out_runs {
+public:
+    explicit laid_out_runs(const resolved_runs& r) : target_(r.target), origin_(r.origin) {
+        expand_runs(r.runs, local_, remote_);
+        lrs_.reserve(local_.size());
+        rrs_.reserve(local_.size());
+        first_.reserve(local_.size());
+        for (std::size_t i = 0; i < r.runs.size(); ++i) {
+            lrs_.insert(lrs_.end(), r.runs[i].count, r.local_regions[i]);
+            rrs_.insert(rrs_.end(), r.runs[i].count, r.remote_regions[i]);
+            for (std::size_t k = 0; k < r.runs[i].count; ++k) first_.push_back(r.runs[i].first_block + k);
+        }
+    }
+
+    [[nodiscard]] resolved_pairs pairs() const noexcept {
+        return {local_, remote_, lrs_, rrs_, target_, first_, &origin_};
+    }
+
+private:
+    std::vector<desc> local_, remote_;
+    std::vector<local_region*> lrs_;
+    std::vector<remote_region*> rrs_;
+    std::vector<std::size_t> first_;
+    remote_peer& target_;
+    const strided_origin& origin_;
+};
+
 /// A path is one way of moving a prepared transfer's bytes, and one file:
 /// path_ucx.hpp (UCX RMA), cuda/path_cuda_ipc.hpp (one copy kernel). The
 /// backend holds one object of each path its memory kind offers, built from
@@ -61,6 +107,9 @@ struct resolved_pairs {
 ///    ends with st.end_at_once: under inline progress its regions are held
 ///    only once start returns in_progress (xfer_state::hold_regions).
 ///  - estimate(st): what one post is expected to take.
+/// A path may also take a strided transfer's runs as they are (runs_path),
+/// so that prepare stays O(entries); for any other, choose lays the runs out
+/// as pairs first.
 template <class P>
 concept xfer_path_impl =
     requires(P& p, const P& cp, xfer_state& st, const resolved_pairs& pairs, xfer_path wanted, bool flag) {
@@ -69,6 +118,12 @@ concept xfer_path_impl =
     { p.prepare(st, pairs, wanted) } -> std::same_as<bool>;
     { p.start(st, flag) } noexcept -> std::same_as<status>;
     { cp.estimate(st) } -> std::same_as<xfer_cost>;
+};
+
+/// A path that prepares strided runs without laying them out block by block.
+template <class P>
+concept runs_path = requires(P& p, xfer_state& st, const resolved_runs& runs, xfer_path wanted) {
+    { p.prepare(st, runs, wanted) } -> std::same_as<bool>;
 };
 
 /// Whether path P takes transfers asked for by `id`: its own id, and, for a
@@ -139,6 +194,14 @@ public:
         std::apply([&](auto&... path) { static_cast<void>((offer(path, st, pairs, wanted) || ...)); }, paths_);
     }
 
+    /// The same for a strided transfer's runs, laid out as pairs, once, for
+    /// the first path that does not take runs.
+    void choose(xfer_state& st, const resolved_runs& runs, xfer_path wanted) {
+        std::optional<laid_out_runs> laid_out;
+        std::apply([&](auto&... path) { static_cast<void>((offer_runs(path, st, runs, laid_out, wanted) || ...)); },
+                   paths_);
+    }
+
     /// Polls the polled paths; how many transfers moved on.
     unsigned progress(const thread_owner& owner) noexcept {
         return std::apply([&](auto&... path) { return (0U + ... + progress_of(path, owner)); }, paths_);
@@ -175,6 +238,22 @@ private:
         if (!path.prepare(st, pairs, wanted)) return false;
         st.path = P::id;
         return true;
+    }
+
+    template <class P>
+    static bool offer_runs(P& path, xfer_state& st, const resolved_runs& runs, std::optional<laid_out_runs>& laid_out,
+                           xfer_path wanted) {
+        if constexpr (runs_path<P>) {
+            if (wanted != xfer_path::automatic && !serves<P>(wanted)) return false;
+            st.shown_path = P::id;
+            if (!path.prepare(st, runs, wanted)) return false;
+            st.path = P::id;
+            return true;
+        } else {
+            if (wanted != xfer_path::automatic && !serves<P>(wanted)) return false;
+            if (!laid_out) laid_out.emplace(runs);
+            return offer(path, st, laid_out->pairs(), wanted);
+        }
     }
 
     template <class P>

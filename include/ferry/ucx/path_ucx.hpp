@@ -60,13 +60,23 @@ public:
             }
             if (per_block) st.keys.push_back(k);
         }
-        st.rma_param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-        st.flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        st.flush_param.cb.send = &xfer_state::on_complete;
-        st.flush_param.user_data = &st;
-        st.notify_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        st.notify_param.cb.send = &on_flushed;
-        st.notify_param.user_data = &st;
+        set_params(st);
+        return true;
+    }
+
+    /// A strided transfer's runs as they are: each run one loop of
+    /// operations at post, so that prepare stays O(runs).
+    bool prepare(xfer_state& st, const resolved_runs& resolved, xfer_path) {
+        st.runs.clear();
+        st.runs.reserve(resolved.runs.size());
+        for (std::size_t i = 0; i < resolved.runs.size(); ++i) {
+            const block_run& run = resolved.runs[i];
+            const rma_keys k{resolved.target.key_of(*resolved.remote_regions[i]), resolved.local_regions[i]->mem.get()};
+            st.runs.push_back({reinterpret_cast<std::byte*>(run.local.addr), run.local.len, run.remote.addr,
+                               run.local_stride, run.remote_stride, run.count, k});
+        }
+        st.keys.clear();
+        set_params(st);
         return true;
     }
 
@@ -79,15 +89,18 @@ public:
         st.pending = 1;  // held until every operation is issued, so no callback can finish early
         const ucp_ep_h ep = st.target->ep();
 
-        // One loop per direction and key layout, so that the per-descriptor
-        // path holds no branch on either.
+        // One loop per direction and plan, so that the per-descriptor path
+        // holds no branch on either. A strided plan has no keys of its own.
         const bool write = st.op == xfer_op::write;
         if (st.keys.size() == 1) {
             if (write) issue_all<true, true>(st, ep);
             else issue_all<false, true>(st, ep);
-        } else {
+        } else if (!st.keys.empty()) {
             if (write) issue_all<true, false>(st, ep);
             else issue_all<false, false>(st, ep);
+        } else {
+            if (write) issue_runs<true>(st, ep);
+            else issue_runs<false>(st, ep);
         }
 
         if (with_notif && st.first_error == UCS_OK) {
@@ -122,19 +135,24 @@ public:
         double seconds = 0;
         std::size_t last_len = 0;
         double last_time = 0;
-        for (const auto& e : st.blocks) {
-            if (e.len != last_len) {
+        auto add = [&](std::size_t len, std::size_t count) {
+            if (len != last_len) {
                 ucp_ep_evaluate_perf_param_t param{};
                 param.field_mask = UCP_EP_PERF_PARAM_FIELD_MESSAGE_SIZE;
-                param.message_size = e.len;
+                param.message_size = len;
                 ucp_ep_evaluate_perf_attr_t attr{};
                 attr.field_mask = UCP_EP_PERF_ATTR_FIELD_ESTIMATED_TIME;
-                if (ucp_ep_evaluate_perf(st.target->ep(), &param, &attr) != UCS_OK) return {};
-                last_len = e.len;
+                if (ucp_ep_evaluate_perf(st.target->ep(), &param, &attr) != UCS_OK) return false;
+                last_len = len;
                 last_time = attr.estimated_time;
             }
-            seconds += last_time;
-        }
+            seconds += last_time * static_cast<double>(count);
+            return true;
+        };
+        for (const auto& e : st.blocks)
+            if (!add(e.len, 1)) return {};
+        for (const auto& run : st.runs)
+            if (!add(run.len, run.count)) return {};
         auto d = std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9));
         // UCX gives no error bound, and its model ignores contention and
         // software emulation, so claim no better than half the estimate.
@@ -142,6 +160,41 @@ public:
     }
 
 private:
+    // The request parameters of every post, built once.
+    static void set_params(xfer_state& st) noexcept {
+        st.rma_param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+        st.flush_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        st.flush_param.cb.send = &xfer_state::on_complete;
+        st.flush_param.user_data = &st;
+        st.notify_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        st.notify_param.cb.send = &on_flushed;
+        st.notify_param.user_data = &st;
+    }
+
+    // Every put (Write) or get of a strided post, run by run.
+    template <bool Write>
+    static void issue_runs(xfer_state& st, ucp_ep_h ep) noexcept {
+        ucp_request_param_t& param = st.rma_param;
+        for (const rma_run& run : st.runs) {
+            param.memh = run.keys.memh;
+            const ucp_rkey_h rkey = run.keys.rkey;
+            std::byte* local = run.local;
+            std::uint64_t remote = run.remote;
+            for (std::size_t k = 0; k < run.count; ++k, local += run.local_stride, remote += run.remote_stride) {
+                ucs_status_ptr_t r;
+                if constexpr (Write) r = ucp_put_nbx(ep, local, run.len, remote, rkey, &param);
+                else r = ucp_get_nbx(ep, local, run.len, remote, rkey, &param);
+                if (r != nullptr) {
+                    if (UCS_PTR_IS_ERR(r)) {
+                        st.first_error = UCS_PTR_STATUS(r);
+                        return;
+                    }
+                    ucp_request_free(r);  // the flush covers its completion
+                }
+            }
+        }
+    }
+
     // Every put (Write) or get of the post, stopping at the first error. With
     // one key pair for all blocks (SharedKeys, the usual case) the memh is
     // set once and the rkey stays in a register.

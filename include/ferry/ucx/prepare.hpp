@@ -159,5 +159,79 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
     paths.choose(st, resolved_pairs{ml, mr, mlrs, mrrs, target, first, origin}, options.path);
 }
 
+/// prepare's second half for strided lists, in O(runs): checks each run
+/// against one region on each side, by the span from its first block's
+/// start to its last block's end, merges runs into longer blocks
+/// (options.coalesce: a run whose blocks follow one another on both sides
+/// becomes one block, and so do consecutive single blocks that continue
+/// each other), then sets the transfer up as resolve does. Returns false,
+/// having changed nothing, when a run's span lies in no single region on
+/// one side; the caller then lays the blocks out and resolves them one by
+/// one, which finds each block's region or names the bad one.
+template <class Paths>
+bool resolve_runs(xfer_state& st, std::span<const block_run> runs, const strided_origin& origin,
+                  const registry& regions, Paths& paths, const xfer_options& options) {
+    remote_peer& target = *st.target;
+    const std::size_t n = runs.size();
+    std::vector<std::shared_ptr<local_region>> held;
+    std::vector<local_region*> lrs(n);
+    std::vector<remote_region*> rrs(n);
+    std::uint64_t bytes = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const block_run& run = runs[i];
+        const std::size_t l_span = run_span(run.local, run.local_stride, run.count);
+        const std::size_t r_span = run_span(run.remote, run.remote_stride, run.count);
+        if (i > 0 && lrs[i - 1]->contains(run.local.addr, l_span, run.local.dev)) {
+            lrs[i] = lrs[i - 1];
+        } else {
+            auto lr = regions.find(run.local.addr, l_span, run.local.dev);
+            if (!lr) return false;
+            lrs[i] = lr.get();
+            if (std::find(held.begin(), held.end(), lr) == held.end()) held.push_back(std::move(lr));
+        }
+        if (i > 0 && !rrs[i - 1]->withdrawn && rrs[i - 1]->contains(run.remote.addr, r_span, run.remote.dev))
+            rrs[i] = rrs[i - 1];
+        else rrs[i] = target.find(run.remote.addr, r_span, run.remote.dev);
+        if (!rrs[i]) return false;
+        bytes += std::uint64_t{run.local.len} * run.count;
+    }
+    st.regions = std::move(held);
+    st.total_bytes = bytes;
+    if (!options.coalesce) {
+        st.block_count = origin.local_starts.back();
+        paths.choose(st, resolved_runs{runs, lrs, rrs, target, origin}, options.path);
+        return true;
+    }
+    std::vector<block_run> merged;
+    std::vector<local_region*> mlrs;
+    std::vector<remote_region*> mrrs;
+    merged.reserve(n);
+    mlrs.reserve(n);
+    mrrs.reserve(n);
+    std::size_t blocks = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        block_run run = runs[i];
+        if (run.count > 1 && run.local_stride == run.local.len && run.remote_stride == run.remote.len) {
+            run.local.len *= run.count;
+            run.remote.len *= run.count;
+            run.count = 1;
+        }
+        if (run.count == 1 && !merged.empty() && merged.back().count == 1 &&
+            continues(merged.back().local, merged.back().remote, run.local, run.remote, mlrs.back(), lrs[i],
+                      mrrs.back(), rrs[i])) {
+            merged.back().local.len += run.local.len;
+            merged.back().remote.len += run.remote.len;
+            continue;
+        }
+        merged.push_back(run);
+        mlrs.push_back(lrs[i]);
+        mrrs.push_back(rrs[i]);
+        blocks += run.count;
+    }
+    st.block_count = blocks;
+    paths.choose(st, resolved_runs{merged, mlrs, mrrs, target, origin}, options.path);
+    return true;
+}
+
 }  // namespace detail
 FERRY_NAMESPACE_END

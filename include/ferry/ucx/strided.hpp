@@ -82,42 +82,82 @@ inline std::size_t check_strided_list(std::span<const strided_desc> list, const 
     return blocks;
 }
 
-/// Lays the blocks of two checked strided lists out as pairs of plain
-/// descriptors, and records where each came from. Every pair's lengths
-/// must agree; a throw names the first pair whose do not.
-inline void expand_strided(std::span<const strided_desc> local, std::span<const strided_desc> remote,
-                           std::size_t blocks, std::vector<desc>& flat_local, std::vector<desc>& flat_remote,
-                           strided_origin& origin) {
-    auto lay_out = [blocks](std::span<const strided_desc> list, std::vector<desc>& flat,
-                            std::vector<std::size_t>& starts) {
-        flat.resize(blocks);
+/// A run of pairs that one entry of each list describes: `count` pairs of
+/// `local.len` bytes, the k-th at local.addr + k * local_stride and
+/// remote.addr + k * remote_stride; `first_block` is the transfer's index
+/// of its first pair, which errors name.
+struct block_run {
+    desc local;
+    desc remote;
+    std::size_t local_stride = 0;
+    std::size_t remote_stride = 0;
+    std::size_t count = 1;
+    std::size_t first_block = 0;
+};
+
+/// Cuts two checked strided lists into runs, in O(entries): a run ends
+/// wherever an entry of either side ends. Records where each entry starts
+/// (origin) and checks that the lengths of each pair of entries that meet
+/// agree; a throw names the first block whose do not.
+inline std::vector<block_run> pair_runs(std::span<const strided_desc> local, std::span<const strided_desc> remote,
+                                        strided_origin& origin) {
+    auto starts_of = [](std::span<const strided_desc> list, std::vector<std::size_t>& starts) {
         starts.resize(list.size() + 1);
-        desc* out = flat.data();
         std::size_t next = 0;
         for (std::size_t i = 0; i < list.size(); ++i) {
-            const strided_desc& d = list[i];
             starts[i] = next;
-            next += d.count;
-            std::uintptr_t a = d.addr;
-            for (std::size_t k = 0; k < d.count; ++k, a += d.stride) *out++ = {a, d.len, d.dev};
+            next += list[i].count;
         }
         starts.back() = next;
     };
-    lay_out(local, flat_local, origin.local_starts);
-    lay_out(remote, flat_remote, origin.remote_starts);
-    // Lengths are equal within an entry, so each pair of entries that meet
-    // is checked once, where they first meet.
+    starts_of(local, origin.local_starts);
+    starts_of(remote, origin.remote_starts);
+    const std::size_t blocks = origin.local_starts.back();
+    std::vector<block_run> runs;
+    runs.reserve(local.size() + remote.size() - 1);
     std::size_t li = 0, ri = 0;
-    std::size_t l_end = local[0].count, r_end = remote[0].count;
-    for (std::size_t b = 0;;) {
-        if (local[li].len != remote[ri].len)
+    for (std::size_t b = 0; b < blocks;) {
+        const strided_desc& l = local[li];
+        const strided_desc& r = remote[ri];
+        if (l.len != r.len)
             throw error(status::invalid_argument, "prepare: " + name_block(b, &origin) + ": local length " +
-                                                      std::to_string(local[li].len) + " differs from remote length " +
-                                                      std::to_string(remote[ri].len));
-        b = std::min(l_end, r_end);
-        if (b == blocks) break;
-        if (b == l_end) l_end += local[++li].count;
-        if (b == r_end) r_end += remote[++ri].count;
+                                                      std::to_string(l.len) + " differs from remote length " +
+                                                      std::to_string(r.len));
+        const std::size_t l_in = b - origin.local_starts[li], r_in = b - origin.remote_starts[ri];
+        const std::size_t end = std::min(origin.local_starts[li + 1], origin.remote_starts[ri + 1]);
+        runs.push_back({{l.addr + l_in * l.stride, l.len, l.dev},
+                        {r.addr + r_in * r.stride, r.len, r.dev},
+                        l.stride,
+                        r.stride,
+                        end - b,
+                        b});
+        b = end;
+        if (b == origin.local_starts[li + 1]) ++li;
+        if (b == origin.remote_starts[ri + 1]) ++ri;
+    }
+    return runs;
+}
+
+/// Bytes from a run's first block's start to its last block's end, on the
+/// local or the remote side; checked not to overflow by check_strided_list.
+inline std::size_t run_span(const desc& first, std::size_t stride, std::size_t count) noexcept {
+    return (count - 1) * stride + first.len;
+}
+
+/// The pairs of some runs laid out one by one, for code that takes plain
+/// lists: the k-th pair of a run follows its first by k strides.
+inline void expand_runs(std::span<const block_run> runs, std::vector<desc>& local, std::vector<desc>& remote) {
+    std::size_t blocks = 0;
+    for (const block_run& run : runs) blocks += run.count;
+    local.resize(blocks);
+    remote.resize(blocks);
+    desc* l = local.data();
+    desc* r = remote.data();
+    for (const block_run& run : runs) {
+        for (std::size_t k = 0; k < run.count; ++k) {
+            *l++ = {run.local.addr + k * run.local_stride, run.local.len, run.local.dev};
+            *r++ = {run.remote.addr + k * run.remote_stride, run.remote.len, run.remote.dev};
+        }
     }
 }
 

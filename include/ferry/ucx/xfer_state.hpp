@@ -45,6 +45,19 @@ struct rma_keys {
     friend bool operator==(const rma_keys&, const rma_keys&) = default;
 };
 
+/// A run of descriptor pairs of a strided transfer, resolved by prepare:
+/// `count` operations of `len` bytes, each `local_stride` and
+/// `remote_stride` bytes after the one before, all with `keys`.
+struct rma_run {
+    std::byte* local;
+    std::size_t len;
+    std::uint64_t remote;
+    std::size_t local_stride;
+    std::size_t remote_stride;
+    std::size_t count;
+    rma_keys keys;
+};
+
 struct deadline_tag;
 struct polled_tag;
 
@@ -73,11 +86,13 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     const std::string* sender = nullptr;
 
     // The ucx path's plan (path_ucx.hpp), kept here rather than behind
-    // path_data so that a post reaches it without a pointer chase. `keys`
-    // has one entry when every block shares it, else one per block. The
-    // request parameters are built once at prepare, so that a post fills in
-    // nothing but each memh.
+    // path_data so that a post reaches it without a pointer chase: `blocks`
+    // and `keys`, which has one entry when every block shares it, else one
+    // per block; or, for a strided transfer, `runs` and no keys.
+    // The request parameters are built once at prepare, so that a post
+    // fills in nothing but each memh.
     std::vector<rma_block> blocks;
+    std::vector<rma_run> runs;
     std::vector<rma_keys> keys;
     ucp_request_param_t rma_param{};
     ucp_request_param_t flush_param{};
