@@ -609,3 +609,49 @@ TEST_CASE("memory::cuda with a UCX that has no CUDA support fails with a message
     CHECK_THAT(p.message, Catch::Matchers::Contains("ucx_backend<memory::cuda>: UCX ") &&
                               Catch::Matchers::Contains("needs a UCX >= 1.18 built with CUDA"));
 }
+
+TEST_CASE("the copy kernel's chunk table covers every pair's bytes once, runs in chunks of several pairs") {
+    // No GPU needed: the table is planned on the host. Each row is applied
+    // here as the kernel applies it, to host buffers standing in for device
+    // memory, and the result compared with a pair-by-pair copy.
+    using ferry::detail::cuda::copy_chunk;
+    using ferry::detail::cuda::copy_pair;
+    std::vector<std::byte> src(4 << 20), want(4 << 20), got(4 << 20);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::byte>(i * 131 + 7);
+    const auto s = reinterpret_cast<std::uint64_t>(src.data());
+    const auto d = reinterpret_cast<std::uint64_t>(got.data());
+    const std::vector<copy_pair> pairs{
+        {s, d, 100'000},                                  // one pair, split into chunks
+        {s + 200'000, d + 200'000, 4096, 8192, 4096, 300},  // 4 KiB pairs, a chunk holds several
+        {s + 3'000'000, d + 1'500'000, 48, 0, 64, 2000},  // one block to many, 48 B apart
+        {s + 2'500'000, d + 2'000'000, 70'000, 80'000, 90'000, 3},  // pairs longer than a chunk
+        {s + 13, d + 3'000'001, 5, 7, 11, 1000},          // unaligned
+    };
+    // 1.6 MB: one multiprocessor takes 64 KiB chunks, 132 take 4 KiB ones.
+    // Rows: 2 + 19 (16 pairs of 4 KiB a chunk) + 2 (1365 pairs of 48 B) + 3 x 2 + 1 at 64 KiB;
+    // 25 + 300 + 24 (85 of 48 B) + 3 x 18 + 2 (819 of 5 B) at 4 KiB.
+    for (const auto& [sms, rows] : {std::pair{1, 30U}, std::pair{132, 405U}}) {
+        INFO(sms << " multiprocessors");
+        const std::vector<copy_chunk> chunks = ferry::detail::cuda::plan_chunks(pairs, sms);
+        std::fill(want.begin(), want.end(), std::byte{0});
+        std::fill(got.begin(), got.end(), std::byte{0});
+        for (const copy_pair& p : pairs)
+            for (std::uint64_t k = 0; k < p.count; ++k)
+                std::memcpy(want.data() + (p.dst + k * p.dst_stride - d),
+                            reinterpret_cast<const void*>(p.src + k * p.src_stride), p.len);
+        std::size_t rows_of_many = 0;
+        for (const copy_chunk& c : chunks) {
+            REQUIRE(c.count >= 1);
+            if (c.count > 1) {
+                ++rows_of_many;
+                CHECK(c.len * c.count <= 65536);  // what the kernel indexes in 32 bits
+            }
+            for (std::uint64_t k = 0; k < c.count; ++k)
+                std::memcpy(reinterpret_cast<void*>(c.dst + k * c.dst_stride),
+                            reinterpret_cast<const void*>(c.src + k * c.src_stride), c.len);
+        }
+        CHECK(std::memcmp(got.data(), want.data(), got.size()) == 0);
+        CHECK(rows_of_many > 0);
+        CHECK(chunks.size() == rows);
+    }
+}

@@ -17,36 +17,58 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail::cuda {
 
-/// One piece of a transfer for one thread block: copy `len` bytes from
-/// `src` to `dst`, both device addresses valid in the launching context.
+/// One piece of a transfer for one thread block: `count` copies of `len`
+/// bytes, the k-th from src + k * src_stride to dst + k * dst_stride, all
+/// device addresses valid in the launching context. A chunk of several
+/// copies holds at most 64 KiB (plan_chunks), so that the kernel indexes
+/// it in 32 bits.
 struct copy_chunk {
     std::uint64_t src;
     std::uint64_t dst;
     std::uint64_t len;
+    std::uint64_t src_stride;
+    std::uint64_t dst_stride;
+    std::uint64_t count;
 };
-static_assert(sizeof(copy_chunk) == 24);
+static_assert(sizeof(copy_chunk) == 48);
 
 inline constexpr unsigned copy_block_threads = 256;
 
 // The kernel, compiled at run time (NVRTC) for the device it runs on, so
 // that a header-only library needs no CUDA compiler at the user's build.
 // One block per chunk; 16-byte accesses where the chunk allows them, bytes
-// otherwise. (Issuing several loads per thread before storing, for reads of
-// the peer's memory, measured no faster on an H200: 1.45-1.50 TB/s either
-// way for 1024 x 64 KiB.)
+// otherwise. The threads of a chunk of several copies share its words
+// across the copies, so that copies smaller than the block keep every
+// thread busy. (Issuing several loads per thread before storing, for reads
+// of the peer's memory, measured no faster on an H200: 1.45-1.50 TB/s
+// either way for 1024 x 64 KiB.)
 inline constexpr const char* copy_kernel_source = R"(
-struct copy_chunk { unsigned long long src, dst, len; };
+struct copy_chunk { unsigned long long src, dst, len, src_stride, dst_stride, count; };
+template <class T>
+__device__ void copy_one(const copy_chunk& c, unsigned long long n) {
+    const T* s = reinterpret_cast<const T*>(c.src);
+    T* d = reinterpret_cast<T*>(c.dst);
+    for (unsigned long long i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
+}
+template <class T>
+__device__ void copy_many(const copy_chunk& c, unsigned n) {
+    const unsigned total = n * static_cast<unsigned>(c.count);
+    for (unsigned i = threadIdx.x; i < total; i += blockDim.x) {
+        const unsigned k = i / n, w = i - k * n;
+        const T* s = reinterpret_cast<const T*>(c.src + k * c.src_stride);
+        T* d = reinterpret_cast<T*>(c.dst + k * c.dst_stride);
+        d[w] = s[w];
+    }
+}
 extern "C" __global__ void ferry_copy_chunks(const copy_chunk* chunks) {
     const copy_chunk c = chunks[blockIdx.x];
-    if (((c.src | c.dst | c.len) & 15ULL) == 0) {
-        const uint4* s = reinterpret_cast<const uint4*>(c.src);
-        uint4* d = reinterpret_cast<uint4*>(c.dst);
-        const unsigned long long n = c.len / 16;
-        for (unsigned long long i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
-    } else {
-        const unsigned char* s = reinterpret_cast<const unsigned char*>(c.src);
-        unsigned char* d = reinterpret_cast<unsigned char*>(c.dst);
-        for (unsigned long long i = threadIdx.x; i < c.len; i += blockDim.x) d[i] = s[i];
+    const bool wide = ((c.src | c.dst | c.len | c.src_stride | c.dst_stride) & 15ULL) == 0;
+    if (c.count == 1) {
+        if (wide) copy_one<uint4>(c, c.len / 16);
+        else copy_one<unsigned char>(c, c.len);
+    } else if (c.count > 1) {
+        if (wide) copy_many<uint4>(c, static_cast<unsigned>(c.len / 16));
+        else copy_many<unsigned char>(c, static_cast<unsigned>(c.len));
     }
 }
 )";

@@ -17,31 +17,52 @@
 FERRY_NAMESPACE_BEGIN
 namespace detail::cuda {
 
-/// One descriptor pair of a cuda_ipc transfer, as device addresses.
+/// One descriptor pair of a cuda_ipc transfer, or a run of `count` pairs
+/// each strides after the one before, as device addresses.
 struct copy_pair {
     std::uint64_t src;
     std::uint64_t dst;
     std::uint64_t len;
+    std::uint64_t src_stride = 0;
+    std::uint64_t dst_stride = 0;
+    std::uint64_t count = 1;
 };
 
 /// Splits the pairs into chunks for one thread block each. Chunks are large
 /// enough that a block does real work and small enough that a big transfer
 /// still spreads over every multiprocessor (about 8 blocks each), between
 /// 4 KiB and 64 KiB and a multiple of 16 bytes, so aligned pairs stay
-/// aligned piece by piece.
+/// aligned piece by piece. A run of pairs shorter than a chunk goes as
+/// chunks of as many of its pairs as fit, so that its table has a row per
+/// chunk of bytes rather than per pair.
 inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int multiprocessors) {
     std::uint64_t total = 0;
-    for (const auto& p : pairs) total += p.len;
+    for (const auto& p : pairs) total += p.len * p.count;
     const std::uint64_t want = total / (static_cast<std::uint64_t>(std::max(1, multiprocessors)) * 8);
     std::uint64_t chunk = 4096;
     while (chunk < 65536 && chunk * 2 <= want) chunk *= 2;
+    auto per_chunk = [chunk](const copy_pair& p) { return p.len >= chunk ? 1 : chunk / p.len; };
+    std::size_t rows = 0;
+    for (const auto& p : pairs) {
+        if (p.len > chunk) rows += static_cast<std::size_t>(p.count * ((p.len + chunk - 1) / chunk));
+        else rows += static_cast<std::size_t>((p.count + per_chunk(p) - 1) / per_chunk(p));
+    }
     std::vector<copy_chunk> out;
-    std::size_t count = 0;
-    for (const auto& p : pairs) count += static_cast<std::size_t>((p.len + chunk - 1) / chunk);
-    out.reserve(count);
-    for (const auto& p : pairs)
-        for (std::uint64_t at = 0; at < p.len; at += chunk)
-            out.push_back({p.src + at, p.dst + at, std::min(chunk, p.len - at)});
+    out.reserve(rows);
+    for (const auto& p : pairs) {
+        if (p.len > chunk) {
+            for (std::uint64_t k = 0; k < p.count; ++k) {
+                const std::uint64_t src = p.src + k * p.src_stride, dst = p.dst + k * p.dst_stride;
+                for (std::uint64_t at = 0; at < p.len; at += chunk)
+                    out.push_back({src + at, dst + at, std::min(chunk, p.len - at), 0, 0, 1});
+            }
+            continue;
+        }
+        const std::uint64_t step = per_chunk(p);
+        for (std::uint64_t k = 0; k < p.count; k += step)
+            out.push_back({p.src + k * p.src_stride, p.dst + k * p.dst_stride, p.len, p.src_stride, p.dst_stride,
+                           std::min(step, p.count - k)});
+    }
     return out;
 }
 

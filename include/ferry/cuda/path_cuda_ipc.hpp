@@ -53,35 +53,18 @@ public:
     /// Builds the copy: its chunk table on the GPU, its stream and event,
     /// and one empty launch that pays the first launch's costs now.
     bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path wanted) {
-        const bool required = wanted == id;
-        bool gpu_there = false;
-        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
-            const auto why = refusal(*pairs.local_regions[i], *pairs.remote_regions[i], pairs.target, wanted);
-            if (why.empty()) {
-                gpu_there = gpu_there || pairs.remote_regions[i]->kind == memory_kind_code::cuda;
-                continue;
-            }
-            if (!required) return false;
-            throw error(status::invalid_argument,
-                        "prepare: path cuda_ipc: " + pairs.where(i) + ": " + why);
-        }
-        std::vector<cuda::copy_pair> copies;
-        copies.reserve(pairs.local.size());
-        std::vector<std::shared_ptr<void>> mappings;
-        for (std::size_t i = 0; i < pairs.local.size(); ++i) {
-            const std::uint64_t here = gpu_address(*pairs.local_regions[i], pairs.local[i].addr);
-            const std::uint64_t there = mapped_address(*pairs.remote_regions[i], pairs.remote[i].addr);
-            if (st.op == xfer_op::write) copies.push_back({here, there, pairs.local[i].len});
-            else copies.push_back({there, here, pairs.local[i].len});
-            const remote_region& r = *pairs.remote_regions[i];
-            const auto& mapping = r.kind == memory_kind_code::cuda ? r.ipc_mapping : r.gpu_registration;
-            if (std::find(mappings.begin(), mappings.end(), mapping) == mappings.end()) mappings.push_back(mapping);
-        }
-        st.shown_path = gpu_there ? xfer_path::cuda_ipc : xfer_path::host_ipc;
-        auto copy = std::make_unique<cuda::device_copy>(memory_.device, copies, std::move(mappings));
-        st.path_data = copy.release();
-        st.destroy_path_data = [](void* p) noexcept { delete static_cast<cuda::device_copy*>(p); };
-        return true;
+        return build(st, pairs, pairs.local.size(), wanted, [&](std::size_t i) {
+            return run_view{pairs.local[i].addr, pairs.remote[i].addr, pairs.local[i].len, 0, 0, 1};
+        });
+    }
+
+    /// The same for a strided transfer's runs, which the chunk table holds
+    /// as runs: a chunk per 4 to 64 KiB of a run, not a row per pair.
+    bool prepare(xfer_state& st, const resolved_runs& resolved, xfer_path wanted) {
+        return build(st, resolved, resolved.runs.size(), wanted, [&](std::size_t i) {
+            const block_run& r = resolved.runs[i];
+            return run_view{r.local.addr, r.remote.addr, r.local.len, r.local_stride, r.remote_stride, r.count};
+        });
     }
 
     /// One kernel launch and one event record. The notification, when there
@@ -140,6 +123,52 @@ public:
     }
 
 private:
+    // A pair, or a run of pairs, as prepare hands it to build.
+    struct run_view {
+        std::uint64_t local;
+        std::uint64_t remote;
+        std::uint64_t len;
+        std::uint64_t local_stride;
+        std::uint64_t remote_stride;
+        std::uint64_t count;
+    };
+
+    // prepare for n pairs or runs of `list`; run(i) gives the i-th.
+    template <class List, class Run>
+    bool build(xfer_state& st, const List& list, std::size_t n, xfer_path wanted, Run run) {
+        const bool required = wanted == id;
+        bool gpu_there = false;
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto why = refusal(*list.local_regions[i], *list.remote_regions[i], list.target, wanted);
+            if (why.empty()) {
+                gpu_there = gpu_there || list.remote_regions[i]->kind == memory_kind_code::cuda;
+                continue;
+            }
+            if (!required) return false;
+            throw error(status::invalid_argument, "prepare: path cuda_ipc: " + list.where(i) + ": " + why);
+        }
+        std::vector<cuda::copy_pair> copies;
+        copies.reserve(n);
+        std::vector<std::shared_ptr<void>> mappings;
+        for (std::size_t i = 0; i < n; ++i) {
+            const run_view r = run(i);
+            const std::uint64_t here = gpu_address(*list.local_regions[i], r.local);
+            const std::uint64_t there = mapped_address(*list.remote_regions[i], r.remote);
+            if (st.op == xfer_op::write)
+                copies.push_back({here, there, r.len, r.local_stride, r.remote_stride, r.count});
+            else
+                copies.push_back({there, here, r.len, r.remote_stride, r.local_stride, r.count});
+            const remote_region& rr = *list.remote_regions[i];
+            const auto& mapping = rr.kind == memory_kind_code::cuda ? rr.ipc_mapping : rr.gpu_registration;
+            if (std::find(mappings.begin(), mappings.end(), mapping) == mappings.end()) mappings.push_back(mapping);
+        }
+        st.shown_path = gpu_there ? xfer_path::cuda_ipc : xfer_path::host_ipc;
+        auto copy = std::make_unique<cuda::device_copy>(memory_.device, copies, std::move(mappings));
+        st.path_data = copy.release();
+        st.destroy_path_data = [](void* p) noexcept { delete static_cast<cuda::device_copy*>(p); };
+        return true;
+    }
+
     static cuda::device_copy& copy_of(xfer_state& st) noexcept {
         return *static_cast<cuda::device_copy*>(st.path_data);
     }
