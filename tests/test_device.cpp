@@ -315,7 +315,7 @@ TEST_CASE("device_view and device_signal refuse what a kernel must not reach") {
     ferry_test::run_two_process("all", initiator, target);
 }
 
-TEST_CASE("device: a peer that exits while mapped: its survivor's wait times out and the host sees the peer fail") {
+TEST_CASE("a peer that exits while mapped: a kernel's timed wait gives up, the host sees the peer fail") {
     if (!gpu_ready()) return;
     auto survivor = [](side& s) {
         inline_cuda b(s.config("survivor"));
