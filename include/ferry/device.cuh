@@ -123,15 +123,16 @@ namespace device {
 /// calls it with the same i, and each moves its share. The copy is complete
 /// for the peer only after a notify() (or, for the host, after the kernel).
 __device__ inline void copy(const view& v, word i) {
-    detail::device_ops::check_index(i, v.count);
-    using namespace detail::device_ops;
-    copy_block(v.blocks[i], thread_rank(), block_threads());
+    namespace ops = detail::device_ops;
+    ops::check_index(i, v.count);
+    ops::copy_block(v.blocks[i], ops::thread_rank(), ops::block_threads());
 }
 
 /// As copy, by the 32 threads of the calling warp.
 __device__ inline void copy_warp(const view& v, word i) {
-    detail::device_ops::check_index(i, v.count);
-    detail::device_ops::copy_block(v.blocks[i], threadIdx.x % 32, 32);
+    namespace ops = detail::device_ops;
+    ops::check_index(i, v.count);
+    ops::copy_block(v.blocks[i], ops::thread_rank() % 32, 32);
 }
 
 // ---- signals ----------------------------------------------------------------
