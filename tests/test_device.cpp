@@ -42,6 +42,7 @@ using kernels::word;
 namespace {
 
 using inline_cuda = ferry::ucx_backend<ferry::policy<ferry::progress::inline_poll, ferry::memory::cuda>>;
+using thread_cuda = ferry::ucx_backend<ferry::policy<ferry::progress::thread, ferry::memory::cuda>>;
 
 void check(cudaError_t e, const std::string& what) {
     if (e != cudaSuccess) fail(what + ": " + cudaGetErrorString(e));
@@ -113,9 +114,10 @@ struct consumer_addresses {
     std::uint64_t counter;
 };
 
+template <class Backend>
 void run_layers(const layout& l) {
     auto producer = [l](side& s) {
-        inline_cuda b(s.config("producer"));
+        Backend b(s.config("producer"));
         auto src = b.allocate(l.producer_bytes(), 0);
         ferry::device::counter acks(1, 0);
         auto acks_region = b.register_memory(acks.data(), acks.size(), acks.dev());
@@ -128,7 +130,9 @@ void run_layers(const layout& l) {
             local.push_back(src.slice(static_cast<std::size_t>(i * l.len), static_cast<std::size_t>(l.len)));
             remote.push_back({static_cast<std::uintptr_t>(at[0] + i * l.stride), l.len, 0});
         }
-        const ferry::xfer x = b.prepare(xfer_op::write, local, remote, p, xfer_path::cuda_ipc);
+        // One block per descriptor, even where blocks are adjacent.
+        const ferry::xfer_options separate{.path = xfer_path::cuda_ipc, .coalesce = false};
+        const ferry::xfer x = b.prepare(xfer_op::write, local, remote, p, separate);
         const ferry::device::view v = b.device_view(x);
         expect(v.count == l.count() && v.count == b.blocks_of(x), "the view has " + std::to_string(v.count) +
                                                                       " blocks, expected " +
@@ -151,7 +155,7 @@ void run_layers(const layout& l) {
         s.ch.send("bye");
     };
     auto consumer = [l](side& s) {
-        inline_cuda b(s.config("consumer"));
+        Backend b(s.config("consumer"));
         auto dst = b.allocate(l.consumer_bytes(), 0);
         check(cudaMemset(dst.data(), static_cast<int>(untouched), l.consumer_bytes()), "cudaMemset");
         ferry::device::counter count(static_cast<std::size_t>(l.plan.layers), 0);  // one per layer
@@ -227,10 +231,13 @@ extern "C" __global__ void user_kernel(fd::view v, fd::signal s, fd::counter_ref
 TEST_CASE("device puts: every layer a kernel writes is complete when the peer's kernel sees its signal") {
     if (!gpu_ready()) return;
     SECTION("4 KiB blocks, 16-byte copies, 1000 rounds") {
-        run_layers({4096, 8192, {1000, 4, 8, 20 * seconds_ns}});
+        run_layers<inline_cuda>({4096, 8192, {1000, 4, 8, 20 * seconds_ns}});
     }
     SECTION("1000-byte blocks at odd offsets, byte copies, 200 rounds") {
-        run_layers({1000, 3001, {200, 3, 5, 20 * seconds_ns}});
+        run_layers<inline_cuda>({1000, 3001, {200, 3, 5, 20 * seconds_ns}});
+    }
+    SECTION("progress::thread: the view and the signals taken on the application's thread, 100 rounds") {
+        run_layers<thread_cuda>({4096, 4096, {100, 2, 16, 20 * seconds_ns}});
     }
 }
 
