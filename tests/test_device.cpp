@@ -270,6 +270,26 @@ TEST_CASE("device_view and device_signal refuse what a kernel must not reach") {
         b.release(ok);
         expect_refusal([&] { (void)b.device_view(ok); }, status::invalid_argument, "unknown or released",
                        "device_view of a released transfer");
+        // Strided lists, which cuda_ipc keeps as runs: a row per block all the same.
+        {
+            const std::uintptr_t mine = here.addr;
+            const std::vector<ferry::strided_desc> local{{mine, 1024, 0, 2048, 16}};
+            const std::vector<ferry::strided_desc> remote{{there, 1024, 0, 4096, 8},
+                                                          {there + 65536, 1024, 0, 1024, 8}};
+            const ferry::xfer x = b.prepare(xfer_op::write, local, remote, p);
+            const ferry::device::view sv = b.device_view(x);
+            expect(sv.count == 16 && b.blocks_of(x) == 16, "a strided view has " + std::to_string(sv.count) +
+                                                               " blocks, expected 16");
+            std::vector<ferry::device::block> rows(16);
+            check(cudaMemcpy(rows.data(), sv.blocks, 16 * sizeof rows[0], cudaMemcpyDeviceToHost), "cudaMemcpy");
+            for (std::size_t k = 0; k < 16; ++k) {
+                const std::uint64_t offset = k < 8 ? k * 4096 : 65536 + (k - 8) * 1024;
+                expect(rows[k].src == mine + k * 2048 && rows[k].len == 1024 &&
+                           rows[k].dst - rows[0].dst == offset,
+                       "strided view block " + std::to_string(k) + " is out of place");
+            }
+            b.release(x);
+        }
 
         const auto signal_at = [&](ferry::peer to, ferry::desc d) {
             return [&b, to, d] { (void)b.device_signal(to, d); };

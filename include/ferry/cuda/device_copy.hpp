@@ -137,14 +137,19 @@ public:
     [[nodiscard]] unsigned blocks() const noexcept { return blocks_; }
 
     /// The pairs as a user's kernel sees them (ferry::device::view): a block
-    /// table in device memory, built on the first request, since most
+    /// table in device memory, a row per pair (runs spelled out: a kernel
+    /// names blocks, not runs), built on the first request, since most
     /// transfers never have one, and kept while this copy, and so the
     /// mappings it holds, lives. Any thread.
     [[nodiscard]] device::view view() {
         std::call_once(view_built_, [this] {
             std::vector<device::block> table;
-            table.reserve(pairs_.size());
-            for (const auto& p : pairs_) table.push_back({p.src, p.dst, p.len});
+            std::size_t rows = 0;
+            for (const auto& p : pairs_) rows += static_cast<std::size_t>(p.count);
+            table.reserve(rows);
+            for (const auto& p : pairs_)
+                for (std::uint64_t k = 0; k < p.count; ++k)
+                    table.push_back({p.src + k * p.src_stride, p.dst + k * p.dst_stride, p.len});
             device_scope on(device_);
             void* p = nullptr;
             const std::size_t bytes = table.size() * sizeof(device::block);
@@ -158,8 +163,9 @@ public:
                 throw_cuda(e, "device_view: cudaMemcpyAsync(block table)");
             }
             view_table_ = reinterpret_cast<CUdeviceptr>(p);
+            view_rows_ = rows;
         });
-        return {reinterpret_cast<const device::block*>(view_table_), pairs_.size()};
+        return {reinterpret_cast<const device::block*>(view_table_), view_rows_};
     }
 
 private:
@@ -209,6 +215,7 @@ private:
     std::vector<copy_pair> pairs_;  // for view(), which most transfers never call
     std::once_flag view_built_;
     CUdeviceptr view_table_ = 0;
+    std::size_t view_rows_ = 0;
     // The peer's allocations this copy writes or reads, kept mapped while it lives.
     std::vector<std::shared_ptr<void>> mappings_;
 };

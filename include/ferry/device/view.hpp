@@ -30,8 +30,8 @@ static_assert(sizeof(block) == 24, "ferry::device::block is three 8-byte words")
 /// A prepared cuda_ipc transfer as a kernel sees it: `count` blocks in GPU
 /// memory, owned by the transfer (valid until ucx_backend::release). Block
 /// i is the transfer's i-th block as prepare left it: its i-th descriptor
-/// pair unless runs of adjacent pairs were merged (xfer_options::coalesce;
-/// ucx_backend::blocks_of gives the count). The blocks were checked against
+/// pair (block i of strided lists), unless runs of adjacent pairs were
+/// merged (xfer_options::coalesce; ucx_backend::blocks_of gives the count). The blocks were checked against
 /// registered and published regions when the transfer was prepared; a
 /// kernel names them by index only.
 struct view {
