@@ -16,6 +16,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/blocks.hpp"
+#include "support/cuda_probe.hpp"
 #include "support/ferry_catch.hpp"
 #include "support/pattern.hpp"
 #include "support/two_process.hpp"
@@ -39,6 +40,9 @@ using ferry::status;
 using ferry::xfer_op;
 using ferry::xfer_path;
 using ferry_test::blocks;
+using ferry_test::gpu_ready;
+using ferry_test::probe;
+using ferry_test::probe_result;
 using ferry_test::expect;
 using ferry_test::expect_status;
 using ferry_test::fail;
@@ -48,68 +52,6 @@ namespace {
 
 using inline_cuda = ferry::ucx_backend<ferry::policy<ferry::progress::inline_poll, ferry::memory::cuda>>;
 using thread_cuda = ferry::ucx_backend<ferry::policy<ferry::progress::thread, ferry::memory::cuda>>;
-
-// ---- what this machine has ----------------------------------------------------
-
-enum class probe_result { ready = 0, no_device = 2, ucx_without_cuda = 3, other = 4 };
-
-struct probe_outcome {
-    probe_result result = probe_result::other;
-    std::string message;
-};
-
-// Forks a child that makes a memory::cuda backend, and reads back how it went.
-const probe_outcome& probe() {
-    static const probe_outcome outcome = [] {
-        int out[2];
-        REQUIRE(::pipe(out) == 0);
-        std::fflush(nullptr);
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            ::close(out[0]);
-            std::string msg;
-            int code = 0;
-            int devices = 0;
-            if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-                code = static_cast<int>(probe_result::no_device);
-                msg = "no CUDA device here";
-            } else {
-                try {
-                    ferry::ucx_config cfg;
-                    cfg.name = "probe";
-                    inline_cuda b(cfg);
-                } catch (const ferry::error& e) {
-                    msg = e.what();
-                    code = static_cast<int>(msg.find("UCX") != std::string::npos ? probe_result::ucx_without_cuda
-                                                                                 : probe_result::other);
-                }
-            }
-            [[maybe_unused]] auto w = ::write(out[1], msg.data(), msg.size());
-            ::_exit(code);
-        }
-        ::close(out[1]);
-        probe_outcome o;
-        char buf[512];
-        ssize_t n;
-        while ((n = ::read(out[0], buf, sizeof buf)) > 0) o.message.append(buf, static_cast<std::size_t>(n));
-        ::close(out[0]);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
-        o.result = WIFEXITED(status) ? static_cast<probe_result>(WEXITSTATUS(status)) : probe_result::other;
-        if (!WIFEXITED(status)) o.message = "the probe process crashed";
-        return o;
-    }();
-    return outcome;
-}
-
-// True when the GPU tests can run; otherwise reports the test skipped.
-bool gpu_ready() {
-    const auto& p = probe();
-    if (p.result == probe_result::ready) return true;
-    ferry_test::skip(p.result == probe_result::no_device ? "no CUDA device" : "memory::cuda unusable: " + p.message);
-    return false;
-}
 
 // ---- memory on both sides --------------------------------------------------------
 

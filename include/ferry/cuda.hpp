@@ -18,4 +18,9 @@
 #include <ferry/cuda/device_copy.hpp>
 #include <ferry/cuda/path_cuda_ipc.hpp>
 
+// GPU-initiated transfers: the backend's device_view and device_signal, and
+// the counter that peers' kernels signal (kernels include <ferry/device.cuh>).
+#include <ferry/cuda/backend_device.hpp>
+#include <ferry/cuda/counter.hpp>
+
 #include <ferry/ferry.hpp>

@@ -10,7 +10,9 @@
 #include <ucp/api/ucp.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 FERRY_NAMESPACE_BEGIN
 namespace detail::cuda {
@@ -70,6 +72,10 @@ struct backend_state {
 
     int device = 0;
     int devices = 0;
+    // Peers' allocations that device_signal handed out addresses in, kept
+    // mapped until the backend goes: a kernel may hold such an address for
+    // as long. Guarded by the peer table's lock.
+    std::vector<std::shared_ptr<void>> signal_mappings;
 };
 
 }  // namespace detail::cuda

@@ -2,6 +2,7 @@
 
 #include <ferry/cuda/copy_kernel.hpp>
 #include <ferry/cuda/cuda_status.hpp>
+#include <ferry/device/view.hpp>
 #include <ferry/version.hpp>
 
 #include <cuda.h>
@@ -11,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -68,11 +70,12 @@ inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int
 
 /// The GPU side of a cuda_ipc transfer: its chunk table in device memory, a
 /// stream of its own, and an event that completes when the data is in place.
-/// Built at prepare; a post is one kernel launch and one event record.
+/// Built at prepare; a post is one kernel launch and one event record. A
+/// user's kernel may move the same pairs itself (view()).
 class device_copy {
 public:
     device_copy(int device, std::span<const copy_pair> pairs, std::vector<std::shared_ptr<void>> mappings)
-        : device_(device), mappings_(std::move(mappings)) {
+        : device_(device), pairs_(pairs.begin(), pairs.end()), mappings_(std::move(mappings)) {
         device_scope on(device);
         check_cu(driver_.ctx_get_current(&context_), "cuCtxGetCurrent");
         int sms = 1;
@@ -133,6 +136,38 @@ public:
     [[nodiscard]] int device() const noexcept { return device_; }
     [[nodiscard]] unsigned blocks() const noexcept { return blocks_; }
 
+    /// The pairs as a user's kernel sees them (ferry::device::view): a block
+    /// table in device memory, a row per pair (runs spelled out: a kernel
+    /// names blocks, not runs), built on the first request, since most
+    /// transfers never have one, and kept while this copy, and so the
+    /// mappings it holds, lives. Any thread.
+    [[nodiscard]] device::view view() {
+        std::call_once(view_built_, [this] {
+            std::vector<device::block> table;
+            std::size_t rows = 0;
+            for (const auto& p : pairs_) rows += static_cast<std::size_t>(p.count);
+            table.reserve(rows);
+            for (const auto& p : pairs_)
+                for (std::uint64_t k = 0; k < p.count; ++k)
+                    table.push_back({p.src + k * p.src_stride, p.dst + k * p.dst_stride, p.len});
+            device_scope on(device_);
+            void* p = nullptr;
+            const std::size_t bytes = table.size() * sizeof(device::block);
+            check_cuda(cudaMalloc(&p, bytes), "device_view: cudaMalloc(block table)");
+            // On the copy's own non-blocking stream: a user's kernel spinning
+            // on another stream (waiting for a peer, say) must not hold this up.
+            auto e = cudaMemcpyAsync(p, table.data(), bytes, cudaMemcpyHostToDevice, stream_);
+            if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);
+            if (e != cudaSuccess) {
+                cudaFree(p);
+                throw_cuda(e, "device_view: cudaMemcpyAsync(block table)");
+            }
+            view_table_ = reinterpret_cast<CUdeviceptr>(p);
+            view_rows_ = rows;
+        });
+        return {reinterpret_cast<const device::block*>(view_table_), view_rows_};
+    }
+
 private:
     // What the first launch on a new stream pays once — the kernel's lazy
     // load into the context, the stream's and the event's first use — is
@@ -158,10 +193,14 @@ private:
         }
         if (stream_) cudaStreamDestroy(stream_);
         if (table_) cudaFree(reinterpret_cast<void*>(table_));
+        // A user's kernel may still be reading it: a released transfer's
+        // view is dangling, as a freed buffer is.
+        if (view_table_) cudaFree(reinterpret_cast<void*>(view_table_));
         if (previous >= 0 && previous != device_) cudaSetDevice(previous);
         done_ = nullptr;
         stream_ = nullptr;
         table_ = 0;
+        view_table_ = 0;
     }
 
     const driver_api& driver_ = checked_driver();
@@ -173,6 +212,10 @@ private:
     cudaStream_t stream_ = nullptr;
     cudaEvent_t done_ = nullptr;
     void* args_[1] = {nullptr};
+    std::vector<copy_pair> pairs_;  // for view(), which most transfers never call
+    std::once_flag view_built_;
+    CUdeviceptr view_table_ = 0;
+    std::size_t view_rows_ = 0;
     // The peer's allocations this copy writes or reads, kept mapped while it lives.
     std::vector<std::shared_ptr<void>> mappings_;
 };

@@ -4,6 +4,7 @@
 #include <ferry/detail/completion_signal.hpp>
 #include <ferry/detail/slot_table.hpp>
 #include <ferry/detail/telemetry_store.hpp>
+#include <ferry/device/view.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/peer_event.hpp>
@@ -33,6 +34,7 @@
 #include <ucp/api/ucp.h>
 
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -284,6 +286,31 @@ public:
         const auto* st = xfers_.get(x.ref);
         return st ? st->block_count : 0;
     }
+
+    // ---- GPU-initiated transfers (memory::cuda) -----------------------------
+    // What a user's own kernel needs to move a prepared transfer and signal
+    // the peer (<ferry/device.cuh>; README, "GPU-initiated transfers").
+
+    /// The transfer as a kernel moves it: its blocks in GPU memory, owned by
+    /// the transfer and valid until release. Only for a transfer on the
+    /// cuda_ipc path (a peer on this host; path_of cuda_ipc, or host_ipc for
+    /// the peer's allocate_host memory). Throws for an unknown or released
+    /// handle and for a transfer on another path. A kernel's copies and the
+    /// transfer's posts go to the same memory: ordering them is the
+    /// caller's, as between two posts.
+    [[nodiscard]] device::view device_view(xfer x)
+        requires std::same_as<typename Policy::memory_kind, memory::cuda>;
+
+    /// The 8-byte counters that `counters` covers in the peer's GPU memory
+    /// (one or more, as ferry::device::counter allocates them), mapped into
+    /// this process, for a kernel to add to (ferry::device::notify). Checked
+    /// as prepare checks a cuda_ipc block: a loaded, healthy peer on this
+    /// host, a whole number of counters aligned to 8 inside a region of CUDA
+    /// memory that it published. The mapping stays open until the backend is
+    /// destroyed, even if the peer is unloaded, so that a kernel never writes
+    /// through a closed mapping; the README says what a dead peer's holds.
+    [[nodiscard]] device::signal device_signal(peer p, const desc& counters)
+        requires std::same_as<typename Policy::memory_kind, memory::cuda>;
 
     // ---- telemetry (policy<..., ..., telemetry::on>) ------------------------
 
