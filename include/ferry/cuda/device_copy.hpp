@@ -74,13 +74,14 @@ inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int
 /// user's kernel may move the same pairs itself (view()).
 class device_copy {
 public:
-    device_copy(int device, std::span<const copy_pair> pairs, std::vector<std::shared_ptr<void>> mappings)
-        : device_(device), pairs_(pairs.begin(), pairs.end()), mappings_(std::move(mappings)) {
+    // Keeps `pairs` (moved in, not copied) for view().
+    device_copy(int device, std::vector<copy_pair> pairs, std::vector<std::shared_ptr<void>> mappings)
+        : device_(device), pairs_(std::move(pairs)), mappings_(std::move(mappings)) {
         device_scope on(device);
         check_cu(driver_.ctx_get_current(&context_), "cuCtxGetCurrent");
         int sms = 1;
         check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-        const auto chunks = plan_chunks(pairs, sms);
+        const auto chunks = plan_chunks(pairs_, sms);
         if (chunks.size() > 0x7FFFFFFFU)
             throw error(status::invalid_argument, "prepare: the transfer needs more than 2^31 - 1 thread blocks");
         blocks_ = static_cast<unsigned>(chunks.size());
