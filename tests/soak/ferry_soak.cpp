@@ -4,11 +4,12 @@
 // all, while the parent kills and restarts them, stops and continues them,
 // and makes them unload and reload peers. With --netns the agents live in
 // two network namespaces joined by a veth pair, posing as two hosts, and the
-// parent also takes the link down and up again. The parent is the coordinator: it
-// relays each agent's metadata blob to the others over socketpairs (and a
-// restarted agent's new blob, whose load replaces the old peer), injects the
-// faults, collects counters and prints a summary. It exits non-zero on any
-// violated invariant or on an agent that died of something it did not send.
+// parent also takes the link down and up again. The parent is the
+// coordinator: it relays each agent's metadata blob to the others over
+// socketpairs (and a restarted agent's new blob, whose load replaces the old
+// peer), injects the faults, collects counters and prints a summary. It
+// exits non-zero on any violated invariant or on an agent that died of
+// something it did not send (--tolerate-ucx-aborts: or that UCX aborted).
 //
 // Memory of agent i (a mix of allocate and register_memory, chosen per
 // incarnation):
@@ -138,7 +139,8 @@ void usage(std::FILE* to) {
                  "                       (--tls must include tcp), and a quarter of the faults\n"
                  "                       take the link down for 50 ms to 3 s. Needs root and\n"
                  "                       iproute2; exits 77 where they are missing\n"
-                 "  --tolerate-ucx-aborts an agent that UCX itself aborted (its report on stderr: a\n"
+                 "  --tolerate-ucx-aborts\n"
+                 "                       an agent that UCX itself aborted (its report on stderr: a\n"
                  "                       failed assertion, \"Fatal:\", or a signal whose first frame\n"
                  "                       past the handler is in libuct or libucp) counts as killed\n"
                  "                       and restarts; the summary lists them by message. Over a\n"
