@@ -1152,7 +1152,19 @@ struct agent_slot {
 // libuct or libucp, so that a crash in ferry or the soak is never taken
 // for UCX's.
 std::string ucx_abort_of(const std::string& text, pid_t pid) {
-    const std::string tag = ":" + std::to_string(pid) + ":";
+    // UCX opens each line with "[host:pid:thread:tid]", the pid padded with
+    // spaces to five places.
+    const std::string want = std::to_string(pid);
+    auto from_pid = [&](const std::string& l) {
+        const auto close = l.find(']');
+        if (l.empty() || l[0] != '[' || close == std::string::npos) return false;
+        std::istringstream fields(l.substr(1, close - 1));
+        std::string host, p;
+        if (!std::getline(fields, host, ':') || !std::getline(fields, p, ':')) return false;
+        p.erase(p.find_last_not_of(' ') + 1);
+        p.erase(0, p.find_first_not_of(' '));
+        return p == want;
+    };
     std::istringstream lines(text);
     std::string line;
     std::string caught;  // a "Caught signal" line, waiting for its frames
@@ -1167,8 +1179,7 @@ std::string ucx_abort_of(const std::string& text, pid_t pid) {
         return l.substr(0, 400);
     };
     while (std::getline(lines, line)) {
-        const bool own = line.size() > 1 && line[0] == '[' && line.find(tag) != std::string::npos &&
-                         line.find(tag) < line.find(']');
+        const bool own = from_pid(line);
         if (own && (line.find("Assertion `") != std::string::npos || line.find(" Fatal: ") != std::string::npos))
             return tidy(line);
         if (own && line.find("Caught signal") != std::string::npos) {
