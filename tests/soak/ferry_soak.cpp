@@ -2,11 +2,14 @@
 // memory (even agents inline progress, odd ones a progress thread), WRITE
 // and READ sequence-numbered patterns to one another, in pairs and all to
 // all, while the parent kills and restarts them, stops and continues them,
-// and makes them unload and reload peers. The parent is the coordinator: it
-// relays each agent's metadata blob to the others over socketpairs (and a
-// restarted agent's new blob, whose load replaces the old peer), injects the
-// faults, collects counters and prints a summary. It exits non-zero on any
-// violated invariant or on an agent that died of something it did not send.
+// and makes them unload and reload peers. With --netns the agents live in
+// two network namespaces joined by a veth pair, posing as two hosts, and the
+// parent also takes the link down and up again. The parent is the
+// coordinator: it relays each agent's metadata blob to the others over
+// socketpairs (and a restarted agent's new blob, whose load replaces the old
+// peer), injects the faults, collects counters and prints a summary. It
+// exits non-zero on any violated invariant or on an agent that died of
+// something it did not send (--tolerate-ucx-aborts: or that UCX aborted).
 //
 // Memory of agent i (a mix of allocate and register_memory, chosen per
 // incarnation):
@@ -30,6 +33,7 @@
 
 #include <ferry/ferry.hpp>
 
+#include "support/netns.hpp"
 #include "support/pattern.hpp"
 
 #include <dirent.h>
@@ -58,6 +62,7 @@
 #include <numeric>
 #include <optional>
 #include <random>
+#include <regex>
 #include <iterator>
 #include <istream>
 #include <sstream>
@@ -90,8 +95,21 @@ struct options {
     std::string ucx_log = "fatal";
     int steady = 2;
     bool one_lane = false;
+    bool netns = false;
+    bool tolerate_ucx_aborts = false;
     bool verbose = false;
+    // Set on the command line of an agent that the parent started afresh
+    // (--netns), never by hand: who it is, and its end of the control socket
+    // and veth device.
+    int agent_id = -1;
+    std::uint32_t agent_inc = 0;
+    int agent_fd = -1;
+    std::string agent_device;
 };
+
+// ferry-soak's exit status when --netns cannot run here (not root, no
+// namespaces): ctest reports the test skipped (SKIP_RETURN_CODE).
+constexpr int exit_skipped = 77;
 
 void usage(std::FILE* to) {
     std::fprintf(to,
@@ -115,6 +133,18 @@ void usage(std::FILE* to) {
                  "  --one-lane           WRITE and READ a peer's same blocks after a failed transfer\n"
                  "                       too, trusting that unloading the peer stopped what the\n"
                  "                       failed one left behind (over tcp it does not)\n"
+                 "  --netns              two network namespaces joined by a veth pair, posing as two\n"
+                 "                       hosts (agents 0, 2, 3, 4, 8, 10, 11, 12, ... on one side):\n"
+                 "                       traffic between the sides goes over UCX tcp on the veth\n"
+                 "                       (--tls must include tcp), and a quarter of the faults\n"
+                 "                       take the link down for 50 ms to 3 s. Needs root and\n"
+                 "                       iproute2; exits 77 where they are missing\n"
+                 "  --tolerate-ucx-aborts\n"
+                 "                       an agent that UCX itself aborted (its report on stderr: a\n"
+                 "                       failed assertion, \"Fatal:\", or a signal whose first frame\n"
+                 "                       past the handler is in libuct or libucp) counts as killed\n"
+                 "                       and restarts; the summary lists them by message. Over a\n"
+                 "                       flapping link UCX 1.13 and 1.22 both do this (README)\n"
                  "  --verbose            print each fault, restart and failed transfer\n"
                  "  --help               this text\n");
 }
@@ -148,6 +178,14 @@ std::optional<options> parse_options(int argc, char** argv) {
             o.one_lane = true;
             continue;
         }
+        if (arg == "--netns") {
+            o.netns = true;
+            continue;
+        }
+        if (arg == "--tolerate-ucx-aborts") {
+            o.tolerate_ucx_aborts = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             std::fprintf(stderr, "ferry-soak: %s needs a value (--help lists the options)\n", argv[i]);
             return std::nullopt;
@@ -167,6 +205,10 @@ std::optional<options> parse_options(int argc, char** argv) {
         else if (arg == "--deadline-ms") good = parse_int(v, o.deadline_ms) && o.deadline_ms > 0;
         else if (arg == "--path") good = (o.path = v) == "auto" || o.path == "ucx" || o.path == "mix";
         else if (arg == "--ucx-log") good = !(o.ucx_log = v).empty();
+        else if (arg == "--agent-id") good = parse_int(v, o.agent_id) && o.agent_id >= 0;
+        else if (arg == "--agent-incarnation") good = parse_int(v, o.agent_inc);
+        else if (arg == "--agent-fd") good = parse_int(v, o.agent_fd) && o.agent_fd >= 0;
+        else if (arg == "--agent-device") good = !(o.agent_device = v).empty();
         else {
             std::fprintf(stderr, "ferry-soak: unknown option %s (--help lists them)\n", argv[i]);
             return std::nullopt;
@@ -177,8 +219,33 @@ std::optional<options> parse_options(int argc, char** argv) {
             return std::nullopt;
         }
     }
+    if (o.agent_id >= o.agents || (o.agent_id >= 0 && (o.agent_fd < 0 || o.agent_device.empty()))) {
+        std::fprintf(stderr, "ferry-soak: --agent-* are set by ferry-soak for its agents only\n");
+        return std::nullopt;
+    }
+    if (o.netns && o.tls.find("tcp") == std::string::npos && o.tls != "all") {
+        std::fprintf(stderr, "ferry-soak: --netns needs tcp in --tls: the two sides reach each other only over tcp\n");
+        return std::nullopt;
+    }
     return o;
 }
+
+// Which side of the veth agent `id` lives on under --netns: the pairs
+// 0-1, 4-5, 8-9, ... straddle the link and the pairs 2-3, 6-7, ... keep to one
+// side, so that both sides hold inline and threaded agents and both kinds of
+// pair run during the pairs phase.
+int side_of(int id) { return id % 4 < 2 ? id % 2 : (id / 4) % 2; }
+
+// Where one side's agents go under --netns.
+struct placement {
+    std::string ns;
+    std::string dev;
+    std::string boot_id_file;  // empty on the side that keeps the real boot id
+};
+
+// The command line ferry-soak was started with: --netns agents run it
+// again, with --agent-* added.
+char** program_argv = nullptr;
 
 // ---- patterns ----------------------------------------------------------------
 
@@ -507,8 +574,8 @@ struct memory_block {
 template <class Backend>
 class agent {
 public:
-    agent(const options& o, int id, std::uint32_t inc, int fd)
-        : o_(o), id_(id), inc_(inc), fd_(fd), rng_(ferry_test::mix(ferry_test::mix(o.seed, id), inc)),
+    agent(const options& o, int id, std::uint32_t inc, int fd, std::string net_device)
+        : o_(o), id_(id), inc_(inc), fd_(fd), net_device_(std::move(net_device)), rng_(ferry_test::mix(ferry_test::mix(o.seed, id), inc)),
           peers_(static_cast<std::size_t>(o.agents)) {}
 
     int run();
@@ -562,6 +629,7 @@ private:
     int id_;
     std::uint32_t inc_;
     int fd_;
+    std::string net_device_;  // the veth under --netns, else empty
     std::mt19937_64 rng_;
     std::vector<remote_agent> peers_;
     std::vector<flight> flights_;
@@ -747,6 +815,7 @@ void agent<Backend>::finish(Backend& b, flight& f, status s) {
     const bool current = r.loaded && r.handle == f.handle;
     if (s == status::ok) {
         count(op + ".bytes", f.bytes);
+        if (!net_device_.empty() && side_of(f.to) != side_of(id_)) count(op + ".bytes_across", f.bytes);
         count(op + ".path." + std::string(ferry::to_string(b.path_of(f.x))));
         if (f.op == xfer_op::write) {
             if (r.inc == f.tinc) r.ok_seqs.insert(f.seq);
@@ -896,6 +965,8 @@ int agent<Backend>::run() {
     ferry::ucx_config cfg;
     cfg.name = agent_name(id_);
     cfg.ucx_options = {{"TLS", o_.tls}};
+    // The veth only: UCX would otherwise also list the namespace's loopback.
+    if (!net_device_.empty()) cfg.ucx_options.emplace_back("NET_DEVICES", net_device_);
     Backend b(cfg);
     // Which regions UCX allocates and which are the caller's, per incarnation.
     const std::uint64_t mix_bits = rng_();
@@ -1015,10 +1086,10 @@ int agent<Backend>::run() {
     return 0;
 }
 
-int agent_main(const options& o, int id, std::uint32_t inc, int fd) {
+int agent_main(const options& o, int id, std::uint32_t inc, int fd, const std::string& net_device) {
     try {
-        if (id % 2 == 0) return agent<inline_backend>(o, id, inc, fd).run();
-        return agent<thread_backend>(o, id, inc, fd).run();
+        if (id % 2 == 0) return agent<inline_backend>(o, id, inc, fd, net_device).run();
+        return agent<thread_backend>(o, id, inc, fd, net_device).run();
     } catch (const std::exception& e) {
         send_blocking(fd, make_frame(frame::violation, agent_name(id) + " (incarnation " + std::to_string(inc) +
                                                             "): threw " + e.what()));
@@ -1027,6 +1098,31 @@ int agent_main(const options& o, int id, std::uint32_t inc, int fd) {
 }
 
 // ---- the parent ------------------------------------------------------------
+
+// In a child of the parent: moves into the side's namespace (and boot id)
+// and runs ferry-soak again as agent `id`. A fresh program, not the fork:
+// UCX reads the boot id once, when its libraries load, so a forked child
+// would keep the parent's and take the other side for this host. Returns
+// only on failure, having told the parent.
+int start_agent_in(const placement& where, int id, std::uint32_t inc, int fd) {
+    std::string why = ferry_test::netns::enter(where.ns);
+    if (why.empty() && !where.boot_id_file.empty()) why = ferry_test::netns::pose_as_other_host(where.boot_id_file);
+    if (why.empty() && ::fcntl(fd, F_SETFD, 0) != 0) why = std::string("fcntl: ") + std::strerror(errno);
+    if (why.empty()) {
+        std::vector<std::string> extra{"--agent-id",          std::to_string(id), "--agent-incarnation",
+                                       std::to_string(inc),   "--agent-fd",       std::to_string(fd),
+                                       "--agent-device",      where.dev};
+        std::vector<char*> args;
+        for (char** a = program_argv; *a; ++a) args.push_back(*a);
+        for (std::string& e : extra) args.push_back(e.data());
+        args.push_back(nullptr);
+        ::execv("/proc/self/exe", args.data());
+        why = std::string("execv /proc/self/exe: ") + std::strerror(errno);
+    }
+    send_blocking(fd, make_frame(frame::violation, agent_name(id) + " (incarnation " + std::to_string(inc) +
+                                                       "): taking its place in namespace " + where.ns + ": " + why));
+    return 3;
+}
 
 struct agent_slot {
     pid_t pid = -1;
@@ -1044,17 +1140,88 @@ struct agent_slot {
     bool final_received = false;
     std::string final_text;
     bool exited = false;
+    int err_fd = -1;       // the agent's stderr, which the parent passes on
+    std::string err_tail;  // its last bytes, for ucx_abort_of
 };
+
+// If `text`, the end of what process `pid` wrote on stderr, holds UCX's
+// report of aborting it, that report in one line without addresses (so that
+// equal aborts count together); else empty. UCX reports a failed assertion
+// or a fatal error of its own, and a signal it caught with a backtrace: a
+// signal counts only if the first frame past UCX's handler and libc is in
+// libuct or libucp, so that a crash in ferry or the soak is never taken
+// for UCX's.
+std::string ucx_abort_of(const std::string& text, pid_t pid) {
+    // UCX opens each line with "[host:pid:thread:tid]", the pid padded with
+    // spaces to five places.
+    const std::string want = std::to_string(pid);
+    auto from_pid = [&](const std::string& l) {
+        const auto close = l.find(']');
+        if (l.empty() || l[0] != '[' || close == std::string::npos) return false;
+        std::istringstream fields(l.substr(1, close - 1));
+        std::string host, p;
+        if (!std::getline(fields, host, ':') || !std::getline(fields, p, ':')) return false;
+        p.erase(p.find_last_not_of(' ') + 1);
+        p.erase(0, p.find_first_not_of(' '));
+        return p == want;
+    };
+    std::istringstream lines(text);
+    std::string line;
+    std::string caught;  // a "Caught signal" line, waiting for its frames
+    bool in_backtrace = false;
+    // Pointers differ from one abort to the next; offsets into a library
+    // ("+0x21650") tell the places apart.
+    auto tidy = [](std::string l) {
+        l.erase(0, l.find(']') + 1);
+        static const std::regex address("([^+])0x[0-9a-fA-F]+"), spaces(" +");
+        l = std::regex_replace(std::regex_replace(l, address, "$1<address>"), spaces, " ");
+        l.erase(0, l.find_first_not_of(' '));
+        return l.substr(0, 400);
+    };
+    while (std::getline(lines, line)) {
+        const bool own = from_pid(line);
+        if (own && (line.find("Assertion `") != std::string::npos || line.find(" Fatal: ") != std::string::npos))
+            return tidy(line);
+        if (own && line.find("Caught signal") != std::string::npos) {
+            caught = tidy(line);
+            in_backtrace = false;
+            continue;
+        }
+        if (caught.empty()) continue;
+        if (line.find("==== backtrace") != std::string::npos) {
+            in_backtrace = true;
+            continue;
+        }
+        if (!in_backtrace) continue;
+        if (line.find("libucs.so") != std::string::npos || line.find("libc.so") != std::string::npos) continue;
+        const auto lib = line.find("/lib");
+        if (line.find("libuct.so") != std::string::npos || line.find("libucp.so") != std::string::npos) {
+            std::string frame = line.substr(lib == std::string::npos ? 0 : line.rfind('/') + 1);
+            return caught + " in " + frame.substr(0, frame.find(" ["));
+        }
+        return {};
+    }
+    return {};
+}
 
 class coordinator {
 public:
     explicit coordinator(const options& o) : o_(o), rng_(o.seed), slots_(static_cast<std::size_t>(o.agents)) {}
+    ~coordinator() {
+        if (!boot_id_file_.empty()) ::unlink(boot_id_file_.c_str());
+    }
+    coordinator(const coordinator&) = delete;
+    coordinator& operator=(const coordinator&) = delete;
     int run();
 
 private:
+    void make_namespaces();
+    void flap_link();
+    void link_up();
     void spawn(int i);
     void send(int i, frame type, std::string_view payload);
     void flush(agent_slot& s);
+    void pass_on_stderr(agent_slot& s);
     void service(std::chrono::milliseconds max_wait);
     void on_frame(int i, frame type, std::string payload);
     void reap();
@@ -1069,6 +1236,7 @@ private:
     double seconds_since_start() const { return std::chrono::duration<double>(steady::now() - start_).count(); }
     static std::map<std::string, std::uint64_t> parse_counters(const std::string& text);
     void cross_check();
+    void link_summary(const std::map<std::string, std::uint64_t>& total);
     void summary();
 
     const options& o_;
@@ -1078,15 +1246,80 @@ private:
     std::map<std::string, std::uint64_t> faults_;
     std::uint64_t violations_ = 0;
     std::uint64_t crashes_ = 0;
+    std::map<std::string, std::uint64_t> ucx_aborts_;  // --tolerate-ucx-aborts: by UCX's report
     bool final_phase_ = false;
     steady::time_point start_ = steady::now();
+    // --netns: the pair, where each side's agents go, and the flap under way.
+    std::unique_ptr<ferry_test::netns::veth_pair> pair_;
+    std::array<placement, 2> places_;
+    std::string boot_id_file_;
+    const ferry_test::netns::end* link_down_ = nullptr;
+    steady::time_point link_up_at_{};
+    std::uint64_t down_ms_total_ = 0, down_ms_longest_ = 0;
 };
+
+// Throws netns::unavailable where the namespaces cannot be made here.
+void coordinator::make_namespaces() {
+    namespace netns = ferry_test::netns;
+    pair_ = std::make_unique<netns::veth_pair>();
+    for (const netns::end* e : {&pair_->a(), &pair_->b()}) {
+        // Agents on one side reach each other over tcp as well as shared
+        // memory, at their own veth address, which the kernel delivers
+        // through the loopback device; the other side stays behind the veth.
+        auto r = netns::run({pair_->ip_program(), "-n", e->ns, "link", "set", "dev", "lo", "up"});
+        if (!r.ok()) throw netns::unavailable("cannot bring up the loopback device of " + e->ns + ": " + r.output);
+    }
+    // Side b reads a boot id of its own: a host of its own to ferry and UCX.
+    char path[] = "/tmp/ferry-soak-boot_id-XXXXXX";
+    const int fd = ::mkstemp(path);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "mkstemp");
+    boot_id_file_ = path;
+    char id[40];
+    const std::uint64_t hi = rng_(), lo = rng_();
+    std::snprintf(id, sizeof id, "%08llx-%04llx-4%03llx-a%03llx-%012llx\n", static_cast<unsigned long long>(hi >> 32),
+                  static_cast<unsigned long long>((hi >> 16) & 0xffff), static_cast<unsigned long long>(hi & 0xfff),
+                  static_cast<unsigned long long>(lo >> 52), static_cast<unsigned long long>(lo & 0xffffffffffffULL));
+    const bool written = ::write(fd, id, std::strlen(id)) == static_cast<ssize_t>(std::strlen(id));
+    ::close(fd);
+    if (!written) throw std::system_error(errno, std::generic_category(), "writing " + boot_id_file_);
+    places_[0] = {pair_->a().ns, pair_->a().dev, {}};
+    places_[1] = {pair_->b().ns, pair_->b().dev, boot_id_file_};
+}
+
+void coordinator::flap_link() {
+    const ferry_test::netns::end& e = (rng_() & 1) ? pair_->a() : pair_->b();
+    // Some shorter than a deadline, some longer than deadline and keepalive.
+    const std::uint64_t ms = 50 + rng_() % 2951;
+    if (auto r = pair_->set_link(e, false); !r.ok()) {
+        violation("ip link set dev " + e.dev + " down failed: " + r.output);
+        return;
+    }
+    link_down_ = &e;
+    link_up_at_ = steady::now() + std::chrono::milliseconds(ms);
+    ++faults_["link_flap"];
+    down_ms_total_ += ms;
+    down_ms_longest_ = std::max(down_ms_longest_, ms);
+    note("link down at " + e.dev + " for " + std::to_string(ms) + " ms");
+}
+
+void coordinator::link_up() {
+    if (!link_down_) return;
+    if (auto r = pair_->set_link(*link_down_, true); !r.ok())
+        violation("ip link set dev " + link_down_->dev + " up failed: " + r.output);
+    note("link up at " + link_down_->dev);
+    link_down_ = nullptr;
+}
 
 void coordinator::spawn(int i) {
     agent_slot& s = slots_[static_cast<std::size_t>(i)];
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         std::perror("ferry-soak: socketpair");
+        std::exit(2);
+    }
+    int err[2];
+    if (::pipe2(err, O_CLOEXEC) != 0) {
+        std::perror("ferry-soak: pipe2");
         std::exit(2);
     }
     ++s.inc;
@@ -1098,16 +1331,26 @@ void coordinator::spawn(int i) {
     }
     if (pid == 0) {
         ::close(sv[0]);
-        for (const agent_slot& other : slots_)
+        ::close(err[0]);
+        ::dup2(err[1], STDERR_FILENO);
+        ::close(err[1]);
+        for (const agent_slot& other : slots_) {
             if (other.fd >= 0) ::close(other.fd);
+            if (other.err_fd >= 0) ::close(other.err_fd);
+        }
         // An agent whose parent died must not live on.
         ::signal(SIGPIPE, SIG_IGN);
-        ::_exit(agent_main(o_, i, s.inc, sv[1]));
+        if (o_.netns) ::_exit(start_agent_in(places_[static_cast<std::size_t>(side_of(i))], i, s.inc, sv[1]));
+        ::_exit(agent_main(o_, i, s.inc, sv[1], {}));
     }
     ::close(sv[1]);
+    ::close(err[1]);
     ::fcntl(sv[0], F_SETFL, ::fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    ::fcntl(err[0], F_SETFL, ::fcntl(err[0], F_GETFL) | O_NONBLOCK);
     s.pid = pid;
     s.fd = sv[0];
+    s.err_fd = err[0];
+    s.err_tail.clear();
     s.in.clear();
     s.out.clear();
     s.ready = false;
@@ -1189,15 +1432,23 @@ void coordinator::on_frame(int i, frame type, std::string payload) {
 
 void coordinator::service(std::chrono::milliseconds max_wait) {
     std::vector<pollfd> fds;
-    std::vector<int> who;
+    std::vector<int> who;  // the agent, as -1 - i for its stderr
     for (int i = 0; i < o_.agents; ++i) {
         agent_slot& s = slots_[static_cast<std::size_t>(i)];
+        if (s.err_fd >= 0) {
+            fds.push_back({s.err_fd, POLLIN, 0});
+            who.push_back(-1 - i);
+        }
         if (s.fd < 0) continue;
         fds.push_back({s.fd, static_cast<short>(POLLIN | (s.out.empty() ? 0 : POLLOUT)), 0});
         who.push_back(i);
     }
     ::poll(fds.data(), fds.size(), static_cast<int>(max_wait.count()));
     for (std::size_t k = 0; k < fds.size(); ++k) {
+        if (who[k] < 0) {
+            if (fds[k].revents & (POLLIN | POLLHUP | POLLERR)) pass_on_stderr(slots_[static_cast<std::size_t>(-1 - who[k])]);
+            continue;
+        }
         agent_slot& s = slots_[static_cast<std::size_t>(who[k])];
         if (fds[k].revents & POLLOUT) flush(s);
         if (fds[k].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -1206,6 +1457,24 @@ void coordinator::service(std::chrono::milliseconds max_wait) {
         }
     }
     reap();
+}
+
+// Copies what the agent wrote on stderr to ours, keeping its end.
+void coordinator::pass_on_stderr(agent_slot& s) {
+    char buf[4096];
+    while (s.err_fd >= 0) {
+        const ssize_t n = ::read(s.err_fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n <= 0) {
+            ::close(s.err_fd);
+            s.err_fd = -1;
+            return;
+        }
+        std::fwrite(buf, 1, static_cast<std::size_t>(n), stderr);
+        s.err_tail.append(buf, static_cast<std::size_t>(n));
+        if (s.err_tail.size() > (32u << 10)) s.err_tail.erase(0, s.err_tail.size() - (16u << 10));
+    }
 }
 
 void coordinator::reap() {
@@ -1223,18 +1492,27 @@ void coordinator::reap() {
                 ::close(s.fd);
                 s.fd = -1;
             }
+            pass_on_stderr(s);
             s.pid = -1;
             s.ready = false;
             s.exited = true;
             const bool clean_exit = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
             const bool our_kill = WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL && s.killed_by_us;
             if (!(final_phase_ && clean_exit) && !our_kill) {
-                ++crashes_;
-                violation("agent " + std::to_string(i) + " incarnation " + std::to_string(s.inc) + " (pid " +
-                          std::to_string(pid) + ") ended unasked: " +
-                          (WIFSIGNALED(wstatus) ? "signal " + std::to_string(WTERMSIG(wstatus)) + " (" +
-                                                      strsignal(WTERMSIG(wstatus)) + ")"
-                                                : "exit status " + std::to_string(WEXITSTATUS(wstatus))));
+                const std::string ucx = WIFSIGNALED(wstatus) ? ucx_abort_of(s.err_tail, pid) : std::string();
+                const std::string who = "agent " + std::to_string(i) + " incarnation " + std::to_string(s.inc) +
+                                        " (pid " + std::to_string(pid) + ")";
+                if (o_.tolerate_ucx_aborts && !ucx.empty()) {
+                    ++ucx_aborts_[ucx];
+                    std::fprintf(stderr, "ferry-soak: UCX aborted %s, which restarts: %s\n", who.c_str(), ucx.c_str());
+                } else {
+                    ++crashes_;
+                    violation(who + " ended unasked: " +
+                              (WIFSIGNALED(wstatus) ? "signal " + std::to_string(WTERMSIG(wstatus)) + " (" +
+                                                          strsignal(WTERMSIG(wstatus)) + ")"
+                                                    : "exit status " + std::to_string(WEXITSTATUS(wstatus))) +
+                              (ucx.empty() ? std::string() : "; UCX reported: " + ucx));
+                }
             }
             if (!final_phase_ || !clean_exit) archived_.push_back(s.last_report);
             if (!final_phase_) {
@@ -1250,6 +1528,10 @@ void coordinator::inject() {
     for (int i = 0; i < o_.agents; ++i) {
         const agent_slot& s = slots_[static_cast<std::size_t>(i)];
         if (s.ready && !s.stopped && s.pid > 0) eligible.push_back(i);
+    }
+    if (pair_ && !link_down_ && rng_() % 4 == 0) {
+        flap_link();
+        return;
     }
     if (eligible.empty()) return;
     const int i = eligible[rng_() % eligible.size()];
@@ -1330,6 +1612,34 @@ void coordinator::cross_check() {
     faults_["ok_writes_cross_checked"] = checked;
 }
 
+// The link's figures, and the check that what crossed between the sides went
+// over the veth: its devices must have carried at least the bytes of every
+// transfer between the sides that ended ok, or something (shared memory,
+// host_ipc) bypassed it.
+void coordinator::link_summary(const std::map<std::string, std::uint64_t>& total) {
+    const auto at = [&](const char* key) {
+        const auto it = total.find(key);
+        return it == total.end() ? std::uint64_t{0} : it->second;
+    };
+    const std::uint64_t across = at("write.bytes_across") + at("read.bytes_across");
+    const auto a = pair_->counters_of(pair_->a());
+    const auto b = pair_->counters_of(pair_->b());
+    std::printf("  %-22s flaps=%llu down=%.1f s (longest %llu ms); ok transfers across moved %.1f MiB\n",
+                "link (veth)", static_cast<unsigned long long>(faults_["link_flap"]), down_ms_total_ / 1000.0,
+                static_cast<unsigned long long>(down_ms_longest_), static_cast<double>(across) / (1 << 20));
+    if (!a || !b) {
+        violation("cannot read the veth's counters");
+        return;
+    }
+    std::printf("  %-22s %s sent %.1f MiB (%llu packets), %s sent %.1f MiB (%llu packets)\n", "", pair_->a().dev.c_str(),
+                static_cast<double>(a->tx_bytes) / (1 << 20), static_cast<unsigned long long>(a->tx_packets),
+                pair_->b().dev.c_str(), static_cast<double>(b->tx_bytes) / (1 << 20),
+                static_cast<unsigned long long>(b->tx_packets));
+    if (a->tx_bytes + b->tx_bytes < across)
+        violation("the veth carried " + std::to_string(a->tx_bytes + b->tx_bytes) + " bytes, fewer than the " +
+                  std::to_string(across) + " that ok transfers moved between the namespaces: they bypassed it");
+}
+
 void coordinator::summary() {
     std::map<std::string, std::uint64_t> total;
     std::vector<std::map<std::string, std::uint64_t>> reports = archived_;
@@ -1382,15 +1692,29 @@ void coordinator::summary() {
                     static_cast<unsigned long long>(r["usage.rss_now_kib"]),
                     static_cast<unsigned long long>(r["usage.rss_max_kib"]));
     }
-    std::printf("  %-22s agents crashed=%llu, violations=%llu (agents counted %llu)\n", "verdict",
-                static_cast<unsigned long long>(crashes_), static_cast<unsigned long long>(violations_),
-                static_cast<unsigned long long>(total["violations"]));
-    std::printf("  link flapping (veth between namespaces): not part of this soak\n");
+    if (pair_) link_summary(total);
+    std::uint64_t aborts = 0;
+    for (const auto& [why, n] : ucx_aborts_) {
+        aborts += n;
+        std::printf("  %-22s %llu x %s\n", "UCX aborted agents", static_cast<unsigned long long>(n), why.c_str());
+    }
+    std::printf("  %-22s agents crashed=%llu, violations=%llu (agents counted %llu), UCX aborts tolerated=%llu\n",
+                "verdict", static_cast<unsigned long long>(crashes_), static_cast<unsigned long long>(violations_),
+                static_cast<unsigned long long>(total["violations"]), static_cast<unsigned long long>(aborts));
     std::printf("%s\n", violations_ == 0 && crashes_ == 0 ? "PASS" : "FAIL");
 }
 
 int coordinator::run() {
     ::signal(SIGPIPE, SIG_IGN);
+    if (o_.netns) {
+        try {
+            make_namespaces();
+        } catch (const ferry_test::netns::unavailable& e) {
+            std::printf("FERRY-SKIP: --netns cannot run here: %s\n", e.what());
+            return exit_skipped;
+        }
+        start_ = steady::now();
+    }
     for (int i = 0; i < o_.agents; ++i) spawn(i);
     const auto traffic_end = start_ + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(o_.duration_s));
     std::exponential_distribution<double> gap(o_.fault_rate > 0 ? o_.fault_rate : 1.0);
@@ -1406,14 +1730,17 @@ int coordinator::run() {
             }
             if (s.restart_pending && now >= s.restart_at) spawn(i);
         }
+        if (link_down_ && now >= link_up_at_) link_up();
         if (o_.fault_rate > 0 && now >= next_fault) {
             inject();
             next_fault = now + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(gap(rng_)));
         }
     }
 
-    // Wind down: continue the stopped, restart the killed, let every
-    // transfer end (deadline + 2 s) and every notification arrive.
+    // Wind down: bring the link up, continue the stopped, restart the
+    // killed, let every transfer end (deadline + 2 s) and every
+    // notification arrive.
+    link_up();
     for (int i = 0; i < o_.agents; ++i) {
         agent_slot& s = slots_[static_cast<std::size_t>(i)];
         if (s.stopped) {
@@ -1496,5 +1823,7 @@ int main(int argc, char** argv) {
     }
     const auto o = parse_options(argc, argv);
     if (!o) return 2;
+    if (o->agent_id >= 0) return agent_main(*o, o->agent_id, o->agent_inc, o->agent_fd, o->agent_device);
+    program_argv = argv;
     return coordinator(*o).run();
 }

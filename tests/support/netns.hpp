@@ -171,8 +171,9 @@ struct link_counters {
     std::uint64_t rx_bytes = 0, rx_packets = 0, tx_bytes = 0, tx_packets = 0;
 };
 
-[[nodiscard]] inline std::optional<link_counters> counters(const std::string& dev) {
-    std::ifstream in("/proc/self/net/dev");
+/// The device's counters in `text`, the contents of a /proc/net/dev.
+[[nodiscard]] inline std::optional<link_counters> counters_in(const std::string& text, const std::string& dev) {
+    std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
         const auto colon = line.find(':');
@@ -190,6 +191,28 @@ struct link_counters {
         return c;
     }
     return std::nullopt;
+}
+
+[[nodiscard]] inline std::optional<link_counters> counters(const std::string& dev) {
+    std::ifstream in("/proc/self/net/dev");
+    std::stringstream text;
+    text << in.rdbuf();
+    return counters_in(text.str(), dev);
+}
+
+/// Makes the calling process, after `enter`, read the contents of `file` as
+/// the kernel's boot id (/proc/sys/kernel/random/boot_id, bind-mounted over
+/// in its own mount namespace). ferry and UCX both take the boot id for the
+/// host's identity: processes in one namespace that read another boot id
+/// than those in the other are two hosts to them, so that neither shared
+/// memory nor host_ipc nor the pid watch reaches across, and everything
+/// between the two sides crosses the veth. Call it before any UCX object
+/// exists. Returns an empty string on success, else what failed.
+[[nodiscard]] inline std::string pose_as_other_host(const std::string& file) {
+    static constexpr const char* boot_id = "/proc/sys/kernel/random/boot_id";
+    if (::mount(file.c_str(), boot_id, nullptr, MS_BIND, nullptr) != 0)
+        return "mount --bind " + file + " " + boot_id + ": " + std::strerror(errno);
+    return {};
 }
 
 /// A counter of the "Tcp:" lines of /proc/net/snmp (e.g. "RetransSegs") in
@@ -359,6 +382,14 @@ public:
                                         e.dev,    "ingress", "bpf",      "bytecode", program, "action",
                                         "mirred", "egress",  "redirect", "dev",      sink};
         if (r = run(filter); !r.ok()) throw unavailable("'" + joined(filter) + "' failed: " + r.output);
+    }
+
+    /// One end's device counters, read inside its namespace; nothing if
+    /// they cannot be read.
+    [[nodiscard]] std::optional<link_counters> counters_of(const end& e) const {
+        auto r = run({ip_, "netns", "exec", e.ns, "cat", "/proc/net/dev"});
+        if (!r.ok()) return std::nullopt;
+        return counters_in(r.output, e.dev);
     }
 
     /// `tc -s filter show dev <dev> ingress` for one end: the loss filter's
