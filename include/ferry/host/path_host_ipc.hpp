@@ -265,15 +265,24 @@ private:
     static void prefault(const host_plan& plan, xfer_op op) {
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
         const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        // Pages in ascending runs, merged as they come: lists mostly walk
+        // the peer's memory upwards, and then this stays short and unsorted
+        // work is skipped.
         std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
-        spans.reserve(plan.copies.size());
+        bool ascending = true;
         for (const host_copy& c : plan.copies) {
             // A run's span, gaps and all: prepare checked that it lies in one region.
             const auto at = reinterpret_cast<std::uintptr_t>(op == xfer_op::write ? c.to : c.from);
             const std::size_t span = (c.count - 1) * (op == xfer_op::write ? c.to_stride : c.from_stride) + c.len;
-            spans.emplace_back(at / page * page, (at + span + page - 1) / page * page);
+            const std::uintptr_t lo = at / page * page, hi = (at + span + page - 1) / page * page;
+            if (!spans.empty() && lo >= spans.back().first && lo <= spans.back().second) {
+                spans.back().second = std::max(spans.back().second, hi);
+                continue;
+            }
+            ascending = ascending && (spans.empty() || lo > spans.back().second);
+            spans.emplace_back(lo, hi);
         }
-        std::sort(spans.begin(), spans.end());
+        if (!ascending) std::sort(spans.begin(), spans.end());
         const int advice = op == xfer_op::write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
         for (std::size_t i = 0; i < spans.size();) {
             auto [lo, hi] = spans[i];
