@@ -15,6 +15,7 @@
 
 // The cuda_ipc path: the copy kernel, its launch and completion.
 #include <ferry/cuda/copy_kernel.hpp>
+#include <ferry/cuda/copy_pool.hpp>
 #include <ferry/cuda/device_copy.hpp>
 #include <ferry/cuda/path_cuda_ipc.hpp>
 

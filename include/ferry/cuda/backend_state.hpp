@@ -1,5 +1,6 @@
 #pragma once
 
+#include <ferry/cuda/copy_pool.hpp>
 #include <ferry/cuda/cuda_status.hpp>
 #include <ferry/status.hpp>
 #include <ferry/ucx/config.hpp>
@@ -64,6 +65,7 @@ struct backend_state {
         // give it the device's primary context if it has none yet.
         bind_thread();
         check_cuda(cudaFree(nullptr), "cudaFree(nullptr) (creating the primary context)");
+        copies = std::make_shared<copy_pool>(device);
     }
 
     /// Makes the backend's device current on the calling thread, so that
@@ -72,6 +74,8 @@ struct backend_state {
 
     int device = 0;
     int devices = 0;
+    // What released cuda_ipc copies leave for the next prepare.
+    std::shared_ptr<copy_pool> copies;
     // Peers' allocations that device_signal handed out addresses in, kept
     // mapped until the backend goes: a kernel may hold such an address for
     // as long. Guarded by the peer table's lock.

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <ferry/cuda/copy_kernel.hpp>
+#include <ferry/cuda/copy_pool.hpp>
 #include <ferry/cuda/cuda_status.hpp>
 #include <ferry/device/view.hpp>
 #include <ferry/version.hpp>
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -74,9 +76,12 @@ inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int
 /// user's kernel may move the same pairs itself (view()).
 class device_copy {
 public:
-    // Keeps `pairs` (moved in, not copied) for view().
-    device_copy(int device, std::vector<copy_pair> pairs, std::vector<std::shared_ptr<void>> mappings)
-        : device_(device), pairs_(std::move(pairs)), mappings_(std::move(mappings)) {
+    // Keeps `pairs` (moved in, not copied) for view(). Takes its stream,
+    // event and table memory from `pool` where a released copy left some,
+    // and leaves them there when it goes (null: its own, freed with it).
+    device_copy(int device, std::vector<copy_pair> pairs, std::vector<std::shared_ptr<void>> mappings,
+                std::shared_ptr<copy_pool> pool = nullptr)
+        : device_(device), pool_(std::move(pool)), pairs_(std::move(pairs)), mappings_(std::move(mappings)) {
         device_scope on(device);
         check_cu(driver_.ctx_get_current(&context_), "cuCtxGetCurrent");
         int sms = 1;
@@ -86,18 +91,34 @@ public:
             throw error(status::invalid_argument, "prepare: the transfer needs more than 2^31 - 1 thread blocks");
         blocks_ = static_cast<unsigned>(chunks.size());
         fn_ = copy_kernel(device);
+        // One more chunk than the transfer needs: an empty one, for warm_up.
+        const std::size_t table_bytes = (chunks.size() + 1) * sizeof(copy_chunk);
         try {
-            // One more chunk than the transfer needs: an empty one, for warm_up.
-            const std::size_t table_bytes = (chunks.size() + 1) * sizeof(copy_chunk);
-            void* table = nullptr;
-            check_cuda(cudaMalloc(&table, table_bytes), "cudaMalloc(chunk table)");
-            table_ = reinterpret_cast<CUdeviceptr>(table);
-            check_cuda(cudaMemset(table, 0, table_bytes), "cudaMemset(chunk table)");
-            check_cuda(cudaMemcpy(table, chunks.data(), chunks.size() * sizeof(copy_chunk), cudaMemcpyHostToDevice),
-                       "cudaMemcpy(chunk table)");
-            check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
-            check_cuda(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-            warm_up();
+            if (auto reused = pool_ ? pool_->take(table_bytes) : std::nullopt) {
+                // Warm already: its stream and event served a launch before.
+                stream_ = reused->stream;
+                done_ = reused->done;
+                table_ = reused->table;
+                table_bytes_ = reused->table_bytes;
+                if (table_bytes_ < table_bytes) {
+                    cudaFree(reinterpret_cast<void*>(table_));
+                    table_ = 0;
+                    allocate_table(table_bytes);
+                }
+                // Ordered before every launch on the stream; the source may
+                // go once the call returns (CUDA stages pageable memory).
+                check_cuda(cudaMemcpyAsync(reinterpret_cast<void*>(table_), chunks.data(),
+                                           chunks.size() * sizeof(copy_chunk), cudaMemcpyHostToDevice, stream_),
+                           "cudaMemcpyAsync(chunk table)");
+            } else {
+                allocate_table(table_bytes);
+                check_cuda(cudaMemcpy(reinterpret_cast<void*>(table_), chunks.data(),
+                                      chunks.size() * sizeof(copy_chunk), cudaMemcpyHostToDevice),
+                           "cudaMemcpy(chunk table)");
+                check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+                check_cuda(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+                warm_up();
+            }
         } catch (...) {
             release();
             throw;
@@ -184,16 +205,30 @@ private:
         check_cuda(cudaEventSynchronize(done_), "cudaEventSynchronize(warm-up)");
     }
 
+    // A zeroed table of `bytes` (the empty chunk warm_up launches over is
+    // the last), in table_.
+    void allocate_table(std::size_t bytes) {
+        void* table = nullptr;
+        check_cuda(cudaMalloc(&table, bytes), "cudaMalloc(chunk table)");
+        table_ = reinterpret_cast<CUdeviceptr>(table);
+        table_bytes_ = bytes;
+        check_cuda(cudaMemset(table, 0, bytes), "cudaMemset(chunk table)");
+    }
+
     void release() noexcept {
         int previous = -1;
         cudaGetDevice(&previous);
         if (previous != device_) cudaSetDevice(device_);
-        if (done_) {
-            cudaEventSynchronize(done_);  // the kernel reads the table until it is done
-            cudaEventDestroy(done_);
+        // The kernel reads the table until it is done; so may a user's copy
+        // of the view's table, on the same stream.
+        const bool idle = (!done_ || cudaEventSynchronize(done_) == cudaSuccess) &&
+                          (!stream_ || cudaStreamSynchronize(stream_) == cudaSuccess);
+        if (pool_ && idle && done_ && stream_ && table_) {
+            pool_->give({stream_, done_, table_, table_bytes_});
+        } else {
+            copy_resources own{stream_, done_, table_, table_bytes_};
+            copy_pool::destroy(device_, own);
         }
-        if (stream_) cudaStreamDestroy(stream_);
-        if (table_) cudaFree(reinterpret_cast<void*>(table_));
         // A user's kernel may still be reading it: a released transfer's
         // view is dangling, as a freed buffer is.
         if (view_table_) cudaFree(reinterpret_cast<void*>(view_table_));
@@ -210,9 +245,11 @@ private:
     CUfunction fn_ = nullptr;
     unsigned blocks_ = 0;
     CUdeviceptr table_ = 0;
+    std::size_t table_bytes_ = 0;
     cudaStream_t stream_ = nullptr;
     cudaEvent_t done_ = nullptr;
     void* args_[1] = {nullptr};
+    std::shared_ptr<copy_pool> pool_;
     std::vector<copy_pair> pairs_;  // for view(), which most transfers never call
     std::once_flag view_built_;
     CUdeviceptr view_table_ = 0;

@@ -163,7 +163,8 @@ private:
             if (std::find(mappings.begin(), mappings.end(), mapping) == mappings.end()) mappings.push_back(mapping);
         }
         st.shown_path = gpu_there ? xfer_path::cuda_ipc : xfer_path::host_ipc;
-        auto copy = std::make_unique<cuda::device_copy>(memory_.device, std::move(copies), std::move(mappings));
+        auto copy = std::make_unique<cuda::device_copy>(memory_.device, std::move(copies), std::move(mappings),
+                                                        memory_.copies);
         st.path_data = copy.release();
         st.destroy_path_data = [](void* p) noexcept { delete static_cast<cuda::device_copy*>(p); };
         return true;
