@@ -1137,6 +1137,7 @@ struct agent_slot {
     steady::time_point restart_at{};
     std::string hello;  // the P frame's payload after id and incarnation
     std::map<std::string, std::uint64_t> last_report;
+    bool archived = false;  // last_report is in archived_ already: the summary counts it there
     bool final_received = false;
     std::string final_text;
     bool exited = false;
@@ -1358,6 +1359,7 @@ void coordinator::spawn(int i) {
     s.killed_by_us = false;
     s.restart_pending = false;
     s.last_report.clear();
+    s.archived = false;
     s.final_received = false;
     s.final_text.clear();
     s.exited = false;
@@ -1514,7 +1516,10 @@ void coordinator::reap() {
                               (ucx.empty() ? std::string() : "; UCX reported: " + ucx));
                 }
             }
-            if (!final_phase_ || !clean_exit) archived_.push_back(s.last_report);
+            if (!final_phase_ || !clean_exit) {
+                archived_.push_back(s.last_report);
+                s.archived = true;
+            }
             if (!final_phase_) {
                 s.restart_pending = true;
                 s.restart_at = steady::now() + std::chrono::milliseconds(100 + rng_() % 400);
@@ -1643,7 +1648,8 @@ void coordinator::link_summary(const std::map<std::string, std::uint64_t>& total
 void coordinator::summary() {
     std::map<std::string, std::uint64_t> total;
     std::vector<std::map<std::string, std::uint64_t>> reports = archived_;
-    for (const agent_slot& s : slots_) reports.push_back(s.last_report);
+    for (const agent_slot& s : slots_)
+        if (!s.archived) reports.push_back(s.last_report);
     for (const auto& r : reports)
         for (const auto& [k, v] : r)
             if (k.rfind("usage.", 0) != 0) total[k] += v;
