@@ -46,14 +46,21 @@ inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int
     std::uint64_t chunk = 4096;
     while (chunk < 65536 && chunk * 2 <= want) chunk *= 2;
     auto per_chunk = [chunk](const copy_pair& p) { return p.len >= chunk ? 1 : chunk / p.len; };
+    // A single pair that fits a chunk, the common row of a plain list, is
+    // one row without a division.
     std::size_t rows = 0;
     for (const auto& p : pairs) {
-        if (p.len > chunk) rows += static_cast<std::size_t>(p.count * ((p.len + chunk - 1) / chunk));
+        if (p.count == 1 && p.len <= chunk) ++rows;
+        else if (p.len > chunk) rows += static_cast<std::size_t>(p.count * ((p.len + chunk - 1) / chunk));
         else rows += static_cast<std::size_t>((p.count + per_chunk(p) - 1) / per_chunk(p));
     }
     std::vector<copy_chunk> out;
     out.reserve(rows);
     for (const auto& p : pairs) {
+        if (p.count == 1 && p.len <= chunk) {
+            out.push_back({p.src, p.dst, p.len, 0, 0, 1});
+            continue;
+        }
         if (p.len > chunk) {
             for (std::uint64_t k = 0; k < p.count; ++k) {
                 const std::uint64_t src = p.src + k * p.src_stride, dst = p.dst + k * p.dst_stride;
