@@ -43,9 +43,13 @@ execute_process(
   COMMAND_ECHO STDOUT
   COMMAND_ERROR_IS_FATAL ANY)
 # consume.* build the demo as a user would, without ferry's flags: nothing
-# there is instrumented, and the plain build runs them already.
+# there is instrumented, and the plain build runs them already. Nor
+# soak.netns: over its flapping link UCX 1.13 itself crashes agents (a
+# SIGSEGV in its tcp progress among them), which the plain build's soak tells
+# from ferry's by UCX's own report, but which ASan reports as its own error,
+# so that here it cannot be told apart; soak.shm and soak.tcp run here.
 execute_process(
   COMMAND ${CMAKE_CTEST_COMMAND} --test-dir ${BINARY_DIR} --output-on-failure -j ${JOBS}
-    --exclude-regex "^consume\\."
+    --exclude-regex "^(consume\\.|soak\\.netns$)"
   COMMAND_ECHO STDOUT
   COMMAND_ERROR_IS_FATAL ANY)
