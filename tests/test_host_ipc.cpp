@@ -1554,6 +1554,8 @@ constexpr std::size_t fillers = 256;  // notifications that fill a FIFO of 64 th
 ferry::ucx_config dereg_config(const side& s, std::string name) {
     auto cfg = s.config(std::move(name));
     if (s.tls == "shm") cfg.ucx_options.emplace_back("MM_FIFO_SIZE", small_fifo);
+    // The notification must queue in UCX's FIFO, not go through the mailbox.
+    cfg.notif_mailbox = false;
     return cfg;
 }
 

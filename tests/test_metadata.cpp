@@ -778,6 +778,39 @@ TEST_CASE("decode_metadata refuses a hostile process start time extension") {
                             Contains("metadata: extension tag at offset " + std::to_string(ext_at + 14) +
                                      ": the process start time appears twice"));
     }
+    SECTION("the notification mailbox: round trip, and every bad form") {
+        metadata_view md = sample_view();
+        md.mailbox_fd = 17;
+        md.mailbox_inode = 0xABCDEF;
+        md.mailbox_size = 1 << 20;
+        const metadata_view back = decode_metadata(encode_metadata(md));
+        CHECK(back.mailbox_fd == 17);
+        CHECK(back.mailbox_inode == 0xABCDEF);
+        CHECK(back.mailbox_size == (1 << 20));
+        CHECK(decode_metadata(without).mailbox_size == 0);
+
+        std::array<std::byte, 20> box{};
+        const auto put_size = [&](std::uint64_t v) {
+            const auto b = u64_bytes(v);
+            std::copy(b.begin(), b.end(), box.begin() + 12);
+        };
+        put_size(4096);
+        blob_t twice = without;
+        append_extension(twice, 2, 20, box);
+        append_extension(twice, 2, 20, box);
+        REQUIRE_FERRY_ERROR(decode_metadata(twice), ferry::status::invalid_argument,
+                            Contains("metadata: extension tag at offset " + std::to_string(ext_at + 26) +
+                                     ": the notification mailbox appears twice"));
+        blob_t short_one = without;
+        append_extension(short_one, 2, 12, std::span(box).first(12));
+        REQUIRE_FERRY_ERROR(decode_metadata(short_one), ferry::status::invalid_argument,
+                            Contains(": the notification mailbox has 20 bytes, not 12"));
+        put_size(0);
+        blob_t empty = without;
+        append_extension(empty, 2, 20, box);
+        REQUIRE_FERRY_ERROR(decode_metadata(empty), ferry::status::invalid_argument,
+                            Contains("metadata: mailbox size at offset ") && Contains(": 0 is outside 1..68719476736"));
+    }
     SECTION("a real blob's start time, corrupted, is refused by the checksum") {
         real_agent agent;
         REQUIRE(decode_metadata(agent.blob).start_time != 0);

@@ -35,6 +35,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -407,7 +408,157 @@ void run(const std::string& tls, ferry::error_mode mode, void (*survivor)(side&,
         tls, [&](side& s) { survivor(s, mode); }, [&](side& s) { supervisor(s, mode); }, std::chrono::seconds(60));
 }
 
+// ---- a sender killed inside a UCX shared-memory send ----------------------------
+//
+// UCX's shared-memory transports (posix, sysv) give a receiver one queue for
+// all its senders, and a sender takes an element before it fills and
+// publishes it: one SIGKILLed in between leaves an element that never
+// becomes readable, and the receiver reads nothing after it, from anyone,
+// for good, though each later send completed at its sender. Notifications
+// between peers on one host therefore go through ferry's mailbox, a ring
+// per sender. The receiver (progress thread, so the mailbox's wake-up is
+// what brings the probes in) forwards every probe over its channel; the
+// supervisor forks jammers that notify it as UCX active messages as fast as
+// they can and kills each after 20 to 50 ms, and after each kill two probes
+// notify it once: "boxed" through the mailbox, which must always arrive, and
+// "plain" as a UCX active message, whose loss shows the queue jammed.
+
+ferry::ucx_config probe_config(const std::string& name, bool mailbox) {
+    auto cfg = config_for("shm", name, ferry::error_mode::peer);
+    cfg.notif_mailbox = mailbox;
+    return cfg;
+}
+
+void forwarding_receiver(side& s) {
+    {
+        threaded_backend b(probe_config("receiver", true));
+        s.ch.send(b.local_metadata());
+        for (;;) {
+            if (s.ch.readable()) break;
+            b.wait_notifs(5ms);
+            b.poll_notifs([&](std::string_view from, std::string_view msg) {
+                if (from != "jammer") s.ch.send(std::string(from) + " " + std::string(msg));
+            });
+        }
+        expect(b.dropped_notifs() == 0, "the receiver dropped " + std::to_string(b.dropped_notifs()) + " notifications");
+    }
+    s.ch.expect_message("bye");
+}
+
+// A process that loads the receiver and notifies it each number it is sent.
+std::unique_ptr<grandchild> start_prober(const std::vector<std::byte>& blob, const std::string& name, bool mailbox) {
+    auto g = std::make_unique<grandchild>(name, [blob, name, mailbox](channel& ch) {
+        inline_backend b(probe_config(name, mailbox));
+        const ferry::peer p = b.load_remote(blob);
+        ch.send(b.uses_mailbox(p) ? "mailbox" : "ucx");
+        for (;;) {
+            if (!ch.readable()) {
+                b.progress();
+                continue;
+            }
+            const std::string k = ch.recv();
+            if (k == "bye") return;
+            expect_status(b.send_notif(p, k), status::ok, "probe " + k);
+        }
+    });
+    g->ch().expect_message(mailbox ? "mailbox" : "ucx");
+    return g;
+}
+
+void jamming_supervisor(side& s) {
+    const auto blob = s.ch.recv_bytes();
+    auto boxed = start_prober(blob, "boxed", true);
+    auto plain = start_prober(blob, "plain", false);
+    std::mt19937 rng(15);
+    bool jammed = false;
+    int kills = 0, after_jam = 0;
+    for (; kills < 150 && after_jam < 10; ++kills) {
+        {
+            grandchild jammer("jammer", [blob](channel& ch) {
+                inline_backend b(probe_config("jammer", false));
+                const ferry::peer p = b.load_remote(blob);
+                ch.send("ready");
+                const std::string m(40, 'j');
+                for (;;) {
+                    static_cast<void>(b.send_notif(p, m));
+                    b.progress();
+                }
+            });
+            jammer.ch().expect_message("ready");
+            std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 31));
+            jammer.kill_now();
+        }
+        const std::string k = std::to_string(kills);
+        boxed->ch().send(k);
+        if (!jammed) plain->ch().send(k);
+        bool got_boxed = false, got_plain = jammed;
+        for (const auto until = steady::now() + 2s; !(got_boxed && got_plain) && steady::now() < until;) {
+            if (!s.ch.readable(10)) continue;
+            const std::string m = s.ch.recv();
+            if (m == "boxed " + k) got_boxed = true;
+            else if (m == "plain " + k) got_plain = true;
+        }
+        expect(got_boxed, "probe " + k + " through the mailbox did not arrive within 2 s of killing jammer " + k +
+                              (jammed ? " (UCX's queue jammed before)" : ""));
+        if (!got_plain) {
+            jammed = true;
+            std::printf("FERRY-NOTE UCX's shared-memory queue jammed at kill %d: an active message sent after it "
+                        "never arrived\n",
+                        kills);
+        }
+        if (jammed) ++after_jam;
+    }
+    if (jammed)
+        std::printf("FERRY-NOTE %d mailbox probes arrived after the jam (%d kills in all)\n", after_jam, kills);
+    else
+        std::printf("FERRY-NOTE no jam in %d kills: every probe arrived both ways\n", kills);
+    std::fflush(stdout);
+    boxed->ch().send("bye");
+    plain->ch().send("bye");
+    boxed->join();
+    plain->join();
+    s.ch.send("bye");
+}
+
+// Senders that die leave their slots claimed: the receiver must free them,
+// or a long-lived receiver runs out after 64 deaths and the rest notify it
+// over UCX again. 80 senders, one after another, each SIGKILLed after it
+// notified once: every one must have had a slot, and every notification
+// must arrive.
+void dying_senders_supervisor(side& s) {
+    const auto blob = s.ch.recv_bytes();
+    constexpr int senders = 80;
+    for (int i = 0; i < senders; ++i) {
+        const std::string k = std::to_string(i);
+        grandchild sender("sender", [blob, k](channel& ch) {
+            inline_backend b(probe_config("sender", true));
+            const ferry::peer p = b.load_remote(blob);
+            ch.send(b.uses_mailbox(p) ? "mailbox" : "ucx");
+            expect_status(b.send_notif(p, k), status::ok, "notification " + k);
+            ch.send("sent");
+            for (;;) b.progress();
+        });
+        const std::string how = sender.ch().recv();
+        expect(how == "mailbox", "sender " + k + " notifies over " + how + ", not through a mailbox slot");
+        sender.ch().expect_message("sent");
+        sender.kill_now();
+        bool got = false;
+        for (const auto until = steady::now() + 2s; !got && steady::now() < until;)
+            if (s.ch.readable(10)) got = s.ch.recv() == "sender " + k;
+        expect(got, "notification " + k + " did not arrive");
+    }
+    s.ch.send("bye");
+}
+
 }  // namespace
+
+TEST_CASE("a sender killed inside a UCX shared-memory send loses no notification sent through the mailbox") {
+    ferry_test::run_two_process("shm", &jamming_supervisor, &forwarding_receiver, std::chrono::seconds(90));
+}
+
+TEST_CASE("a receiver frees the mailbox slots of senders that died") {
+    ferry_test::run_two_process("shm", &dying_senders_supervisor, &forwarding_receiver, std::chrono::seconds(90));
+}
 
 TEST_CASE("a peer killed on this host fails its transfer in flight at once and makes one event (inline progress)") {
     const std::string tls = GENERATE(as<std::string>{}, "shm", "tcp");

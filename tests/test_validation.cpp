@@ -14,6 +14,10 @@
 #include "support/paths.hpp"
 #include "support/pattern.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -726,4 +730,115 @@ TEST_CASE("a backend keeps working after refusing bad calls") {
     CHECK(wait_for(lb.b, x) == status::ok);
     CHECK(ferry_test::check_pattern(lb.dst_mem.data(), 4096, 9, 0).empty());
     CHECK(lb.b.release(x) == status::ok);
+}
+
+// The mailbox is shared memory that any process on this host allowed to
+// open it may write: the receiver must read whatever is there without
+// reading outside the ring, and the sender's slot must go on working.
+TEST_CASE("a notification mailbox survives what a broken or hostile sender writes into it") {
+    using namespace ferry::detail::host;
+    mailbox box(true, 1024);
+    REQUIRE(box.ok());
+    mailbox_writer writer(static_cast<std::uint32_t>(::getpid()), box.address(), "writer");
+    REQUIRE(writer.usable());
+    const mailbox_address at = box.address();
+    const int fd = ::open(("/proc/self/fd/" + std::to_string(at.fd)).c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    void* mapped = ::mmap(nullptr, at.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mapped != MAP_FAILED);
+    auto* base = static_cast<std::byte*>(mapped);
+    auto* header = reinterpret_cast<mailbox_header*>(base);
+    auto* slot = reinterpret_cast<mailbox_slot*>(base + sizeof(mailbox_header));
+    REQUIRE(slot->pid.load() == static_cast<std::uint32_t>(::getpid()));
+    std::byte* ring = base + sizeof(mailbox_header) + sizeof(mailbox_slot);
+    const std::uint64_t ring_bytes = header->ring_bytes;
+
+    using message = std::pair<std::string, std::string>;
+    std::vector<message> got;
+    const auto poll = [&] {
+        box.poll([&](std::string_view from, std::string_view msg) { got.emplace_back(from, msg); });
+    };
+    REQUIRE(writer.send("first"));
+    poll();
+    REQUIRE(got == std::vector<message>{{"writer", "first"}});
+    const std::uint64_t tail = slot->tail.load();
+    const auto put_length = [&](std::uint32_t len) {
+        std::memcpy(ring + (tail & (ring_bytes - 1)), &len, 4);
+    };
+
+    SECTION("a head further ahead than the ring holds") {
+        slot->head.store(tail + ring_bytes + 1);
+    }
+    SECTION("a head that has only part of a length") {
+        slot->head.store(tail + 2);
+    }
+    SECTION("a length longer than what was published") {
+        put_length(100);
+        slot->head.store(tail + 4 + 10);
+    }
+    SECTION("a length of 2^32 - 1") {
+        put_length(0xFFFFFFFFU);
+        slot->head.store(tail + 8);
+    }
+    SECTION("a head behind the tail") {
+        slot->head.store(tail - 1);
+    }
+    header->doorbell.fetch_add(1);
+    poll();
+    CHECK(got.size() == 1);
+    CHECK(box.dropped() == 1);
+    // The receiver discarded what it could not read; the slot goes on.
+    REQUIRE(writer.send("after"));
+    poll();
+    CHECK(got == std::vector<message>{{"writer", "first"}, {"writer", "after"}});
+    CHECK(box.dropped() == 1);
+    ::munmap(mapped, at.size);
+}
+
+TEST_CASE("a sender refuses a mailbox whose header does not add up") {
+    using namespace ferry::detail::host;
+    mailbox box(true, 1024);
+    REQUIRE(box.ok());
+    const mailbox_address at = box.address();
+    const int fd = ::open(("/proc/self/fd/" + std::to_string(at.fd)).c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    void* mapped = ::mmap(nullptr, at.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mapped != MAP_FAILED);
+    auto* header = static_cast<mailbox_header*>(mapped);
+    const auto me = static_cast<std::uint32_t>(::getpid());
+    SECTION("a ring that is not a power of two") {
+        header->ring_bytes += 8;
+        mailbox_writer w(me, at, "w");
+        CHECK_FALSE(w.usable());
+        CHECK(w.why_not() == "the peer's mailbox header does not add up");
+    }
+    SECTION("more slots than the file holds") {
+        header->slots = 4000;
+        mailbox_writer w(me, at, "w");
+        CHECK_FALSE(w.usable());
+        CHECK(w.why_not() == "the peer's mailbox header does not add up");
+    }
+    SECTION("another format") {
+        header->version = 99;
+        mailbox_writer w(me, at, "w");
+        CHECK_FALSE(w.usable());
+        CHECK(w.why_not() == "the peer's mailbox has another format");
+    }
+    SECTION("another file than the one published") {
+        mailbox_address wrong = at;
+        ++wrong.inode;
+        mailbox_writer w(me, wrong, "w");
+        CHECK_FALSE(w.usable());
+        CHECK_THAT(w.why_not(), Contains("is not the mailbox the peer published"));
+    }
+    SECTION("another size than the one published") {
+        mailbox_address wrong = at;
+        wrong.size -= 4096;
+        mailbox_writer w(me, wrong, "w");
+        CHECK_FALSE(w.usable());
+        CHECK_THAT(w.why_not(), Contains("does not have the size the peer published"));
+    }
+    ::munmap(mapped, at.size);
 }

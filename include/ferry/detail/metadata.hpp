@@ -40,6 +40,9 @@ namespace detail {
 //             ticks after boot (/proc/PID/stat field 22), never 0. With the
 //             host id (a boot id) and the process id it names the sender's
 //             process for good, where a pid alone may be recycled.
+//          tag 2, notification mailbox: u32 descriptor in the sender, u64
+//             inode, u64 size of the shared-memory file that peers on this
+//             host write notifications into (host/notif_mailbox.hpp).
 //      A field is added as an extension, inside the checksum, rather than in
 //      the fixed layout: a blob without it is byte for byte what an older
 //      ferry wrote, and an older reader refuses a blob with it by name.
@@ -54,6 +57,9 @@ inline constexpr std::size_t max_ipc_handle = 256;
 inline constexpr std::size_t host_share_handle_size = 4 + 8;
 inline constexpr std::size_t min_region_record = 8 + 8 + 4 + 4 + 1 + 1 + 2;
 inline constexpr std::uint16_t metadata_ext_start_time = 1;
+inline constexpr std::uint16_t metadata_ext_mailbox = 2;
+inline constexpr std::size_t metadata_mailbox_size = 4 + 8 + 8;
+inline constexpr std::uint64_t max_mailbox_file = std::uint64_t{1} << 36;
 
 /// What kind of memory a region is. Values are the wire encoding.
 enum class memory_kind_code : std::uint8_t { host = 0, cuda = 1 };
@@ -81,6 +87,10 @@ struct metadata_view {
     std::uint64_t pid_namespace = 0;
     std::uint64_t start_time = 0;  // 0: unknown, and left out of the blob
     std::vector<region_record> regions;
+    // The notification mailbox; size 0: none, and left out of the blob.
+    std::uint32_t mailbox_fd = 0;
+    std::uint64_t mailbox_inode = 0;
+    std::uint64_t mailbox_size = 0;
 };
 
 inline std::vector<std::byte> encode_metadata(const metadata_view& md) {
@@ -119,6 +129,13 @@ inline std::vector<std::byte> encode_metadata(const metadata_view& md) {
         w.put<std::uint16_t>(metadata_ext_start_time);
         w.put<std::uint32_t>(8);
         w.put<std::uint64_t>(md.start_time);
+    }
+    if (md.mailbox_size != 0) {
+        w.put<std::uint16_t>(metadata_ext_mailbox);
+        w.put<std::uint32_t>(static_cast<std::uint32_t>(metadata_mailbox_size));
+        w.put<std::uint32_t>(md.mailbox_fd);
+        w.put<std::uint64_t>(md.mailbox_inode);
+        w.put<std::uint64_t>(md.mailbox_size);
     }
     w.patch<std::uint32_t>(8, static_cast<std::uint32_t>(out.size()));
     w.patch<std::uint32_t>(12, crc32(std::span(out).subspan(16)));
@@ -203,17 +220,33 @@ inline metadata_view decode_metadata(std::span<const std::byte> blob) {
         }
         md.regions.push_back(rec);
     }
-    bool has_start_time = false;
+    bool has_start_time = false, has_mailbox = false;
     while (r.remaining() > 0) {
         const auto tag = r.get<std::uint16_t>("extension tag");
-        if (tag != metadata_ext_start_time)
+        if (tag != metadata_ext_start_time && tag != metadata_ext_mailbox)
             r.fail("extension tag", "unknown extension " + std::to_string(tag) + " (from a later ferry?)");
-        if (has_start_time) r.fail("extension tag", "the process start time appears twice");
+        bool& seen = tag == metadata_ext_start_time ? has_start_time : has_mailbox;
+        if (seen)
+            r.fail("extension tag", std::string(tag == metadata_ext_start_time ? "the process start time"
+                                                                               : "the notification mailbox") +
+                                        " appears twice");
+        seen = true;
         const auto len = r.get<std::uint32_t>("extension length");
         if (len > r.remaining())
             r.fail("extension length", "extension " + std::to_string(tag) + " says " + std::to_string(len) +
                                            " bytes but only " + std::to_string(r.remaining()) + " remain");
-        has_start_time = true;
+        if (tag == metadata_ext_mailbox) {
+            if (len != metadata_mailbox_size)
+                r.fail("extension length", "the notification mailbox has " + std::to_string(metadata_mailbox_size) +
+                                               " bytes, not " + std::to_string(len));
+            md.mailbox_fd = r.get<std::uint32_t>("mailbox descriptor");
+            md.mailbox_inode = r.get<std::uint64_t>("mailbox inode");
+            md.mailbox_size = r.get<std::uint64_t>("mailbox size");
+            if (md.mailbox_size == 0 || md.mailbox_size > max_mailbox_file)
+                r.fail("mailbox size", std::to_string(md.mailbox_size) + " is outside 1.." +
+                                           std::to_string(max_mailbox_file));
+            continue;
+        }
         if (len != 8) r.fail("extension length", "the process start time has 8 bytes, not " + std::to_string(len));
         md.start_time = r.get<std::uint64_t>("process start time");
         // 0 is how the encoder says "unknown", by leaving the extension out,

@@ -19,11 +19,12 @@ namespace detail {
 
 /// An epoll set over a worker's event fd, an eventfd that application
 /// threads write to, and optionally a watch fd (the pid watch's epoll set,
-/// readable when a peer's process exits), so that a sleeping progress thread
-/// wakes for the network, new work, or a peer's death.
+/// readable when a peer's process exits) and another fd (the notification
+/// mailbox's socket), so that a sleeping progress thread wakes for the
+/// network, new work, a peer's death, or a notification in the mailbox.
 class wakeup {
 public:
-    explicit wakeup(int worker_fd, int watch_fd = -1) : watch_fd_(watch_fd) {
+    explicit wakeup(int worker_fd, int watch_fd = -1, int extra_fd = -1) : watch_fd_(watch_fd) {
         event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (event_fd_ < 0) fail("eventfd");
         epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -31,7 +32,7 @@ public:
             close(event_fd_);
             fail("epoll_create1");
         }
-        for (int fd : {worker_fd, event_fd_, watch_fd}) {
+        for (int fd : {worker_fd, event_fd_, watch_fd, extra_fd}) {
             if (fd < 0) continue;
             epoll_event ev{};
             ev.events = EPOLLIN;
@@ -59,9 +60,9 @@ public:
             auto left = std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
             timeout_ms = static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 60'000));
         }
-        epoll_event events[3];
+        epoll_event events[4];
         int ready;
-        while ((ready = epoll_wait(epoll_fd_, events, 3, timeout_ms)) < 0 && errno == EINTR) {
+        while ((ready = epoll_wait(epoll_fd_, events, 4, timeout_ms)) < 0 && errno == EINTR) {
         }
         watch_ready_ = false;
         for (int i = 0; i < ready; ++i)

@@ -5,6 +5,7 @@
 #include <ferry/detail/slot_table.hpp>
 #include <ferry/detail/telemetry_store.hpp>
 #include <ferry/device/view.hpp>
+#include <ferry/host/notif_mailbox.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/notif_map.hpp>
 #include <ferry/peer_event.hpp>
@@ -107,6 +108,7 @@ public:
           registration_(context_, memory_),
           paths_(memory_),
           inbox_(config_.max_notif_size, threaded ? &signal_ : nullptr),
+          mailbox_(config_.notif_mailbox, config_.max_notif_size),
           peer_events_(threaded ? &signal_ : nullptr),
           peers_(&peer_events_),
           telemetry_(config_.name) {
@@ -153,7 +155,7 @@ public:
 
     /// This agent's name, worker address and every region registered now.
     [[nodiscard]] std::vector<std::byte> local_metadata() const {
-        return detail::publish_metadata(config_.name, worker_address_, registration_.regions());
+        return detail::publish_metadata(config_.name, worker_address_, registration_.regions(), mailbox_.address());
     }
 
     /// Validates a peer's blob completely, connects to it and unpacks its
@@ -165,7 +167,10 @@ public:
     peer load_remote(std::span<const std::byte> blob) {
         auto md = detail::decode_metadata(blob);
         const peer p = on_worker(
-            "load_remote", [&] { return peers_.load(worker_->get(), md, config_.error_handling, worker_->owner()); });
+            "load_remote", [&] {
+                return peers_.load(worker_->get(), md, config_.error_handling, worker_->owner(),
+                                   config_.notif_mailbox ? std::string_view(config_.name) : std::string_view());
+            });
         if constexpr (traced) telemetry_.on_load(p, md.name);
         return p;
     }
@@ -178,6 +183,14 @@ public:
 
     /// The peer loaded under `name`, if any. For set-up, not the hot path.
     [[nodiscard]] std::optional<peer> find_peer(std::string_view name) const { return peers_.find(name); }
+
+    /// Whether notifications to a loaded peer go through its shared-memory
+    /// mailbox (a peer on this host, both sides with ucx_config::notif_mailbox)
+    /// rather than as UCX active messages.
+    [[nodiscard]] bool uses_mailbox(peer p) const noexcept {
+        const auto* to = peers_.get(p.ref);
+        return to && to->mailbox() != nullptr;
+    }
 
     /// The agent name a loaded peer's metadata carries.
     [[nodiscard]] std::string peer_name(peer p) const { return peers_.name_of(p); }
@@ -320,7 +333,7 @@ public:
     [[nodiscard]] telemetry_snapshot snapshot() const
         requires traced
     {
-        return telemetry_.snapshot(inbox_.dropped());
+        return telemetry_.snapshot(dropped_notifs());
     }
 
     /// The transfer's last post: its times, size, path, peer and status;
@@ -356,7 +369,7 @@ public:
     bool wait_notifs(std::chrono::nanoseconds timeout);
 
     /// Notifications that arrived malformed or oversized and were dropped.
-    [[nodiscard]] std::uint64_t dropped_notifs() const noexcept { return inbox_.dropped(); }
+    [[nodiscard]] std::uint64_t dropped_notifs() const noexcept { return inbox_.dropped() + mailbox_.dropped(); }
 
     // ---- peer events -------------------------------------------------------
 
@@ -415,6 +428,12 @@ private:
     void bind_thread() const noexcept { memory_.bind_thread(); }
     int watch_fd() const noexcept { return peers_.watch_fd(); }
     void on_watch_ready() noexcept { peers_.watch().poll_now(); }
+    int mailbox_fd() const noexcept { return mailbox_.wake_fd(); }
+    bool prepare_sleep() noexcept { return mailbox_.prepare_sleep(); }
+    void after_sleep() noexcept { mailbox_.after_sleep(); }
+    bool poll_mailbox() {
+        return mailbox_.poll([this](std::string_view from, std::string_view msg) { inbox_.push(from, msg); });
+    }
 
     // prepare's second half, for flat and strided lists alike: a transfer
     // state for peer p, which resolve(state, regions) sets up on the worker.
@@ -451,6 +470,7 @@ private:
     paths_type paths_;  // the paths' own transfers in flight
     detail::notif_send_pool<mutex_type> send_pool_;
     detail::notif_inbox<mutex_type> inbox_;
+    detail::host::mailbox mailbox_;  // read by the worker's owner only
     detail::peer_event_queue peer_events_;  // before the peers, which push to it
     // Created and destroyed by its owner: the constructing thread under
     // inline progress, the progress thread under the thread policy.

@@ -146,6 +146,10 @@ inline status ucx_backend<Policy>::send_now(send_buffer& buf, std::string_view m
         send_pool_.release(&buf);
         return to ? status::peer_failed : status::no_such_peer;
     }
+    if (auto* box = to->mailbox(); box && box->send(msg)) {
+        send_pool_.release(&buf);
+        return status::ok;
+    }
     auto r = detail::send_notif_am(to->ep(), config_.name, msg, buf.storage,
                                    &detail::notif_send_pool<mutex_type>::on_sent, &buf);
     if (r == nullptr || UCS_PTR_IS_ERR(r)) {

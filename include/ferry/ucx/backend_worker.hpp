@@ -18,6 +18,7 @@ inline unsigned ucx_backend<Policy>::progress() noexcept {
         unsigned n = 0;
         n += paths_.progress(worker_->owner());
         while (unsigned k = worker_->progress()) n += k;
+        if (poll_mailbox()) ++n;
         if (!peers_.watch().empty()) peers_.watch().poll_if_due(std::chrono::steady_clock::now());
         peers_.reap(worker_->owner());
         return n;
@@ -35,6 +36,7 @@ template <class Policy>
 inline std::pair<bool, std::chrono::steady_clock::time_point> ucx_backend<Policy>::serve() noexcept {
     bool worked = false;
     while (worker_->progress()) worked = true;
+    if (poll_mailbox()) worked = true;
     if constexpr (paths_type::any_polled) {
         // GPU work completes without telling the worker: poll it rather
         // than sleep while any is in flight.

@@ -58,6 +58,15 @@ struct ucx_config {
     /// Largest notification accepted, sent or received.
     std::size_t max_notif_size = 64 * 1024;
 
+    /// Notifications between peers on one host go through a mailbox of
+    /// shared memory that the receiver publishes in its metadata, one ring
+    /// per sender, rather than as UCX active messages over shared memory,
+    /// where one sender killed in the middle of a message stops the
+    /// receiver from reading anything any peer sends it after (README,
+    /// "Failure semantics"). Off: this backend publishes no mailbox and
+    /// sends as UCX active messages to every peer.
+    bool notif_mailbox = true;
+
     /// How long destruction waits for transfers in flight and endpoints being
     /// closed before it cancels what is left.
     std::chrono::milliseconds close_timeout{2000};

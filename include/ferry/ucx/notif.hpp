@@ -102,25 +102,38 @@ private:
             ++self.dropped_;
             return UCS_OK;
         }
-        try {
-            std::lock_guard lock(self.mutex_);
-            auto name_len = static_cast<std::uint32_t>(n->sender.size());
-            auto msg_len = static_cast<std::uint32_t>(n->message.size());
-            auto pos = self.buffer_.size();
-            self.buffer_.resize(pos + 8 + name_len + msg_len);
-            char* p = self.buffer_.data() + pos;
-            std::memcpy(p, &name_len, 4);
-            std::memcpy(p + 4, &msg_len, 4);
-            std::memcpy(p + 8, n->sender.data(), name_len);
-            if (msg_len) std::memcpy(p + 8 + name_len, n->message.data(), msg_len);
-            self.has_mail_.store(true, std::memory_order_seq_cst);
-        } catch (const std::bad_alloc&) {
-            ++self.dropped_;
-            return UCS_OK;
-        }
-        if (self.signal_) self.signal_->notify();
+        self.push(n->sender, n->message);
         return UCS_OK;
     }
+
+public:
+    /// Queues a notification that arrived another way than as an active
+    /// message (the shared-memory mailbox); drops one over the size limit.
+    void push(std::string_view sender, std::string_view message) noexcept {
+        if (message.size() > max_message_ || sender.size() > max_agent_name) {
+            ++dropped_;
+            return;
+        }
+        try {
+            std::lock_guard lock(mutex_);
+            auto name_len = static_cast<std::uint32_t>(sender.size());
+            auto msg_len = static_cast<std::uint32_t>(message.size());
+            auto pos = buffer_.size();
+            buffer_.resize(pos + 8 + name_len + msg_len);
+            char* p = buffer_.data() + pos;
+            std::memcpy(p, &name_len, 4);
+            std::memcpy(p + 4, &msg_len, 4);
+            std::memcpy(p + 8, sender.data(), name_len);
+            if (msg_len) std::memcpy(p + 8 + name_len, message.data(), msg_len);
+            has_mail_.store(true, std::memory_order_seq_cst);
+        } catch (const std::bad_alloc&) {
+            ++dropped_;
+            return;
+        }
+        if (signal_) signal_->notify();
+    }
+
+private:
 
     // Returning UCS_OK lets UCX free whatever came with it.
     static ucs_status_t on_connect(void*, const void*, std::size_t, void*, std::size_t,

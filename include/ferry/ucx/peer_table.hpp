@@ -39,7 +39,7 @@ namespace detail {
 /// The metadata blob this agent publishes: its name, its worker's address
 /// and every region registered now.
 inline std::vector<std::byte> publish_metadata(const std::string& name, std::span<const std::byte> worker_address,
-                                               const registry& regions) {
+                                               const registry& regions, host::mailbox_address mailbox = {}) {
     auto snapshot = regions.regions();
     metadata_view md;
     md.ucx_version = ucx_library_version();
@@ -49,6 +49,9 @@ inline std::vector<std::byte> publish_metadata(const std::string& name, std::spa
     md.pid = process_id();
     md.pid_namespace = pid_namespace();
     md.start_time = process_start_time();
+    md.mailbox_fd = mailbox.fd;
+    md.mailbox_inode = mailbox.inode;
+    md.mailbox_size = mailbox.size;
     for (const auto& r : snapshot) {
         region_record rec;
         rec.addr = r->begin();
@@ -80,7 +83,9 @@ public:
 
     /// load_remote's work: connects to the peer `md` describes and files it
     /// under its name, retiring a peer loaded under that name before.
-    peer load(ucp_worker_h worker, const metadata_view& md, error_mode mode, const thread_owner& owner) {
+    /// `mailbox_sender`: as remote_peer takes it.
+    peer load(ucp_worker_h worker, const metadata_view& md, error_mode mode, const thread_owner& owner,
+              std::string_view mailbox_sender = {}) {
         {
             // A later blob of a peer loaded already (it registered more
             // memory, say): the same peer, handle and endpoint, its regions
@@ -96,7 +101,7 @@ public:
         }
         std::shared_ptr<remote_peer> p;
         try {
-            p = std::make_shared<remote_peer>(worker, md, mode, &failures_, events_);
+            p = std::make_shared<remote_peer>(worker, md, mode, &failures_, events_, mailbox_sender);
         } catch (const error& e) {
             std::string what = "load_remote: cannot connect to '" + std::string(md.name) + "': " + e.what();
             if (e.ucx_status() == UCS_ERR_UNREACHABLE && mode == error_mode::peer)

@@ -29,8 +29,10 @@ namespace detail {
 /// this is) provides open_worker(), worker(), serve() — one round of the
 /// worker's work besides commands, returning whether it did any and the
 /// earliest deadline ahead — shut_down(), close_worker(), bind_thread(),
-/// watch_fd() (an fd readable when a watched peer process exits, or -1) and
-/// on_watch_ready() (takes what that fd reported).
+/// watch_fd() (an fd readable when a watched peer process exits, or -1),
+/// on_watch_ready() (takes what that fd reported), mailbox_fd() (readable
+/// when a peer rang the notification mailbox, or -1), and prepare_sleep()
+/// and after_sleep() around each sleep (false: something arrived, poll again).
 template <class Backend>
 class thread_progress {
     using clock = std::chrono::steady_clock;
@@ -107,7 +109,9 @@ private:
             b.open_worker();
             // The pid watch's fd beside the worker's: a peer's death must wake
             // a sleeping thread at once, not at the end of its nap.
-            wakeup_.emplace(b.worker().event_fd(), b.watch_fd());
+            // And the mailbox's socket: a peer on this host that notifies
+            // through it rings there for a sleeping thread.
+            wakeup_.emplace(b.worker().event_fd(), b.watch_fd(), b.mailbox_fd());
         } catch (...) {
             b.close_worker();
             ready.set_exception(std::current_exception());
@@ -153,7 +157,12 @@ private:
                 sleeping_.store(false, std::memory_order_relaxed);
                 continue;
             }
+            if (!b.prepare_sleep()) {
+                sleeping_.store(false, std::memory_order_relaxed);
+                continue;
+            }
             const bool woken = wakeup_->sleep(std::min(next_deadline, clock::now() + nap));
+            b.after_sleep();
             sleeping_.store(false, std::memory_order_relaxed);
             if (woken && wakeup_->watch_ready()) b.on_watch_ready();
             // A turn that merely timed out goes back to sleep without

@@ -3,6 +3,7 @@
 #include <ferry/desc.hpp>
 #include <ferry/detail/metadata.hpp>
 #include <ferry/handles.hpp>
+#include <ferry/host/notif_mailbox.hpp>
 #include <ferry/host/peer_process.hpp>
 #include <ferry/peer_event.hpp>
 #include <ferry/status.hpp>
@@ -71,8 +72,11 @@ public:
     /// `failures`, if given, is bumped when the peer fails (UCX reports the
     /// endpoint failed, or its process is found gone), and `events`, if
     /// given, gets the failure as a peer_event.
+    /// `mailbox_sender`, if not empty, is this agent's name, and asks for
+    /// the peer's notification mailbox where the peer has one on this host.
     remote_peer(ucp_worker_h worker, const metadata_view& md, error_mode mode,
-                std::atomic<std::uint64_t>* failures = nullptr, peer_event_queue* events = nullptr)
+                std::atomic<std::uint64_t>* failures = nullptr, peer_event_queue* events = nullptr,
+                std::string_view mailbox_sender = {})
         : name_(md.name),
           host_id_(md.host_id),
           mode_(mode),
@@ -87,6 +91,11 @@ public:
         regions_.reserve(md.regions.size());
         for (const auto& r : md.regions) regions_.push_back(region_of(r));
         sort_regions();
+        if (!mailbox_sender.empty() && md.mailbox_size != 0 && process_.watchable() && process_.alive()) {
+            auto w = std::make_unique<host::mailbox_writer>(
+                md.pid, host::mailbox_address{md.mailbox_fd, md.mailbox_inode, md.mailbox_size}, mailbox_sender);
+            if (w->usable()) mailbox_ = std::move(w);
+        }
     }
     remote_peer(const remote_peer&) = delete;
     remote_peer& operator=(const remote_peer&) = delete;
@@ -101,6 +110,9 @@ public:
     [[nodiscard]] ucp_ep_h ep() const noexcept { return ep_.get(); }
     /// The peer as a process on this host (the host_ipc path).
     [[nodiscard]] host::peer_process& process() noexcept { return process_; }
+    /// Our slot in the peer's notification mailbox; null where notifications
+    /// go as UCX active messages.
+    [[nodiscard]] host::mailbox_writer* mailbox() const noexcept { return mailbox_.get(); }
 
     [[nodiscard]] remote_region* find(std::uint64_t addr, std::size_t len, std::uint32_t dev) noexcept {
         auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
@@ -218,10 +230,14 @@ public:
     /// already holds instead of looking it up in the peer table again.
     std::atomic<bool> retired{false};
 
-    /// Closes the endpoint and destroys the rkeys. A flushing close comes
-    /// after the rkeys, as UCX asks; a forced one first, because it completes
-    /// (cancels) the operations in flight that still refer to them.
+    /// Closes the endpoint, gives up the mailbox slot and destroys the
+    /// rkeys. A flushing close comes after the rkeys, as UCX asks; a forced
+    /// one first, because it completes (cancels) the operations in flight
+    /// that still refer to them.
     ucs_status_ptr_t close(bool force) noexcept {
+        // Nothing is sent to a closed peer: give its mailbox slot back now,
+        // since the peer object itself may be kept until the backend goes.
+        mailbox_.reset();
         if (!force) regions_.clear();
         auto r = ep_.close(force);
         regions_.clear();
@@ -264,6 +280,7 @@ private:
     std::uint64_t start_time_;
     std::vector<remote_region> regions_;
     std::atomic<ucs_status_t> failure_{UCS_OK};
+    std::unique_ptr<host::mailbox_writer> mailbox_;
 };
 
 }  // namespace detail

@@ -250,6 +250,7 @@ struct xfer_state : command, list_hook<xfer_state, deadline_tag>, list_hook<xfer
     /// Sends the notification in notif_storage, once the transfer's data is
     /// visible at the target.
     void send_notif() noexcept {
+        if (auto* box = target->mailbox(); box && box->send(notif_storage)) return;
         track(send_notif_am(target->ep(), *sender, notif_storage, notif_storage, &on_complete, this));
     }
 
