@@ -49,6 +49,8 @@ ferry::ucx_config config_from(const std::string& name, const py::kwargs& kw) {
             cfg.close_timeout = ms(v, "Backend: close_timeout");
         } else if (key == "max_notif_size") {
             cfg.max_notif_size = v.cast<std::size_t>();
+        } else if (key == "notif_mailbox") {
+            cfg.notif_mailbox = v.cast<bool>();
         } else if (key == "cuda_device") {
             cfg.cuda_device = v.cast<int>();
         } else if (key == "progress_spin") {
@@ -57,7 +59,7 @@ ferry::ucx_config config_from(const std::string& name, const py::kwargs& kw) {
         } else {
             throw std::invalid_argument("Backend: unknown setting '" + key +
                                         "' (tls, ucx_options, error_handling, keepalive_interval, xfer_timeout, "
-                                        "close_timeout, max_notif_size, cuda_device, progress_spin)");
+                                        "close_timeout, max_notif_size, notif_mailbox, cuda_device, progress_spin)");
         }
     }
     return cfg;
