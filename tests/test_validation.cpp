@@ -759,6 +759,11 @@ TEST_CASE("a notification mailbox survives what a broken or hostile sender write
     const auto poll = [&] {
         box.poll([&](std::string_view from, std::string_view msg) { got.emplace_back(from, msg); });
     };
+    // An empty message, whose data pointer is null, is a message too.
+    REQUIRE(writer.send(std::string_view{}));
+    poll();
+    REQUIRE(got == std::vector<message>{{"writer", ""}});
+    got.clear();
     REQUIRE(writer.send("first"));
     poll();
     REQUIRE(got == std::vector<message>{{"writer", "first"}});

@@ -298,6 +298,7 @@ private:
     }
 
     void copy_out(const std::byte* ring, std::uint64_t at, void* to, std::size_t n) const noexcept {
+        if (n == 0) return;  // `to` may be null then
         const std::size_t off = static_cast<std::size_t>(at & (ring_ - 1));
         const std::size_t first = std::min<std::size_t>(n, ring_ - off);
         std::memcpy(to, ring + off, first);
@@ -441,6 +442,7 @@ private:
     }
 
     void copy_in(std::uint64_t at, const void* from, std::size_t n) noexcept {
+        if (n == 0) return;  // an empty message's data may be null
         std::byte* ring = reinterpret_cast<std::byte*>(slot_) + sizeof(mailbox_slot);
         const std::size_t off = static_cast<std::size_t>(at & (ring_ - 1));
         const std::size_t first = std::min<std::size_t>(n, ring_ - off);
