@@ -732,6 +732,21 @@ TEST_CASE("a backend keeps working after refusing bad calls") {
     CHECK(lb.b.release(x) == status::ok);
 }
 
+namespace {
+
+// Maps a mailbox as another process on this host could, to write into it
+// what a sender should not.
+void* map_mailbox(const ferry::detail::host::mailbox_address& at) {
+    const int fd = ::open(("/proc/self/fd/" + std::to_string(at.fd)).c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    void* mapped = ::mmap(nullptr, at.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mapped != MAP_FAILED);
+    return mapped;
+}
+
+}  // namespace
+
 // The mailbox is shared memory that any process on this host allowed to
 // open it may write: the receiver must read whatever is there without
 // reading outside the ring, and the sender's slot must go on working.
@@ -742,11 +757,7 @@ TEST_CASE("a notification mailbox survives what a broken or hostile sender write
     mailbox_writer writer(static_cast<std::uint32_t>(::getpid()), box.address(), "writer");
     REQUIRE(writer.usable());
     const mailbox_address at = box.address();
-    const int fd = ::open(("/proc/self/fd/" + std::to_string(at.fd)).c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(fd >= 0);
-    void* mapped = ::mmap(nullptr, at.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    ::close(fd);
-    REQUIRE(mapped != MAP_FAILED);
+    void* mapped = map_mailbox(at);
     auto* base = static_cast<std::byte*>(mapped);
     auto* header = reinterpret_cast<mailbox_header*>(base);
     auto* slot = reinterpret_cast<mailbox_slot*>(base + sizeof(mailbox_header));
@@ -806,11 +817,7 @@ TEST_CASE("a sender refuses a mailbox whose header does not add up") {
     mailbox box(true, 1024);
     REQUIRE(box.ok());
     const mailbox_address at = box.address();
-    const int fd = ::open(("/proc/self/fd/" + std::to_string(at.fd)).c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(fd >= 0);
-    void* mapped = ::mmap(nullptr, at.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    ::close(fd);
-    REQUIRE(mapped != MAP_FAILED);
+    void* mapped = map_mailbox(at);
     auto* header = static_cast<mailbox_header*>(mapped);
     const auto me = static_cast<std::uint32_t>(::getpid());
     SECTION("a ring that is not a power of two") {

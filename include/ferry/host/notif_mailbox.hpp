@@ -22,7 +22,6 @@
 #include <cstring>
 #include <memory>
 #include <new>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -420,7 +419,6 @@ private:
             std::memcpy(s->name.data(), sender.data(), s->name_len);
             s->state.store(slot_open, std::memory_order_release);
             slot_ = s;
-            ring_ = h->ring_bytes;
             sock_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
             wake_to_ = mailbox_socket_name(pid, at.inode, wake_len_);
             ring_bell();
