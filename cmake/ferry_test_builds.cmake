@@ -1,5 +1,5 @@
 # FERRY_TEST_BUILDS: a list of build types, each optionally after a compiler,
-# e.g. "Release;Debug;clang++:Debug". Per entry, build.<entry>
+# e.g. "Debug;clang++:Debug". Per entry, build.<entry>
 # (build.release, build.clang.debug) configures a sub-build of this source
 # tree in tests/builds/<entry> with FERRY_WERROR=ON and builds everything in
 # it, so that one ctest run proves that each configuration compiles without
@@ -32,6 +32,11 @@ foreach(entry IN LISTS FERRY_TEST_BUILDS)
     string(REPLACE "++" "" compiler_name "${compiler}")
     string(MAKE_C_IDENTIFIER "${compiler_name}" compiler_name)
     set(id ${compiler_name}.${id})
+  endif()
+  string(TOLOWER "${CMAKE_BUILD_TYPE}" own_build_type)
+  if(cxx STREQUAL CMAKE_CXX_COMPILER AND id STREQUAL own_build_type)
+    message(FATAL_ERROR "FERRY_TEST_BUILDS: '${entry}' is this build's own build type and compiler; "
+      "build.${id} would build the same again (list the other configurations only)")
   endif()
   if(TEST build.${id})
     message(FATAL_ERROR "FERRY_TEST_BUILDS: '${entry}' is listed twice")
