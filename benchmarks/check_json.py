@@ -14,7 +14,8 @@ KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "pr
          "connect_us", "first_after_load", "xfer_us", "tel_p50_us", "tel_p99_us", "raw_buffer"]
         + ["step_" + k for k in STEP] + ["raw_step_" + k for k in STEP]
         + ["step_gbps", "step_vs_bw", "raw_step_vs_bw", "step_ratio"]
-        + ["nixl_us", "nixl_direct_us", "nixl_overhead_us"])
+        + ["nixl_us", "nixl_direct_us", "nixl_overhead_us"]
+        + ["kernel_gbps", "kernel_ratio", "kernel_lat_us", "kernel_lat_ratio"])
 
 
 def fail(msg):
@@ -71,6 +72,20 @@ def check_step(row, i, a):
             fail(f"row {i}: {key} was not measured, so it should be null")
 
 
+def check_kernel(row, i, a):
+    bw = ("kernel_gbps", "kernel_ratio")
+    lat = ("kernel_lat_us", "kernel_lat_ratio")
+    for key in bw + lat:
+        if not a.kernel and row[key] is not None:
+            fail(f"row {i}: {key} without --kernel")
+    if a.kernel:
+        for key in bw:
+            positive(row, i, key)
+        if a.latency:
+            for key in lat:
+                positive(row, i, key)
+
+
 def check_nixl(row, i, a):
     keys = ("nixl_us", "nixl_direct_us", "nixl_overhead_us")
     if not a.nixl:
@@ -108,6 +123,8 @@ def main():
                    help="run with --pattern runs:N --coalesce: every transfer must have become one block per run")
     p.add_argument("--nixl", action="store_true",
                    help="run with --nixl: the facade's and the direct times must be set, the difference a number")
+    p.add_argument("--kernel", action="store_true",
+                   help="run with --kernel: the kernels' GB/s and ratio must be set (and their latency with --latency)")
     a = p.parse_args()
 
     with open(a.json) as f:
@@ -175,6 +192,7 @@ def main():
         check_first(row, i, a)
         check_step(row, i, a)
         check_nixl(row, i, a)
+        check_kernel(row, i, a)
 
     if a.csv:
         with open(a.csv, newline="") as f:

@@ -31,6 +31,10 @@ enum class msg : std::uint32_t {
     bye,           // both ways: torn down
     error,         // either way: a message, then the sender exits
     step_held,     // target -> initiator: step notifications handed over, and when (steady clock, ns)
+    kernel_pong,   // initiator -> target: --kernel, start the answering kernel (base count, rounds)
+    kernel_pong_ok,
+    kernel_end,    // initiator -> target: the ping kernel is done; wait for the answering one
+    kernel_end_ok, // target -> initiator: whether every round was answered (0) or not (1)
 };
 
 /// The peer side failed or went away; the message says how.

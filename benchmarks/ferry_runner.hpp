@@ -8,6 +8,7 @@
 
 #include <ferry/concepts.hpp>
 #include <ferry/desc.hpp>
+#include <ferry/device/view.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/policy.hpp>
 #include <ferry/status.hpp>
@@ -139,6 +140,13 @@ public:
     [[nodiscard]] ferry::xfer_path path() const {
         if constexpr (requires { b_.path_of(x_); }) return b_.path_of(x_);
         else return ferry::xfer_path::ucx;
+    }
+
+    /// The current row's transfer as a kernel sees it (--kernel): a
+    /// backend with the device API and a cuda_ipc transfer only.
+    [[nodiscard]] ferry::device::view device_view() {
+        if constexpr (requires { b_.device_view(x_); }) return b_.device_view(x_);
+        else throw std::runtime_error("--kernel: this backend has no device API");
     }
 
     void release() noexcept {

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,6 +72,7 @@ public:
 
         if (o_.mode.bw) measure_bw(out, l, bytes, progress, label);
         if (nixl_) measure_nixl(out, progress, label);
+        if (o_.mode.bw && me_.has_kernel()) measure_kernel_bw(out, bytes, progress, label);
         if (o_.mode.lat) measure_lat(out, progress, label);
         if (o_.mode.step) measure_step(out, bytes, progress, label);
 
@@ -244,6 +246,69 @@ private:
             out.raw_p99_us = percentile(r_lat, 99) * 1e6;
             out.lat_ratio = *out.lat_p50_us / *out.raw_p50_us;
         }
+        if (me_.has_kernel()) {
+            // A short run first, which warms up and sizes the timed ones to
+            // --time, as warm() does for the host's.
+            progress.show(label + " kernel ping-pong warm-up");
+            const double probe = kernel_pingpong(16);
+            const std::size_t rounds = std::clamp<std::size_t>(iterations(2 * probe), 16, 100000);
+            std::vector<double> k_lat;
+            for (std::size_t rep = 0; rep < o_.reps; ++rep) {
+                progress.show(cat(label, " kernel ping-pong ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
+                k_lat.push_back(kernel_pingpong(rounds));
+            }
+            out.kernel_lat_us = median(k_lat) * 1e6;
+            out.kernel_lat_ratio = *out.kernel_lat_us / *out.lat_p50_us;
+            if (*out.kernel_lat_us > 100 && !told_time_slicing_) {
+                told_time_slicing_ = true;
+                std::printf("# --kernel: the two processes' kernels took turns on the GPU (time-slicing) instead of "
+                            "running together; run under MPS (nvidia-cuda-mps-control -d) for the kernel-to-kernel "
+                            "latency\n");
+            }
+        }
+    }
+
+    // --kernel, bw: host, kernel, host, ..., kernel, host, as raw and ferry
+    // alternate in measure_bw: each kernel measurement is compared with the
+    // mean of ferry's host-initiated ones on either side of it.
+    void measure_kernel_bw(row_result& out, double bytes, progress_line& progress, const std::string& label) {
+        progress.show(label + " kernel warm-up");
+        const double per = warm([&](std::size_t n) { return me_.kernel_burst(n); });
+        const std::size_t iters = iterations(per);
+        auto host_once = [&] {
+            const bw_sample s = clean([&] {
+                auto s = me_.ferry().bw(iters, o_.notif);
+                sync();
+                return s;
+            });
+            return bytes * static_cast<double>(s.iters) / s.seconds / 1e9;
+        };
+        auto kernel_once = [&] { return bytes * static_cast<double>(iters) / me_.kernel_burst(iters) / 1e9; };
+        std::vector<double> host{host_once()}, kernel, ratios;
+        for (std::size_t rep = 0; rep < o_.reps; ++rep) {
+            progress.show(cat(label, " kernel bw ", std::to_string(rep + 1), "/", std::to_string(o_.reps)));
+            kernel.push_back(kernel_once());
+            host.push_back(host_once());
+            ratios.push_back(kernel[rep] / ((host[rep] + host[rep + 1]) / 2));
+        }
+        out.kernel_gbps = median(kernel);
+        out.kernel_ratio = median(ratios);
+    }
+
+    // One kernel ping-pong of `rounds` timed round trips: the target's
+    // answering kernel first, then this side's; half a round trip, seconds.
+    double kernel_pingpong(std::size_t rounds) {
+        ctl_.send(msg::kernel_pong, wire_writer().u64(kernel_rounds_).u64(rounds));
+        await(msg::kernel_pong_ok, "its answering kernel");
+        const double half = me_.kernel_ping(kernel_rounds_, rounds);
+        kernel_rounds_ += rounds + 1;  // the untimed first round too
+        ctl_.send(msg::kernel_end);
+        const message m = await(msg::kernel_end_ok, "the end of its answering kernel");
+        auto r = m.reader();
+        const bool answered = r.u64() == 0;
+        r.expect_end();
+        if (!answered) throw std::runtime_error("--kernel: the target's answering kernel gave up waiting for a ping");
+        return half;
     }
 
     void measure_step(row_result& out, double bytes, progress_line& progress, const std::string& label) {
@@ -365,6 +430,8 @@ private:
     side<B>& me_;
     nixl_runner* nixl_;
     std::uint64_t target_switches_ = 0;
+    std::uint64_t kernel_rounds_ = 0;  // --kernel: ping-pong rounds so far, each side's counter's value
+    bool told_time_slicing_ = false;
     std::size_t measurements_ = 0;
     std::size_t disturbed_ = 0;
 };

@@ -104,6 +104,15 @@ const option_spec table[] = {
      "a transfer completes inside postXferReq; --path ucx to poll getXferStatus). "
      "Its transfers carry no notification. Host memory, --mode bw",
      "off", false, flag<&options::nixl>},
+    {what, "--kernel", "",
+     "also move each row's blocks from kernels of ferry-bench's own through ferry's device API (<ferry/device.cuh>, "
+     "on the transfer that ferry-bench prepared, via device_view and device_signal): bw, one launch that puts every "
+     "block, a thread block each, each followed by a signal to the target's counter, launches back to back, timed "
+     "by CUDA events and alternated with ferry's host-initiated posts (host, kernel, host, ...); lat, block 0 put + "
+     "signal each way between a kernel on each side, half a round trip on the GPU's clock. Needs --memory cuda on "
+     "both sides and the cuda_ipc path, both processes on this host, and a ferry-bench built with nvcc. Two "
+     "processes' kernels share one GPU by time-slicing unless MPS runs (nvidia-cuda-mps-control -d)",
+     "off", false, flag<&options::kernel>},
     {what, "--no-connect", "",
      "skip connect() after load_remote, so that the first transfer also finishes the endpoint (UCX wires some "
      "transports up at their first use: a round trip to the peer)",
@@ -218,6 +227,21 @@ void finish(options& o, const command_line& given) {
     }
     if (o.nixl && o.memory != memory_kind::host) fail("--nixl", "the facade is timed on host memory only");
     if (o.nixl && !o.mode.bw) fail("--nixl", "times back-to-back transfers: --mode must include bw");
+    if (o.kernel) {
+        if (!built_with_kernels())
+            fail("--kernel", "this ferry-bench has no kernels of its own: it was built without ferry::cuda or without "
+                             "a CUDA compiler (CMake's CMAKE_CUDA_COMPILER)");
+        if (o.initiator_buffer != buffer_kind::cuda || o.target_buffer != buffer_kind::cuda)
+            fail("--kernel", "a kernel moves blocks between GPU memory here and GPU memory mapped from the peer: give "
+                             "--memory cuda (both sides)");
+        if (o.path != path_kind::automatic && o.path != path_kind::cuda_ipc)
+            fail("--kernel", "a kernel moves the blocks of a cuda_ipc transfer, not of --path " +
+                                 std::string(to_string(o.path)));
+        if (!o.connect_host.empty())
+            fail("--kernel", "a kernel reaches the peer's GPU memory through CUDA IPC, on this host only: not with "
+                             "--connect");
+        if (!o.mode.bw && !o.mode.lat) fail("--kernel", "times bw and lat: --mode must include one of them");
+    }
     if (!o.json_path.empty()) check_writable("--json", o.json_path);
     if (!o.csv_path.empty()) check_writable("--csv", o.csv_path);
     if (!o.plot_path.empty()) {
@@ -275,7 +299,12 @@ or on its own (own; the output says why). With --nixl: nixl us and direct us
 are one transfer, post to completion, through the NIXL facade and through
 the agent's own backend (medians), and nixl +us the median over repetitions
 of the facade's time minus the mean of the direct measurements on either
-side of it: the facade's cost per transfer.
+side of it: the facade's cost per transfer. With --kernel: kern GB/s is the
+row's blocks moved by kernels (median), kern/host the median over
+repetitions of kern GB/s divided by the mean of ferry's host-initiated GB/s
+measured just before and just after it; kern us is half a round trip of
+block 0 put + signal between the two sides' kernels (median), kern/host lat
+kern us / ferry's p50.
 )");
 }
 

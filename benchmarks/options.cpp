@@ -65,6 +65,14 @@ bool built_with_cuda() noexcept {
 #endif
 }
 
+bool built_with_kernels() noexcept {
+#if defined(FERRY_BENCH_KERNELS)
+    return true;
+#else
+    return false;
+#endif
+}
+
 [[noreturn]] void fail(std::string_view option, const std::string& problem) {
     throw usage_error(std::string(option) + ": " + problem);
 }
@@ -240,7 +248,8 @@ std::string encode_target_settings(const options& o) {
         << "memory=" << to_string(o.initiator_buffer) << "," << to_string(o.target_buffer) << "\n"
         << "path=" << to_string(o.path) << "\n"
         << "baseline=" << to_string(o.baseline) << "\n"
-        << "timeout=" << o.timeout << "\n";
+        << "timeout=" << o.timeout << "\n"
+        << "kernel=" << (o.kernel ? 1 : 0) << "\n";
     return out.str();
 }
 
@@ -264,6 +273,7 @@ options decode_target_settings(std::string_view text) {
         } else if (key == "baseline")
             o.baseline = parse_baseline("baseline", v);
         else if (key == "timeout") o.timeout = parse_seconds("timeout", v, 0.1, 86400);
+        else if (key == "kernel") o.kernel = v == "1";
         else throw usage_error("settings from the initiator: unknown key " + quoted(key) + " (version mismatch?)");
     }
     return o;

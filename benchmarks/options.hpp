@@ -49,6 +49,9 @@ std::string_view to_string(path_kind p) noexcept;
 /// Whether this ferry-bench was built with ferry::cuda (--memory cuda).
 bool built_with_cuda() noexcept;
 
+/// Whether it has kernels of its own (--kernel): ferry::cuda and nvcc.
+bool built_with_kernels() noexcept;
+
 [[nodiscard]] constexpr ferry::xfer_path to_xfer_path(path_kind p) noexcept {
     switch (p) {
         case path_kind::automatic: return ferry::xfer_path::automatic;
@@ -97,6 +100,7 @@ struct options {
     bool no_connect = false;   // no connect() after load_remote
     bool telemetry = false;    // --telemetry: ferry with telemetry::on, its histogram next to the figures
     bool nixl = false;         // --nixl: the NIXL facade against its own backend, per row
+    bool kernel = false;       // --kernel: the row's blocks moved by kernels too, through ferry's device API
 
     // Transport and backend.
     std::string tls;  // empty: UCX's own choice

@@ -114,6 +114,10 @@ std::vector<field> fields(const row_result& r) {
     num("nixl_us", r.nixl_us);
     num("nixl_direct_us", r.nixl_direct_us);
     num("nixl_overhead_us", r.nixl_overhead_us);
+    num("kernel_gbps", r.kernel_gbps);
+    num("kernel_ratio", r.kernel_ratio);
+    num("kernel_lat_us", r.kernel_lat_us);
+    num("kernel_lat_ratio", r.kernel_lat_ratio);
     return out;
 }
 

@@ -74,6 +74,12 @@ struct row_result {
     std::optional<double> nixl_us;           // postXferReq + getXferStatus to done, median
     std::optional<double> nixl_direct_us;    // post + check to done, median
     std::optional<double> nixl_overhead_us;  // median over repetitions of facade - mean of its direct neighbours
+
+    // --kernel: the same blocks moved by kernels through ferry's device API.
+    std::optional<double> kernel_gbps;       // launches back to back, median
+    std::optional<double> kernel_ratio;      // median over repetitions of kernel / ferry host-initiated GB/s
+    std::optional<double> kernel_lat_us;     // block 0 put + signal between the sides' kernels, half round trip
+    std::optional<double> kernel_lat_ratio;  // kernel_lat_us / lat_p50_us
 };
 
 /// The table on stdout: its columns follow what the run measures.

@@ -9,16 +9,21 @@
 #include "cuda_buffers.hpp"
 #endif
 #include "ferry_runner.hpp"
+#if defined(FERRY_BENCH_KERNELS)
+#include "kernel_runner.hpp"
+#endif
 #include "options.hpp"
 #include "plan.hpp"
 #include "raw_runner.hpp"
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -90,12 +95,31 @@ public:
                 throw usage_error("--baseline raw: this backend does not let the baseline drive its UCX worker "
                                   "(a progress thread owns it, or it exposes no UCX handles); use --baseline none");
         }
+        if (o.kernel) {
+#if defined(FERRY_BENCH_KERNELS)
+            if constexpr (requires { backend_->device_signal(peer_, ferry::desc{}); }) {
+                // Registered before hello() takes the metadata, so that the
+                // peer finds them among the regions it loads.
+                counters_.emplace(kernel_counters, 0);
+                counter_region_.emplace(
+                    backend_->register_memory(counters_->data(), counters_->size(), counters_->dev()));
+                kernel_.emplace();
+            } else {
+                throw usage_error("--kernel: this backend has no device API (it needs --memory cuda)");
+            }
+#else
+            throw usage_error("--kernel: this ferry-bench has no kernels of its own");
+#endif
+        }
     }
 
     [[nodiscard]] wire_writer hello() const {
         wire_writer w;
         w.bytes(backend_->local_metadata()).u64(base()).u64(buffer_).u64(raw_ ? 1 : 0);
         if (raw_) w.bytes(raw_->packed_rkey()).u64(raw_->base()).str(raw_->buffer_note());
+#if defined(FERRY_BENCH_KERNELS)
+        if (counters_) w.u64(counters_->descriptor().addr).u64(counters_->size());
+#endif
         return w;
     }
 
@@ -117,6 +141,13 @@ public:
             peer_raw_note_ = r.str();
             if constexpr (raw_capable<B>) raw_->connect(backend_->ucx_endpoint(peer_), raw_rkey_, raw_remote_base_);
         }
+#if defined(FERRY_BENCH_KERNELS)
+        if (counters_) {
+            peer_counters_ = r.u64();
+            peer_counters_size_ = r.u64();
+            map_peer_counters();
+        }
+#endif
         r.expect_end();
     }
 
@@ -132,6 +163,9 @@ public:
         if constexpr (raw_capable<B>) {
             if (raw_) raw_->connect(backend_->ucx_endpoint(peer_), raw_rkey_, raw_remote_base_);
         }
+#if defined(FERRY_BENCH_KERNELS)
+        if (counters_) map_peer_counters();
+#endif
     }
 
     /// connect() to the loaded peer, as the README advises after
@@ -153,6 +187,61 @@ public:
     [[nodiscard]] std::uintptr_t remote_base() const noexcept { return remote_base_; }
     [[nodiscard]] bool has_raw() const { return raw_.has_value(); }
     raw_runner& raw() { return *raw_; }
+
+    // --kernel. Counter kernel_bursts of each side takes the signals of the
+    // other side's bursts; counter kernel_pings the ping-pong's.
+    static constexpr std::uint64_t kernel_bursts = 0, kernel_pings = 1, kernel_counters = 2;
+
+    [[nodiscard]] bool has_kernel() const noexcept {
+#if defined(FERRY_BENCH_KERNELS)
+        return kernel_.has_value();
+#else
+        return false;
+#endif
+    }
+
+    /// Seconds for `iters` launches back to back, each moving every block
+    /// of ferry's transfer for the row, with a signal per block.
+    double kernel_burst(std::size_t iters) {
+#if defined(FERRY_BENCH_KERNELS)
+        return kernel_->burst(ferry_->device_view(), peer_signal_, kernel_bursts, iters);
+#else
+        static_cast<void>(iters);
+        throw std::logic_error("--kernel: not built");
+#endif
+    }
+
+    /// Half a round trip of block 0 put + signal between this side's kernel
+    /// and the peer's, over `iterations` rounds; the peer's counter and this
+    /// side's stood at `base` before.
+    double kernel_ping(std::uint64_t base, std::size_t iterations) {
+#if defined(FERRY_BENCH_KERNELS)
+        return kernel_->ping(ferry_->device_view(), peer_signal_, kernel_pings, counters_->ref(), kernel_pings, base,
+                             iterations, opts_.timeout);
+#else
+        static_cast<void>(base), static_cast<void>(iterations);
+        throw std::logic_error("--kernel: not built");
+#endif
+    }
+
+    /// The target's answer to kernel_ping, with its own transfer for the
+    /// row (prepared for the ping-pong), launched without waiting.
+    void kernel_start_pong(std::uint64_t base, std::size_t iterations) {
+#if defined(FERRY_BENCH_KERNELS)
+        kernel_->start_pong(ferry_->device_view(), peer_signal_, kernel_pings, counters_->ref(), kernel_pings, base,
+                            iterations, opts_.timeout);
+#else
+        static_cast<void>(base), static_cast<void>(iterations);
+        throw std::logic_error("--kernel: not built");
+#endif
+    }
+    [[nodiscard]] bool kernel_finish_pong() {
+#if defined(FERRY_BENCH_KERNELS)
+        return kernel_->finish_pong();
+#else
+        throw std::logic_error("--kernel: not built");
+#endif
+    }
 
     /// Why the raw loop runs on a buffer of its own on this side / the
     /// peer's; empty where it runs on ferry's.
@@ -206,6 +295,20 @@ private:
     std::optional<copy_reference> copy_;
 #endif
     std::unique_ptr<B> backend_;
+#if defined(FERRY_BENCH_KERNELS)
+    // --kernel: the counters the peer's kernels add to (registered, after
+    // the backend, before their region), the peer's mapped for ours.
+    std::optional<ferry::device::counter> counters_;
+    std::optional<typename B::region_type> counter_region_;
+    std::uint64_t peer_counters_ = 0;
+    std::size_t peer_counters_size_ = 0;
+    ferry::device::signal peer_signal_{};
+
+    void map_peer_counters() {
+        if constexpr (requires { backend_->device_signal(peer_, ferry::desc{}); })
+            peer_signal_ = backend_->device_signal(peer_, {peer_counters_, peer_counters_size_, 0});
+    }
+#endif
     std::optional<ucx_allocation> ucx_mem_;  // --mem ucx: after the backend's context, before its region
     std::optional<typename B::region_type> region_;
     std::optional<raw_runner> raw_;
@@ -216,6 +319,11 @@ private:
     std::string peer_raw_note_;
     ferry::peer peer_{};
     std::optional<ferry_runner<B>> ferry_;
+#if defined(FERRY_BENCH_KERNELS)
+    // Last, so that it goes first: its destructor waits for a kernel still
+    // running on the transfer's blocks and the counters.
+    std::optional<kernel_runner> kernel_;
+#endif
 };
 
 /// Both sides: settings, metadata both ways, then "ready" both ways while

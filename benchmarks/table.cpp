@@ -96,6 +96,14 @@ const column nixl_columns[] = {
     {"direct us", 9, [](const row_result& r) { return fixed(r.nixl_direct_us, 3); }},
     {"nixl +us", 8, [](const row_result& r) { return fixed(r.nixl_overhead_us, 3); }},
 };
+const column kernel_bw_columns[] = {
+    {"kern GB/s", 9, [](const row_result& r) { return fixed(r.kernel_gbps, 3); }},
+    {"kern/host", 9, [](const row_result& r) { return fixed(r.kernel_ratio, 3); }},
+};
+const column kernel_lat_columns[] = {
+    {"kern us", 8, [](const row_result& r) { return micros(r.kernel_lat_us); }},
+    {"kern/host lat", 13, [](const row_result& r) { return fixed(r.kernel_lat_ratio, 3); }},
+};
 const column telemetry_columns[] = {
     {"tel p50", 8, [](const row_result& r) { return micros(r.tel_p50_us); }},
     {"tel p99", 8, [](const row_result& r) { return micros(r.tel_p99_us); }},
@@ -120,7 +128,7 @@ void table_printer::header(const options& o, std::size_t buffer) {
     const std::string iters = o.iters ? std::to_string(o.iters) : cat("auto (", fixed(o.time, 3), " s)");
     std::fprintf(out_,
                  "# ferry-bench: op %s, mem %s, pattern %s, coalesce %s, strided %s, tls %s, notif %s, mode %s, baseline %s, progress %s, "
-                 "memory %s,%s, path %s%s%s\n"
+                 "memory %s,%s, path %s%s%s%s\n"
                  "# %s posts per measurement, %zu repetitions (raw, ferry, raw, ..., ferry, raw), %s per side, UCX %s\n",
                  std::string(ferry::to_string(o.op)).c_str(), std::string(to_string(o.mem)).c_str(),
                  pattern_name(o.pattern, o.run_length).c_str(), o.coalesce ? "on" : "off", o.strided ? "on" : "off", o.tls.empty() ? "(UCX default)" : o.tls.c_str(),
@@ -128,7 +136,8 @@ void table_printer::header(const options& o, std::size_t buffer) {
                  std::string(to_string(o.progress)).c_str(), std::string(to_string(o.initiator_buffer)).c_str(),
                  std::string(to_string(o.target_buffer)).c_str(), std::string(to_string(o.path)).c_str(),
                  o.reload_peer ? ", peer reloaded every row" : "",
-                 o.nixl ? ", NIXL facade timed (direct, nixl, ..., direct)" : "", iters.c_str(), o.reps, format_size(buffer).c_str(),
+                 o.nixl ? ", NIXL facade timed (direct, nixl, ..., direct)" : "",
+                 o.kernel ? ", kernels through the device API timed (host, kernel, ..., host)" : "", iters.c_str(), o.reps, format_size(buffer).c_str(),
                  ucx_version().c_str());
     const bool raw = o.baseline == baseline_kind::raw;
     columns_.clear();
@@ -140,8 +149,10 @@ void table_printer::header(const options& o, std::size_t buffer) {
     add(raw_bw_columns, o.mode.bw && raw);
     add(telemetry_columns, o.mode.bw && o.telemetry);
     add(nixl_columns, o.nixl);
+    add(kernel_bw_columns, o.mode.bw && o.kernel);
     add(lat_columns, o.mode.lat);
     add(raw_lat_columns, o.mode.lat && raw);
+    add(kernel_lat_columns, o.mode.lat && o.kernel);
     add(step_columns, o.mode.step);
     add(raw_step_columns, o.mode.step && raw);
     add(first_columns);

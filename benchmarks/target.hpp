@@ -80,6 +80,18 @@ void run_target(control& ctl, const options& settings, std::size_t buffer) {
                                            .u64(involuntary_switches()));
                 break;
             }
+            case msg::kernel_pong: {
+                auto r = m.reader();
+                const auto base = r.u64();
+                const auto rounds = r.u64();
+                r.expect_end();
+                me.kernel_start_pong(base, rounds);
+                ctl.send(msg::kernel_pong_ok);
+                break;
+            }
+            case msg::kernel_end:
+                ctl.send(msg::kernel_end_ok, wire_writer().u64(me.kernel_finish_pong() ? 0 : 1));
+                break;
             case msg::row_end:
                 me.ferry().release();
                 ctl.send(msg::row_end_ok);
