@@ -164,12 +164,12 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
 /// start to its last block's end, merges runs into longer blocks
 /// (options.coalesce: a run whose blocks follow one another on both sides
 /// becomes one block, and so do consecutive single blocks that continue
-/// each other), then sets the transfer up as resolve does. Returns false,
-/// having changed nothing, when a run's span lies in no single region on
+/// each other; `runs` then holds the merged ones), then sets the transfer up
+/// as resolve does. Returns false, having changed nothing, when a run's span lies in no single region on
 /// one side; the caller then lays the blocks out and resolves them one by
 /// one, which finds each block's region or names the bad one.
 template <class Paths>
-bool resolve_runs(xfer_state& st, std::span<const block_run> runs, const strided_origin& origin,
+bool resolve_runs(xfer_state& st, std::span<block_run> runs, const strided_origin& origin,
                   const registry& regions, Paths& paths, const xfer_options& options) {
     remote_peer& target = *st.target;
     const std::size_t n = runs.size();
@@ -198,17 +198,12 @@ bool resolve_runs(xfer_state& st, std::span<const block_run> runs, const strided
     st.regions = std::move(held);
     st.total_bytes = bytes;
     if (!options.coalesce) {
-        st.block_count = origin.local_starts.back();
+        st.block_count = origin.blocks;
         paths.choose(st, resolved_runs{runs, lrs, rrs, target, origin}, options.path);
         return true;
     }
-    std::vector<block_run> merged;
-    std::vector<local_region*> mlrs;
-    std::vector<remote_region*> mrrs;
-    merged.reserve(n);
-    mlrs.reserve(n);
-    mrrs.reserve(n);
-    std::size_t blocks = 0;
+    // Merged in place: run i is read before slot m <= i is written.
+    std::size_t m = 0, blocks = 0;
     for (std::size_t i = 0; i < n; ++i) {
         block_run run = runs[i];
         if (run.count > 1 && run.local_stride == run.local.len && run.remote_stride == run.remote.len) {
@@ -216,20 +211,23 @@ bool resolve_runs(xfer_state& st, std::span<const block_run> runs, const strided
             run.remote.len *= run.count;
             run.count = 1;
         }
-        if (run.count == 1 && !merged.empty() && merged.back().count == 1 &&
-            continues(merged.back().local, merged.back().remote, run.local, run.remote, mlrs.back(), lrs[i],
-                      mrrs.back(), rrs[i])) {
-            merged.back().local.len += run.local.len;
-            merged.back().remote.len += run.remote.len;
+        if (run.count == 1 && m > 0 && runs[m - 1].count == 1 &&
+            continues(runs[m - 1].local, runs[m - 1].remote, run.local, run.remote, lrs[m - 1], lrs[i], rrs[m - 1],
+                      rrs[i])) {
+            runs[m - 1].local.len += run.local.len;
+            runs[m - 1].remote.len += run.remote.len;
             continue;
         }
-        merged.push_back(run);
-        mlrs.push_back(lrs[i]);
-        mrrs.push_back(rrs[i]);
+        runs[m] = run;
+        lrs[m] = lrs[i];
+        rrs[m] = rrs[i];
+        ++m;
         blocks += run.count;
     }
     st.block_count = blocks;
-    paths.choose(st, resolved_runs{merged, mlrs, mrrs, target, origin}, options.path);
+    paths.choose(st,
+                 resolved_runs{runs.first(m), std::span(lrs).first(m), std::span(rrs).first(m), target, origin},
+                 options.path);
     return true;
 }
 

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,18 +21,20 @@ namespace detail {
 /// out once, so a few entries with huge counts must not become gigabytes.
 inline constexpr std::size_t max_strided_blocks = std::size_t{1} << 24;
 
-/// Where each block of a pair of strided lists comes from: entry i of a side
-/// holds that side's blocks [starts[i], starts[i + 1]); the last start is
-/// the block count.
+/// Where each block of a pair of strided lists comes from: the caller's two
+/// lists, alive for the prepare that names their blocks, and the block
+/// count. Only errors ask, so a block's entry is found by walking a list.
 struct strided_origin {
-    std::vector<std::size_t> local_starts;
-    std::vector<std::size_t> remote_starts;
+    std::span<const strided_desc> local;
+    std::span<const strided_desc> remote;
+    std::size_t blocks = 0;
 
     // "entry i" or "entry i, block j" of one side.
-    static std::string side(const std::vector<std::size_t>& starts, std::size_t block) {
-        const auto it = std::upper_bound(starts.begin(), starts.end() - 1, block) - 1;
-        const auto entry = static_cast<std::size_t>(it - starts.begin());
-        return "entry " + std::to_string(entry) + (*(it + 1) - *it > 1 ? ", block " + std::to_string(block - *it) : "");
+    static std::string side(std::span<const strided_desc> list, std::size_t block) {
+        std::size_t start = 0, entry = 0;
+        while (entry + 1 < list.size() && block >= start + list[entry].count) start += list[entry++].count;
+        return "entry " + std::to_string(entry) +
+               (list[entry].count > 1 ? ", block " + std::to_string(block - start) : "");
     }
 };
 
@@ -41,18 +42,19 @@ struct strided_origin {
 /// or, for strided lists, the entry (and the block inside it) of each side.
 inline std::string name_block(std::size_t block, const strided_origin* origin) {
     if (!origin) return "descriptor " + std::to_string(block);
-    return "block " + std::to_string(block) + " (local " + strided_origin::side(origin->local_starts, block) +
-           "; remote " + strided_origin::side(origin->remote_starts, block) + ")";
+    return "block " + std::to_string(block) + " (local " + strided_origin::side(origin->local, block) +
+           "; remote " + strided_origin::side(origin->remote, block) + ")";
 }
 
 /// Bytes from an entry's first block's start to its last block's end, or
 /// nothing when that does not fit in an address.
 inline bool strided_span(const strided_desc& d, std::uint64_t& span) noexcept {
-    constexpr auto most = std::numeric_limits<std::uint64_t>::max();
-    const std::uint64_t steps = d.count - 1;
-    if (d.stride != 0 && steps > (most - d.len) / d.stride) return false;
-    span = steps * d.stride + d.len;
-    return d.addr <= most - span;
+    // Overflow checks without a division: prepare runs this per entry.
+    std::uint64_t steps_bytes = 0, end = 0;
+    if (__builtin_mul_overflow(std::uint64_t{d.count - 1}, std::uint64_t{d.stride}, &steps_bytes) ||
+        __builtin_add_overflow(steps_bytes, std::uint64_t{d.len}, &span))
+        return false;
+    return !__builtin_add_overflow(std::uint64_t{d.addr}, span, &end);
 }
 
 /// prepare's checks of one strided list on its own, entry by entry; returns
@@ -95,27 +97,17 @@ struct block_run {
     std::size_t first_block = 0;
 };
 
-/// Cuts two checked strided lists into runs, in O(entries): a run ends
-/// wherever an entry of either side ends. Records where each entry starts
-/// (origin) and checks that the lengths of each pair of entries that meet
-/// agree; a throw names the first block whose do not.
+/// Cuts two checked strided lists of `blocks` blocks each into runs, in
+/// O(entries): a run ends wherever an entry of either side ends. Records the
+/// lists in `origin` and checks that the lengths of each pair of entries
+/// that meet agree; a throw names the first block whose do not.
 inline std::vector<block_run> pair_runs(std::span<const strided_desc> local, std::span<const strided_desc> remote,
-                                        strided_origin& origin) {
-    auto starts_of = [](std::span<const strided_desc> list, std::vector<std::size_t>& starts) {
-        starts.resize(list.size() + 1);
-        std::size_t next = 0;
-        for (std::size_t i = 0; i < list.size(); ++i) {
-            starts[i] = next;
-            next += list[i].count;
-        }
-        starts.back() = next;
-    };
-    starts_of(local, origin.local_starts);
-    starts_of(remote, origin.remote_starts);
-    const std::size_t blocks = origin.local_starts.back();
+                                        std::size_t blocks, strided_origin& origin) {
+    origin = {local, remote, blocks};
     std::vector<block_run> runs;
     runs.reserve(local.size() + remote.size() - 1);
-    std::size_t li = 0, ri = 0;
+    // Entry li of the local list holds its blocks [l_start, l_start + count); likewise ri.
+    std::size_t li = 0, ri = 0, l_start = 0, r_start = 0;
     for (std::size_t b = 0; b < blocks;) {
         const strided_desc& l = local[li];
         const strided_desc& r = remote[ri];
@@ -123,17 +115,22 @@ inline std::vector<block_run> pair_runs(std::span<const strided_desc> local, std
             throw error(status::invalid_argument, "prepare: " + name_block(b, &origin) + ": local length " +
                                                       std::to_string(l.len) + " differs from remote length " +
                                                       std::to_string(r.len));
-        const std::size_t l_in = b - origin.local_starts[li], r_in = b - origin.remote_starts[ri];
-        const std::size_t end = std::min(origin.local_starts[li + 1], origin.remote_starts[ri + 1]);
-        runs.push_back({{l.addr + l_in * l.stride, l.len, l.dev},
-                        {r.addr + r_in * r.stride, r.len, r.dev},
+        const std::size_t l_end = l_start + l.count, r_end = r_start + r.count, end = std::min(l_end, r_end);
+        runs.push_back({{l.addr + (b - l_start) * l.stride, l.len, l.dev},
+                        {r.addr + (b - r_start) * r.stride, r.len, r.dev},
                         l.stride,
                         r.stride,
                         end - b,
                         b});
         b = end;
-        if (b == origin.local_starts[li + 1]) ++li;
-        if (b == origin.remote_starts[ri + 1]) ++ri;
+        if (b == l_end) {
+            ++li;
+            l_start = l_end;
+        }
+        if (b == r_end) {
+            ++ri;
+            r_start = r_end;
+        }
     }
     return runs;
 }
