@@ -8,7 +8,7 @@ import math
 import sys
 
 STEP = ["p50_us", "p99_us", "min_us", "mean_us", "post_us", "complete_us"]
-KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "prepare_us", "gbps", "desc_per_s",
+KEYS = (["op", "block_size", "batch", "mem", "pattern", "blocks", "entries", "prepare_us", "prepare_again_us", "gbps", "desc_per_s",
          "lat_p50_us", "lat_p99_us", "raw_gbps", "ratio", "memory", "path",
          "copy_gbps", "copy_ratio", "first_us", "raw_first_us",
          "connect_us", "first_after_load", "xfer_us", "tel_p50_us", "tel_p99_us", "raw_buffer"]
@@ -155,6 +155,7 @@ def main():
         if not a.layers and row["entries"] != row["batch"]:
             fail(f"row {i}: {row['entries']} entries, expected a descriptor per block")
         positive(row, i, "prepare_us")
+        positive(row, i, "prepare_again_us")
         if a.telemetry:
             positive(row, i, "tel_p50_us")
             positive(row, i, "tel_p99_us")

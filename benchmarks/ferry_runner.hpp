@@ -92,30 +92,23 @@ public:
     void prepare(ferry::xfer_op op, std::span<const std::uint64_t> local_off, std::span<const std::uint64_t> remote_off,
                  std::size_t block) {
         release();
+        op_ = op;
         if (strided_) {
-            const auto local = entries_of(local_off, local_base_, block);
-            const auto remote = entries_of(remote_off, remote_base_, block);
-            entries_ = std::max(local.size(), remote.size());
-            if constexpr (requires { b_.prepare(op, local, remote, peer_, xo_); }) {
-                const auto t0 = clock::now();
-                x_ = b_.prepare(op, local, remote, peer_, xo_);
-                prepare_seconds_ = std::chrono::duration<double>(clock::now() - t0).count();
+            if constexpr (requires { b_.prepare(op, strided_local_, strided_remote_, peer_, xo_); }) {
+                strided_local_ = entries_of(local_off, local_base_, block);
+                strided_remote_ = entries_of(remote_off, remote_base_, block);
+                entries_ = std::max(strided_local_.size(), strided_remote_.size());
             } else {
                 throw std::runtime_error("--strided: this backend takes no strided descriptor lists");
             }
         } else {
-            std::vector<ferry::desc> local(local_off.size()), remote(remote_off.size());
-            for (std::size_t i = 0; i < local.size(); ++i) local[i] = {local_base_ + local_off[i], block, 0};
-            for (std::size_t i = 0; i < remote.size(); ++i) remote[i] = {remote_base_ + remote_off[i], block, 0};
-            entries_ = local.size();
-            const auto t0 = clock::now();
-            // A backend with options takes the path and coalescing asked for.
-            if constexpr (requires { b_.prepare(op, local, remote, peer_, xo_); })
-                x_ = b_.prepare(op, local, remote, peer_, xo_);
-            else
-                x_ = b_.prepare(op, local, remote, peer_);
-            prepare_seconds_ = std::chrono::duration<double>(clock::now() - t0).count();
+            local_.resize(local_off.size());
+            remote_.resize(remote_off.size());
+            for (std::size_t i = 0; i < local_.size(); ++i) local_[i] = {local_base_ + local_off[i], block, 0};
+            for (std::size_t i = 0; i < remote_.size(); ++i) remote_[i] = {remote_base_ + remote_off[i], block, 0};
+            entries_ = local_.size();
         }
+        prepare_seconds_ = timed_prepare();
         blocks_ = local_off.size();
         if constexpr (requires { b_.blocks_of(x_); }) blocks_ = b_.blocks_of(x_);
     }
@@ -128,6 +121,15 @@ public:
 
     /// How long the current row's prepare took.
     [[nodiscard]] double prepare_seconds() const noexcept { return prepare_seconds_; }
+
+    /// Releases the current row's transfer and prepares the same lists
+    /// again, as an application that prepares per request does (what the
+    /// first prepare paid once, such as mapping the peer's pages, this one
+    /// does not); returns how long that prepare took.
+    double prepare_again() {
+        (void)b_.release(x_);
+        return timed_prepare();
+    }
 
     /// Moves to another handle of the peer (after it was loaded again); the
     /// current transfer, prepared for the old handle, is released.
@@ -275,6 +277,20 @@ public:
     }
 
 private:
+    double timed_prepare() {
+        const auto t0 = clock::now();
+        if (strided_) {
+            if constexpr (requires { b_.prepare(op_, strided_local_, strided_remote_, peer_, xo_); })
+                x_ = b_.prepare(op_, strided_local_, strided_remote_, peer_, xo_);
+        } else if constexpr (requires { b_.prepare(op_, local_, remote_, peer_, xo_); }) {
+            // A backend with options takes the path and coalescing asked for.
+            x_ = b_.prepare(op_, local_, remote_, peer_, xo_);
+        } else {
+            x_ = b_.prepare(op_, local_, remote_, peer_);
+        }
+        return std::chrono::duration<double>(clock::now() - t0).count();
+    }
+
     ferry::status wait() {
         if constexpr (sleeps) {
             auto s = b_.wait(x_, std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -306,6 +322,10 @@ private:
     bool strided_ = false;
     std::size_t entries_ = 0;
     double prepare_seconds_ = 0;
+    // The current row's lists, for prepare_again.
+    ferry::xfer_op op_ = ferry::xfer_op::write;
+    std::vector<ferry::desc> local_, remote_;
+    std::vector<ferry::strided_desc> strided_local_, strided_remote_;
     std::size_t blocks_ = 0;
     ferry::xfer x_{};
     bool in_flight_ = false;

@@ -75,6 +75,7 @@ public:
         if (o_.mode.bw && me_.has_kernel()) measure_kernel_bw(out, bytes, progress, label);
         if (o_.mode.lat) measure_lat(out, progress, label);
         if (o_.mode.step) measure_step(out, bytes, progress, label);
+        out.prepare_again_us = me_.ferry().prepare_again() * 1e6;
 
         ctl_.send(msg::row_end);
         await(msg::row_end_ok, "the end of the row");

@@ -294,7 +294,8 @@ first post, post to completion, right after prepare (and load_remote);
 xfer us: the same in steady state (back to back, median). blocks: the
 operations (or copies) a transfer became; entries: the descriptors (with
 --strided, the strided entries) of the longer list; prep us: how long its
-prepare took. raw buf: whether the raw loop ran on ferry's buffers (same)
+prepare took, and again us the same lists prepared again after a release,
+once the row is measured. raw buf: whether the raw loop ran on ferry's buffers (same)
 or on its own (own; the output says why). With --nixl: nixl us and direct us
 are one transfer, post to completion, through the NIXL facade and through
 the agent's own backend (medians), and nixl +us the median over repetitions

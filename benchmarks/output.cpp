@@ -80,6 +80,7 @@ std::vector<field> fields(const row_result& r) {
     out.push_back({"blocks", std::to_string(r.blocks), std::to_string(r.blocks)});
     out.push_back({"entries", std::to_string(r.entries), std::to_string(r.entries)});
     num("prepare_us", r.prepare_us);
+    num("prepare_again_us", r.prepare_again_us);
     num("gbps", r.gbps);
     num("desc_per_s", r.desc_per_s);
     num("lat_p50_us", r.lat_p50_us);

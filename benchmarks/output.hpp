@@ -35,7 +35,8 @@ struct row_result {
     std::size_t run_length = 0;
     std::size_t blocks = 0;   // what ferry's transfer became: operations (ucx) or copies
     std::size_t entries = 0;  // descriptors, or strided entries (--strided), of the longer list
-    std::optional<double> prepare_us;  // ferry's prepare of the row's transfer
+    std::optional<double> prepare_us;        // ferry's prepare of the row's transfer
+    std::optional<double> prepare_again_us;  // the same list prepared again, after a release
 
     std::optional<double> gbps;         // ferry, median over repetitions
     std::optional<double> desc_per_s;   // ferry, median

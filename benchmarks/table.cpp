@@ -49,6 +49,7 @@ const column block_columns[] = {
     {"blocks", 6, [](const row_result& r) { return std::to_string(r.blocks); }},
     {"entries", 7, [](const row_result& r) { return std::to_string(r.entries); }},
     {"prep us", 8, [](const row_result& r) { return micros(r.prepare_us); }},
+    {"again us", 8, [](const row_result& r) { return micros(r.prepare_again_us); }},
 };
 const column bw_columns[] = {
     {"GB/s", 8, [](const row_result& r) { return fixed(r.gbps, 3); }},

@@ -13,6 +13,7 @@
 
 #include <ferry/detail/byte_io.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/detail/populated_pages.hpp>
 #include <ferry/ferry.hpp>
 
 #include <catch2/catch.hpp>
@@ -1636,16 +1637,22 @@ void dereg_initiator(side& s) {
 
 constexpr int repost_rounds = 100;
 
+// `again`: every round prepares its transfers anew over the same blocks, so
+// that later prepares find the peer's pages populated already.
 template <class Backend>
-void repost_initiator(side& s) {
+void repost_initiator(side& s, bool again) {
     {
         Backend b(s.config("initiator"));
         memory_set m(b, mode_bytes);
         const target_view t = load_target(b, s.ch);
-        const auto xs = prepare_mode_xfers(b, m, t);
+        auto xs = prepare_mode_xfers(b, m, t);
         std::string want;
         for (int round = 0; round < repost_rounds; ++round) {
             const auto seed = static_cast<std::uint64_t>(1000 + round);
+            if (again && round > 0) {
+                for (auto x : xs) expect_status(b.release(x), status::ok, "release before preparing again");
+                xs = prepare_mode_xfers(b, m, t);
+            }
             for (const mode_xfer& mx : mode_xfers)
                 if (mx.op == xfer_op::read)
                     command(b, s.ch, "fill " + std::to_string(mx.remote_region) + " " + std::to_string(seed), "filled");
@@ -1833,7 +1840,11 @@ struct dereg_role {
 };
 template <class Backend>
 struct repost_role {
-    static void run(side& s) { repost_initiator<Backend>(s); }
+    static void run(side& s) { repost_initiator<Backend>(s, false); }
+};
+template <class Backend>
+struct reprepare_role {
+    static void run(side& s) { repost_initiator<Backend>(s, true); }
 };
 template <class Backend>
 struct protect_role {
@@ -1907,6 +1918,26 @@ TEST_CASE("a prepared host_ipc transfer posted 100 times moves each round's data
     const variant v = GENERATE(variant{"shm", false}, variant{"tcp", true});
     CAPTURE(describe(v));
     against_command_target<repost_role>(v);
+}
+
+TEST_CASE("host_ipc lists prepared again over the same blocks each round move each round's data") {
+    const variant v = GENERATE(variant{"shm", false}, variant{"tcp", true});
+    CAPTURE(describe(v));
+    against_command_target<reprepare_role>(v);
+}
+
+TEST_CASE("populated_pages: a page is claimed once per access, and one populated for writing serves reading") {
+    ferry::detail::populated_pages p;
+    CHECK(p.claim(0, 4, true, 100));
+    CHECK_FALSE(p.claim(1, 3, true, 100));
+    CHECK(p.claim(3, 5, true, 100));  // page 4 is new
+    CHECK_FALSE(p.claim(0, 5, false, 100));  // written pages read without faulting
+    CHECK(p.claim(10, 12, false, 100));
+    CHECK(p.claim(10, 12, true, 100));  // read-populated pages fault on the first write
+    CHECK_FALSE(p.claim(10, 12, true, 100));
+    CHECK(p.claim(63, 65, false, 100));  // across a word of the bitmap
+    CHECK_FALSE(p.claim(64, 65, false, 100));
+    CHECK_FALSE(p.claim(100, 120, true, 100));  // past the mapping: nothing to populate
 }
 
 TEST_CASE("only process_vm transfers meet the target's page protections and unmapped pages, as not_registered") {

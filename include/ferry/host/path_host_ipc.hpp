@@ -255,42 +255,61 @@ private:
             if (std::find(plan.mappings.begin(), plan.mappings.end(), r.ipc_mapping) == plan.mappings.end())
                 plan.mappings.push_back(r.ipc_mapping);
         }
-        prefault(plan, op);
+        prefault(plan, op, remote_regions);
     }
 
     // Maps the pages of the peer's memory that the transfer touches now, so
     // that its first post does not take a page fault per page (milliseconds
-    // for 1024 blocks of 4 KiB). Best effort: kernels before 5.14 lack
-    // MADV_POPULATE_*, and the first post then pays as before.
-    static void prefault(const host_plan& plan, xfer_op op) {
+    // for 1024 blocks of 4 KiB). Pages that an earlier prepare populated for
+    // the same access are skipped (remote_region::populated), so that
+    // preparing a list again costs no system call per page; the kernel may
+    // have reclaimed one since, which costs a page fault, as without this.
+    // Best effort: kernels before 5.14 lack MADV_POPULATE_*, and the first
+    // post then pays as before.
+    static void prefault(const host_plan& plan, xfer_op op, std::span<remote_region* const> remote_regions) {
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
         const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        const bool write = op == xfer_op::write;
         // Pages in ascending runs, merged as they come: lists mostly walk
         // the peer's memory upwards, and then this stays short and unsorted
         // work is skipped.
         std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
         bool ascending = true;
-        for (const host_copy& c : plan.copies) {
-            // A run's span, gaps and all: prepare checked that it lies in one region.
-            const auto at = reinterpret_cast<std::uintptr_t>(op == xfer_op::write ? c.to : c.from);
-            const std::size_t span = (c.count - 1) * (op == xfer_op::write ? c.to_stride : c.from_stride) + c.len;
-            const std::uintptr_t lo = at / page * page, hi = (at + span + page - 1) / page * page;
+        auto add = [&](remote_region& r, std::uintptr_t at, std::size_t len) {
+            const std::uintptr_t lo = at / page * page, hi = (at + len + page - 1) / page * page;
+            if (!r.populated.claim((lo - r.ipc_base) / page, (hi - r.ipc_base) / page, write,
+                                   (r.ipc_alloc_size + page - 1) / page))
+                return;
             if (!spans.empty() && lo >= spans.back().first && lo <= spans.back().second) {
                 spans.back().second = std::max(spans.back().second, hi);
-                continue;
+                return;
             }
             ascending = ascending && (spans.empty() || lo > spans.back().second);
             spans.emplace_back(lo, hi);
+        };
+        for (std::size_t i = 0; i < plan.copies.size(); ++i) {
+            const host_copy& c = plan.copies[i];
+            const auto at = reinterpret_cast<std::uintptr_t>(write ? c.to : c.from);
+            const std::size_t stride = write ? c.to_stride : c.from_stride;
+            // A run whose blocks lie a page or more apart, block by block (a
+            // KV cache's page across its layers: the span between is other
+            // layers' memory); a denser one by its span, gaps and all.
+            // prepare checked that a run lies in one region.
+            if (c.count > 1 && stride >= c.len + page) {
+                for (std::size_t k = 0; k < c.count; ++k) add(*remote_regions[i], at + k * stride, c.len);
+            } else {
+                add(*remote_regions[i], at, (c.count - 1) * stride + c.len);
+            }
         }
         if (!ascending) std::sort(spans.begin(), spans.end());
-        const int advice = op == xfer_op::write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+        const int advice = write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
         for (std::size_t i = 0; i < spans.size();) {
             auto [lo, hi] = spans[i];
             for (++i; i < spans.size() && spans[i].first <= hi; ++i) hi = std::max(hi, spans[i].second);
             ::madvise(reinterpret_cast<void*>(lo), hi - lo, advice);
         }
 #else
-        static_cast<void>(plan), static_cast<void>(op);
+        static_cast<void>(plan), static_cast<void>(op), static_cast<void>(remote_regions);
 #endif
     }
 

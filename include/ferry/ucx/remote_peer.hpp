@@ -2,6 +2,7 @@
 
 #include <ferry/desc.hpp>
 #include <ferry/detail/metadata.hpp>
+#include <ferry/detail/populated_pages.hpp>
 #include <ferry/handles.hpp>
 #include <ferry/host/notif_mailbox.hpp>
 #include <ferry/host/peer_process.hpp>
@@ -48,6 +49,8 @@ struct remote_region {
     std::shared_ptr<void> ipc_mapping;
     std::uintptr_t ipc_base = 0;
     std::string ipc_error;
+    // The pages of that mapping that host_ipc's prepare populated already.
+    populated_pages populated;
     // A peer's shared host memory, mapped as above and then registered with
     // CUDA by the first GPU transfer to it: the address at which the GPU
     // reaches the mapping's start, and the registration, which keeps the
