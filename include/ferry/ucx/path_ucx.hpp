@@ -37,7 +37,8 @@ public:
     /// Unpacks a remote region's key on its first use, which touches the worker.
     bool prepare(xfer_state& st, const resolved_pairs& pairs, xfer_path) {
         const std::size_t n = pairs.local.size();
-        st.blocks.resize(n);
+        st.blocks.clear();
+        st.blocks.reserve(n);  // written once below, not zeroed first
         // One key pair per block only once a block needs another than the
         // first; a region's key is asked for once per run of blocks in it.
         const local_region* lr = pairs.local_regions[0];
@@ -47,7 +48,7 @@ public:
         bool per_block = false;
         for (std::size_t i = 0; i < n; ++i) {
             const desc& l = pairs.local[i];
-            st.blocks[i] = {reinterpret_cast<void*>(l.addr), l.len, pairs.remote[i].addr};
+            st.blocks.push_back({reinterpret_cast<void*>(l.addr), l.len, pairs.remote[i].addr});
             if (pairs.local_regions[i] != lr || pairs.remote_regions[i] != rr) {
                 lr = pairs.local_regions[i];
                 rr = pairs.remote_regions[i];

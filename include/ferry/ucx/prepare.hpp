@@ -78,6 +78,26 @@ inline bool continues(const desc& la, const desc& ra, const desc& lb, const desc
     return lra == lrb && rra == rrb && la.addr + la.len == lb.addr && ra.addr + ra.len == rb.addr;
 }
 
+/// Which regions hold each pair (or run) of the list being prepared: kept
+/// per thread at the size of the longest list it prepared, so that a list
+/// prepared again (an application that prepares per request) allocates and
+/// faults in nothing here. 16 bytes a pair of that longest list stay
+/// allocated per thread that prepares.
+struct pair_regions {
+    std::vector<local_region*> local;
+    std::vector<remote_region*> remote;
+
+    static pair_regions& of_this_thread(std::size_t n) {
+        thread_local pair_regions mine;
+        // Every entry below n is written before it is read.
+        if (mine.local.size() < n) {
+            mine.local.resize(n);
+            mine.remote.resize(n);
+        }
+        return mine;
+    }
+};
+
 /// prepare's second half, where the worker may be touched and with the peer
 /// table locked: checks every pair against the regions that hold it, merges
 /// runs of adjacent pairs (options.coalesce), then sets the transfer up on
@@ -90,8 +110,9 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
              Paths& paths, const xfer_options& options, const strided_origin* origin = nullptr) {
     remote_peer& target = *st.target;
     const std::size_t n = local.size();
-    std::vector<local_region*> lrs(n);
-    std::vector<remote_region*> rrs(n);
+    pair_regions& scratch = pair_regions::of_this_thread(n);
+    const std::span<local_region*> lrs = std::span(scratch.local).first(n);
+    const std::span<remote_region*> rrs = std::span(scratch.remote).first(n);
     auto at = [origin](std::size_t i) { return "prepare: " + name_block(i, origin); };
     std::size_t merges = 0;
     for (std::size_t i = 0; i < n; ++i) {
@@ -134,14 +155,13 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
     // one pair that starts where its first does and is as long as all of it.
     const std::size_t m = n - merges;
     std::vector<desc> ml, mr;
-    std::vector<local_region*> mlrs;
-    std::vector<remote_region*> mrrs;
     std::vector<std::size_t> first;
     ml.reserve(m);
     mr.reserve(m);
-    mlrs.reserve(m);
-    mrrs.reserve(m);
     first.reserve(m);
+    // The merged pairs' regions are written over the list's in place: the
+    // slot written, ml.size(), is at most i, and slots i - 1 and i, which
+    // the next pairs read, still hold their own regions.
     for (std::size_t i = 0; i < n; ++i) {
         if (i > 0 && continues(local[i - 1], remote[i - 1], local[i], remote[i], lrs[i - 1], lrs[i], rrs[i - 1],
                                rrs[i])) {
@@ -149,14 +169,14 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
             mr.back().len += remote[i].len;
             continue;
         }
+        lrs[ml.size()] = lrs[i];
+        rrs[ml.size()] = rrs[i];
         ml.push_back(local[i]);
         mr.push_back(remote[i]);
-        mlrs.push_back(lrs[i]);
-        mrrs.push_back(rrs[i]);
         first.push_back(i);
     }
     st.block_count = m;
-    paths.choose(st, resolved_pairs{ml, mr, mlrs, mrrs, target, first, origin}, options.path);
+    paths.choose(st, resolved_pairs{ml, mr, lrs.first(m), rrs.first(m), target, first, origin}, options.path);
 }
 
 /// prepare's second half for strided lists, in O(runs): checks each run
@@ -174,8 +194,9 @@ bool resolve_runs(xfer_state& st, std::span<block_run> runs, const strided_origi
     remote_peer& target = *st.target;
     const std::size_t n = runs.size();
     std::vector<std::shared_ptr<local_region>> held;
-    std::vector<local_region*> lrs(n);
-    std::vector<remote_region*> rrs(n);
+    pair_regions& scratch = pair_regions::of_this_thread(n);
+    const std::span<local_region*> lrs = std::span(scratch.local).first(n);
+    const std::span<remote_region*> rrs = std::span(scratch.remote).first(n);
     std::uint64_t bytes = 0;
     for (std::size_t i = 0; i < n; ++i) {
         const block_run& run = runs[i];
@@ -226,7 +247,7 @@ bool resolve_runs(xfer_state& st, std::span<block_run> runs, const strided_origi
     }
     st.block_count = blocks;
     paths.choose(st,
-                 resolved_runs{runs.first(m), std::span(lrs).first(m), std::span(rrs).first(m), target, origin},
+                 resolved_runs{runs.first(m), lrs.first(m), rrs.first(m), target, origin},
                  options.path);
     return true;
 }
