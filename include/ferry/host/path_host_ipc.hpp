@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -269,6 +270,9 @@ private:
     static void prefault(const host_plan& plan, xfer_op op, std::span<remote_region* const> remote_regions) {
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
         const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        // A power of two: shifts and masks, not a division per block.
+        const int shift = std::countr_zero(page);
+        const std::uintptr_t mask = ~(page - 1);
         const bool write = op == xfer_op::write;
         // Pages in ascending runs, merged as they come: lists mostly walk
         // the peer's memory upwards, and then this stays short and unsorted
@@ -276,9 +280,9 @@ private:
         std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
         bool ascending = true;
         auto add = [&](remote_region& r, std::uintptr_t at, std::size_t len) {
-            const std::uintptr_t lo = at / page * page, hi = (at + len + page - 1) / page * page;
-            if (!r.populated.claim((lo - r.ipc_base) / page, (hi - r.ipc_base) / page, write,
-                                   (r.ipc_alloc_size + page - 1) / page))
+            const std::uintptr_t lo = at & mask, hi = (at + len + page - 1) & mask;
+            if (!r.populated.claim((lo - r.ipc_base) >> shift, (hi - r.ipc_base) >> shift, write,
+                                   (r.ipc_alloc_size + page - 1) >> shift))
                 return;
             if (!spans.empty() && lo >= spans.back().first && lo <= spans.back().second) {
                 spans.back().second = std::max(spans.back().second, hi);
