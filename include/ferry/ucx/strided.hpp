@@ -98,13 +98,17 @@ struct block_run {
 };
 
 /// Cuts two checked strided lists of `blocks` blocks each into runs, in
-/// O(entries): a run ends wherever an entry of either side ends. Records the
+/// O(entries): a run ends wherever an entry of either side ends; the runs
+/// stay valid until the thread's next call. Records the
 /// lists in `origin` and checks that the lengths of each pair of entries
 /// that meet agree; a throw names the first block whose do not.
-inline std::vector<block_run> pair_runs(std::span<const strided_desc> local, std::span<const strided_desc> remote,
-                                        std::size_t blocks, strided_origin& origin) {
+inline std::vector<block_run>& pair_runs(std::span<const strided_desc> local, std::span<const strided_desc> remote,
+                                         std::size_t blocks, strided_origin& origin) {
     origin = {local, remote, blocks};
-    std::vector<block_run> runs;
+    // Kept per thread with its capacity, as pair_regions is: a list prepared
+    // again allocates and faults in nothing here.
+    thread_local std::vector<block_run> runs;
+    runs.clear();
     runs.reserve(local.size() + remote.size() - 1);
     // Entry li of the local list holds its blocks [l_start, l_start + count); likewise ri.
     std::size_t li = 0, ri = 0, l_start = 0, r_start = 0;
