@@ -68,14 +68,21 @@ double kernel_runner::burst(const ferry::device::view& v, const ferry::device::s
     return static_cast<double>(ms) / 1e3;
 }
 
+void kernel_runner::start_round_trips(bool ping, const ferry::device::view& v, const ferry::device::signal& s,
+                                      std::uint64_t theirs, const ferry::device::counter_ref& c, std::uint64_t mine,
+                                      std::uint64_t base, std::size_t iterations, double timeout) {
+    auto* st = static_cast<cudaStream_t>(stream_);
+    check(cudaMemsetAsync(report_, 0, sizeof(kernel_report), st), "cudaMemsetAsync");
+    check((ping ? launch_ping : launch_pong)(v, s, theirs, c, mine, base, iterations, nanoseconds(timeout), report_,
+                                             st),
+          ping ? "the ping kernel's launch" : "the pong kernel's launch");
+}
+
 double kernel_runner::ping(const ferry::device::view& v, const ferry::device::signal& s, std::uint64_t theirs,
                            const ferry::device::counter_ref& c, std::uint64_t mine, std::uint64_t base,
                            std::size_t iterations, double timeout) {
-    auto* st = static_cast<cudaStream_t>(stream_);
-    check(cudaMemsetAsync(report_, 0, sizeof(kernel_report), st), "cudaMemsetAsync");
-    check(launch_ping(v, s, theirs, c, mine, base, iterations, nanoseconds(timeout), report_, st),
-          "the ping kernel's launch");
-    check(cudaStreamSynchronize(st), "the ping kernel");
+    start_round_trips(true, v, s, theirs, c, mine, base, iterations, timeout);
+    check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "the ping kernel");
     const kernel_report r = read_report();
     if (r.timeouts != 0)
         throw std::runtime_error("--kernel: the target's kernel did not answer a ping within " +
@@ -86,10 +93,7 @@ double kernel_runner::ping(const ferry::device::view& v, const ferry::device::si
 void kernel_runner::start_pong(const ferry::device::view& v, const ferry::device::signal& s, std::uint64_t theirs,
                                const ferry::device::counter_ref& c, std::uint64_t mine, std::uint64_t base,
                                std::size_t iterations, double timeout) {
-    auto* st = static_cast<cudaStream_t>(stream_);
-    check(cudaMemsetAsync(report_, 0, sizeof(kernel_report), st), "cudaMemsetAsync");
-    check(launch_pong(v, s, theirs, c, mine, base, iterations, nanoseconds(timeout), report_, st),
-          "the pong kernel's launch");
+    start_round_trips(false, v, s, theirs, c, mine, base, iterations, timeout);
 }
 
 bool kernel_runner::finish_pong() {

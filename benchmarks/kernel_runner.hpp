@@ -46,6 +46,10 @@ public:
     [[nodiscard]] bool finish_pong();
 
 private:
+    // Launches the ping (or pong) kernel on the stream, its report zeroed first.
+    void start_round_trips(bool ping, const ferry::device::view& v, const ferry::device::signal& s,
+                           std::uint64_t theirs, const ferry::device::counter_ref& c, std::uint64_t mine,
+                           std::uint64_t base, std::size_t iterations, double timeout);
     kernel_report read_report();
     void release() noexcept;
 

@@ -13,6 +13,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/child_output.hpp"
 #include "support/cuda_probe.hpp"
 #include "support/device_kernels.hpp"
 #include "support/ferry_catch.hpp"
@@ -20,15 +21,14 @@
 
 #include <cuda_runtime_api.h>
 #include <nvrtc.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 using ferry::status;
@@ -218,13 +218,7 @@ extern "C" __global__ void user_kernel(fd::view v, fd::signal s, fd::counter_ref
     // does not survive fork: after it ran here, the peers that the GPU cases
     // fork from this process found no device. So it runs in a child.
     for (const char* checks : {"-DFERRY_DEVICE_CHECKS=1", "-DNDEBUG"}) {
-        int out[2];
-        REQUIRE(::pipe(out) == 0);
-        std::fflush(nullptr);
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            ::close(out[0]);
+        const ferry_test::child_result child = ferry_test::in_child([&] {
             nvrtcProgram program = nullptr;
             nvrtcResult r = nvrtcCreateProgram(&program, source, "user_kernel.cu", 0, nullptr, nullptr);
             std::string log = "nvrtcCreateProgram failed";
@@ -238,19 +232,11 @@ extern "C" __global__ void user_kernel(fd::view v, fd::signal s, fd::counter_ref
                 nvrtcGetProgramLog(program, log.data());
                 nvrtcDestroyProgram(&program);
             }
-            const char verdict = r == NVRTC_SUCCESS ? 'y' : 'n';
-            [[maybe_unused]] auto w1 = ::write(out[1], &verdict, 1);
-            [[maybe_unused]] auto w2 = ::write(out[1], log.data(), log.size());
-            ::_exit(0);
-        }
-        ::close(out[1]);
-        std::string got;
-        char buf[4096];
-        for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<std::size_t>(n));
-        ::close(out[0]);
-        int ws = 0;
-        ::waitpid(pid, &ws, 0);
-        REQUIRE(WIFEXITED(ws));
+            log.insert(log.begin(), r == NVRTC_SUCCESS ? 'y' : 'n');
+            return std::pair{0, log};
+        });
+        const std::string& got = child.output;
+        REQUIRE(child.exited);
         REQUIRE_FALSE(got.empty());
         INFO(checks << ": " << got.substr(1));
         CHECK(got[0] == 'y');

@@ -9,14 +9,12 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/child_output.hpp"
 #include "support/ferry_catch.hpp"
 
 #include <cuda_runtime_api.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdio>
 #include <string>
+#include <utility>
 
 namespace ferry_test {
 
@@ -30,13 +28,7 @@ struct probe_outcome {
 // Forks a child that makes a memory::cuda backend, and reads back how it went.
 inline const probe_outcome& probe() {
     static const probe_outcome outcome = [] {
-        int out[2];
-        REQUIRE(::pipe(out) == 0);
-        std::fflush(nullptr);
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            ::close(out[0]);
+        const child_result child = in_child([] {
             std::string msg;
             int code = 0;
             int devices = 0;
@@ -54,19 +46,12 @@ inline const probe_outcome& probe() {
                                                                                  : probe_result::other);
                 }
             }
-            [[maybe_unused]] auto w = ::write(out[1], msg.data(), msg.size());
-            ::_exit(code);
-        }
-        ::close(out[1]);
+            return std::pair{code, msg};
+        });
         probe_outcome o;
-        char buf[512];
-        ssize_t n;
-        while ((n = ::read(out[0], buf, sizeof buf)) > 0) o.message.append(buf, static_cast<std::size_t>(n));
-        ::close(out[0]);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
-        o.result = WIFEXITED(status) ? static_cast<probe_result>(WEXITSTATUS(status)) : probe_result::other;
-        if (!WIFEXITED(status)) o.message = "the probe process crashed";
+        o.message = child.output;
+        o.result = child.exited ? static_cast<probe_result>(child.code) : probe_result::other;
+        if (!child.exited) o.message = "the probe process crashed";
         return o;
     }();
     return outcome;
