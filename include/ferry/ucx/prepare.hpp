@@ -185,9 +185,10 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
 /// (options.coalesce: a run whose blocks follow one another on both sides
 /// becomes one block, and so do consecutive single blocks that continue
 /// each other; `runs` then holds the merged ones), then sets the transfer up
-/// as resolve does. Returns false, having changed nothing, when a run's span lies in no single region on
-/// one side; the caller then lays the blocks out and resolves them one by
-/// one, which finds each block's region or names the bad one.
+/// as resolve does. Returns false, having changed nothing, when a run's span
+/// lies in no single region on one side; the caller then lays the blocks out
+/// and resolves them one by one, which finds each block's region or names
+/// the bad one.
 template <class Paths>
 bool resolve_runs(xfer_state& st, std::span<block_run> runs, const strided_origin& origin,
                   const registry& regions, Paths& paths, const xfer_options& options) {
