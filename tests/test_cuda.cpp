@@ -597,3 +597,40 @@ TEST_CASE("the copy kernel's chunk table covers every pair's bytes once, runs in
         CHECK(chunks.size() == rows);
     }
 }
+
+TEST_CASE("pairs that are each one chunk are their own table, row for row as the plan would write it") {
+    // No GPU needed. A plain list of blocks no longer than a chunk, and runs
+    // that fit one, are uploaded as they are (pairs_are_chunks); anything
+    // the plan would cut or reshape is not.
+    using ferry::detail::cuda::chunk_bytes;
+    using ferry::detail::cuda::copy_chunk;
+    using ferry::detail::cuda::copy_pair;
+    using ferry::detail::cuda::pairs_are_chunks;
+    using ferry::detail::cuda::plan_chunks;
+    auto same_rows = [](const std::vector<copy_pair>& pairs, int sms) {
+        const std::vector<copy_chunk> chunks = plan_chunks(pairs, sms);
+        return chunks.size() == pairs.size() &&
+               std::memcmp(chunks.data(), pairs.data(), pairs.size() * sizeof(copy_chunk)) == 0;
+    };
+    std::vector<copy_pair> plain;
+    for (std::uint64_t i = 0; i < 1000; ++i) plain.push_back({i * 8192, (1ULL << 32) + i * 4096, 4096});
+    // Runs of at most 4 KiB, the smallest chunk.
+    const std::vector<copy_pair> runs{{0, 1ULL << 32, 1024, 8192, 1024, 4}, {1 << 20, 1ULL << 33, 1000, 3000, 1000, 4}};
+    for (const int sms : {1, 132}) {
+        INFO(sms << " multiprocessors");
+        CHECK(pairs_are_chunks(plain, chunk_bytes(plain, sms)));
+        CHECK(same_rows(plain, sms));
+        CHECK(pairs_are_chunks(runs, chunk_bytes(runs, sms)));
+        CHECK(same_rows(runs, sms));
+    }
+    // Cut or reshaped by the plan: longer than the largest chunk, a run of
+    // more 4 KiB pairs than the largest chunk holds, a single pair carrying
+    // strides.
+    const std::vector<copy_pair> long_pair{{0, 1ULL << 32, 100'000}};
+    const std::vector<copy_pair> long_run{{0, 1ULL << 32, 4096, 8192, 4096, 17}};
+    const std::vector<copy_pair> strided_single{{0, 1ULL << 32, 4096, 8192, 4096, 1}};
+    for (const auto* pairs : {&long_pair, &long_run, &strided_single}) {
+        CHECK_FALSE(pairs_are_chunks(*pairs, chunk_bytes(*pairs, 1)));
+        CHECK_FALSE(same_rows(*pairs, 1));
+    }
+}

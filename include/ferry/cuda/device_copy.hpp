@@ -31,20 +31,44 @@ struct copy_pair {
     std::uint64_t dst_stride = 0;
     std::uint64_t count = 1;
 };
+// A pair is uploaded as a chunk row where it is one (pairs_are_chunks).
+static_assert(sizeof(copy_pair) == sizeof(copy_chunk) && offsetof(copy_pair, src) == offsetof(copy_chunk, src) &&
+              offsetof(copy_pair, dst) == offsetof(copy_chunk, dst) &&
+              offsetof(copy_pair, len) == offsetof(copy_chunk, len) &&
+              offsetof(copy_pair, src_stride) == offsetof(copy_chunk, src_stride) &&
+              offsetof(copy_pair, dst_stride) == offsetof(copy_chunk, dst_stride) &&
+              offsetof(copy_pair, count) == offsetof(copy_chunk, count));
 
-/// Splits the pairs into chunks for one thread block each. Chunks are large
-/// enough that a block does real work and small enough that a big transfer
-/// still spreads over every multiprocessor (about 8 blocks each), between
-/// 4 KiB and 64 KiB and a multiple of 16 bytes, so aligned pairs stay
-/// aligned piece by piece. A run of pairs shorter than a chunk goes as
-/// chunks of as many of its pairs as fit, so that its table has a row per
-/// chunk of bytes rather than per pair.
-inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int multiprocessors) {
+/// The chunk size plan_chunks cuts `pairs` into. Chunks are large enough
+/// that a block does real work and small enough that a big transfer still
+/// spreads over every multiprocessor (about 8 blocks each), between 4 KiB
+/// and 64 KiB and a multiple of 16 bytes, so aligned pairs stay aligned
+/// piece by piece.
+inline std::uint64_t chunk_bytes(std::span<const copy_pair> pairs, int multiprocessors) noexcept {
     std::uint64_t total = 0;
     for (const auto& p : pairs) total += p.len * p.count;
     const std::uint64_t want = total / (static_cast<std::uint64_t>(std::max(1, multiprocessors)) * 8);
     std::uint64_t chunk = 4096;
     while (chunk < 65536 && chunk * 2 <= want) chunk *= 2;
+    return chunk;
+}
+
+/// Whether plan_chunks would give `pairs` back as they are, a row per pair
+/// (a plain list of blocks no longer than a chunk, or runs that each fit
+/// one): then the pairs are their own table, uploaded without a plan.
+inline bool pairs_are_chunks(std::span<const copy_pair> pairs, std::uint64_t chunk) noexcept {
+    return std::all_of(pairs.begin(), pairs.end(), [chunk](const copy_pair& p) {
+        if (p.len == 0 || p.len > chunk) return false;
+        return p.count == 1 ? p.src_stride == 0 && p.dst_stride == 0 : p.count <= chunk / p.len;
+    });
+}
+
+/// Splits the pairs into chunks of chunk_bytes for one thread block each.
+/// A run of pairs shorter than a chunk goes as chunks of as many of its
+/// pairs as fit, so that its table has a row per chunk of bytes rather than
+/// per pair.
+inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int multiprocessors) {
+    const std::uint64_t chunk = chunk_bytes(pairs, multiprocessors);
     auto per_chunk = [chunk](const copy_pair& p) { return p.len >= chunk ? 1 : chunk / p.len; };
     // A single pair that fits a chunk, the common row of a plain list, is
     // one row without a division.
@@ -54,25 +78,38 @@ inline std::vector<copy_chunk> plan_chunks(std::span<const copy_pair> pairs, int
         else if (p.len > chunk) rows += static_cast<std::size_t>(p.count * ((p.len + chunk - 1) / chunk));
         else rows += static_cast<std::size_t>((p.count + per_chunk(p) - 1) / per_chunk(p));
     }
-    std::vector<copy_chunk> out;
-    out.reserve(rows);
+    // Sized first and written through a pointer, a field at a time: a
+    // chunk pushed whole is read back in wider pieces than it was written,
+    // which stalls every row (a plain list of 10^5 pairs is 10^5 rows).
+    std::vector<copy_chunk> out(rows);
+    copy_chunk* row = out.data();
+    auto put = [&row](std::uint64_t src, std::uint64_t dst, std::uint64_t len, std::uint64_t src_stride,
+                      std::uint64_t dst_stride, std::uint64_t count) {
+        row->src = src;
+        row->dst = dst;
+        row->len = len;
+        row->src_stride = src_stride;
+        row->dst_stride = dst_stride;
+        row->count = count;
+        ++row;
+    };
     for (const auto& p : pairs) {
         if (p.count == 1 && p.len <= chunk) {
-            out.push_back({p.src, p.dst, p.len, 0, 0, 1});
+            put(p.src, p.dst, p.len, 0, 0, 1);
             continue;
         }
         if (p.len > chunk) {
             for (std::uint64_t k = 0; k < p.count; ++k) {
                 const std::uint64_t src = p.src + k * p.src_stride, dst = p.dst + k * p.dst_stride;
                 for (std::uint64_t at = 0; at < p.len; at += chunk)
-                    out.push_back({src + at, dst + at, std::min(chunk, p.len - at), 0, 0, 1});
+                    put(src + at, dst + at, std::min(chunk, p.len - at), 0, 0, 1);
             }
             continue;
         }
         const std::uint64_t step = per_chunk(p);
         for (std::uint64_t k = 0; k < p.count; k += step)
-            out.push_back({p.src + k * p.src_stride, p.dst + k * p.dst_stride, p.len, p.src_stride, p.dst_stride,
-                           std::min(step, p.count - k)});
+            put(p.src + k * p.src_stride, p.dst + k * p.dst_stride, p.len, p.src_stride, p.dst_stride,
+                std::min(step, p.count - k));
     }
     return out;
 }
@@ -93,13 +130,23 @@ public:
         check_cu(driver_.ctx_get_current(&context_), "cuCtxGetCurrent");
         int sms = 1;
         check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-        const auto chunks = plan_chunks(pairs_, sms);
-        if (chunks.size() > 0x7FFFFFFFU)
+        // The rows uploaded: the pairs themselves where each is one chunk
+        // as it is (a plain list of blocks: 10^5 pairs are not copied into
+        // a table of the same 10^5 rows first), else a plan.
+        std::vector<copy_chunk> planned;
+        const void* rows = pairs_.data();
+        std::size_t row_count = pairs_.size();
+        if (!pairs_are_chunks(pairs_, chunk_bytes(pairs_, sms))) {
+            planned = plan_chunks(pairs_, sms);
+            rows = planned.data();
+            row_count = planned.size();
+        }
+        if (row_count > 0x7FFFFFFFU)
             throw error(status::invalid_argument, "prepare: the transfer needs more than 2^31 - 1 thread blocks");
-        blocks_ = static_cast<unsigned>(chunks.size());
+        blocks_ = static_cast<unsigned>(row_count);
         fn_ = copy_kernel(device);
         // One more chunk than the transfer needs: an empty one, for warm_up.
-        const std::size_t table_bytes = (chunks.size() + 1) * sizeof(copy_chunk);
+        const std::size_t table_bytes = (row_count + 1) * sizeof(copy_chunk);
         try {
             if (auto reused = pool_ ? pool_->take(table_bytes) : std::nullopt) {
                 // Warm already: its stream and event served a launch before.
@@ -114,13 +161,13 @@ public:
                 }
                 // Ordered before every launch on the stream; the source may
                 // go once the call returns (CUDA stages pageable memory).
-                check_cuda(cudaMemcpyAsync(reinterpret_cast<void*>(table_), chunks.data(),
-                                           chunks.size() * sizeof(copy_chunk), cudaMemcpyHostToDevice, stream_),
+                check_cuda(cudaMemcpyAsync(reinterpret_cast<void*>(table_), rows, row_count * sizeof(copy_chunk),
+                                           cudaMemcpyHostToDevice, stream_),
                            "cudaMemcpyAsync(chunk table)");
             } else {
                 allocate_table(table_bytes);
-                check_cuda(cudaMemcpy(reinterpret_cast<void*>(table_), chunks.data(),
-                                      chunks.size() * sizeof(copy_chunk), cudaMemcpyHostToDevice),
+                check_cuda(cudaMemcpy(reinterpret_cast<void*>(table_), rows, row_count * sizeof(copy_chunk),
+                                      cudaMemcpyHostToDevice),
                            "cudaMemcpy(chunk table)");
                 check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
                 check_cuda(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");

@@ -138,7 +138,14 @@ private:
     bool build(xfer_state& st, const List& list, std::size_t n, xfer_path wanted, Run run) {
         const bool required = wanted == id;
         bool gpu_there = false;
+        // Consecutive pairs mostly share their regions: what was asked of
+        // the last pair's pair of regions holds for the next one's.
+        const local_region* last_l = nullptr;
+        const remote_region* last_r = nullptr;
         for (std::size_t i = 0; i < n; ++i) {
+            if (list.local_regions[i] == last_l && list.remote_regions[i] == last_r) continue;
+            last_l = list.local_regions[i];
+            last_r = list.remote_regions[i];
             const auto why = refusal(*list.local_regions[i], *list.remote_regions[i], list.target, wanted);
             if (why.empty()) {
                 gpu_there = gpu_there || list.remote_regions[i]->kind == memory_kind_code::cuda;
@@ -147,18 +154,26 @@ private:
             if (!required) return false;
             throw error(status::invalid_argument, "prepare: path cuda_ipc: " + list.where(i) + ": " + why);
         }
-        std::vector<cuda::copy_pair> copies;
-        copies.reserve(n);
+        // Sized first and written through a pointer: a pair pushed whole
+        // is read back in wider pieces than it was written, a stall a pair.
+        std::vector<cuda::copy_pair> copies(n);
+        cuda::copy_pair* out = copies.data();
         std::vector<std::shared_ptr<void>> mappings;
-        for (std::size_t i = 0; i < n; ++i) {
+        last_r = nullptr;
+        const bool write = st.op == xfer_op::write;
+        for (std::size_t i = 0; i < n; ++i, ++out) {
             const run_view r = run(i);
             const std::uint64_t here = gpu_address(*list.local_regions[i], r.local);
             const std::uint64_t there = mapped_address(*list.remote_regions[i], r.remote);
-            if (st.op == xfer_op::write)
-                copies.push_back({here, there, r.len, r.local_stride, r.remote_stride, r.count});
-            else
-                copies.push_back({there, here, r.len, r.remote_stride, r.local_stride, r.count});
+            out->src = write ? here : there;
+            out->dst = write ? there : here;
+            out->len = r.len;
+            out->src_stride = write ? r.local_stride : r.remote_stride;
+            out->dst_stride = write ? r.remote_stride : r.local_stride;
+            out->count = r.count;
             const remote_region& rr = *list.remote_regions[i];
+            if (&rr == last_r) continue;
+            last_r = &rr;
             const auto& mapping = rr.kind == memory_kind_code::cuda ? rr.ipc_mapping : rr.gpu_registration;
             if (std::find(mappings.begin(), mappings.end(), mapping) == mappings.end()) mappings.push_back(mapping);
         }

@@ -64,7 +64,7 @@ inline xfer ucx_backend<Policy>::prepare(xfer_op op, std::span<const strided_des
                                          std::span<const strided_desc> remote, peer p, const xfer_options& options) {
     const std::size_t blocks = detail::check_prepare_arguments<paths_type>(op, local, remote, options.path);
     detail::strided_origin origin;
-    std::vector<detail::block_run>& runs = detail::pair_runs(local, remote, blocks, origin);
+    const std::span<detail::block_run> runs = detail::pair_runs(local, remote, blocks, origin);
     return prepare_with(op, p, blocks, [&](detail::xfer_state& st, const detail::registry& regions) {
         if (detail::resolve_runs(st, runs, origin, regions, paths_, options)) return;
         std::vector<desc> flat_local, flat_remote;

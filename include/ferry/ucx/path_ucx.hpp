@@ -68,13 +68,19 @@ public:
     /// A strided transfer's runs as they are: each run one loop of
     /// operations at post, so that prepare stays O(runs).
     bool prepare(xfer_state& st, const resolved_runs& resolved, xfer_path) {
-        st.runs.clear();
-        st.runs.reserve(resolved.runs.size());
-        for (std::size_t i = 0; i < resolved.runs.size(); ++i) {
+        // Sized first and written through a pointer: emplacing a run at a
+        // time reloads and stores the vector's end on every run.
+        st.runs.resize(resolved.runs.size());
+        rma_run* out = st.runs.data();
+        for (std::size_t i = 0; i < resolved.runs.size(); ++i, ++out) {
             const block_run& run = resolved.runs[i];
-            const rma_keys k{resolved.target.key_of(*resolved.remote_regions[i]), resolved.local_regions[i]->mem.get()};
-            st.runs.push_back({reinterpret_cast<std::byte*>(run.local.addr), run.local.len, run.remote.addr,
-                               run.local_stride, run.remote_stride, run.count, k});
+            out->local = reinterpret_cast<std::byte*>(run.local.addr);
+            out->len = run.local.len;
+            out->remote = run.remote.addr;
+            out->local_stride = run.local_stride;
+            out->remote_stride = run.remote_stride;
+            out->count = run.count;
+            out->keys = {resolved.target.key_of(*resolved.remote_regions[i]), resolved.local_regions[i]->mem.get()};
         }
         st.keys.clear();
         set_params(st);

@@ -115,6 +115,11 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
     const std::span<remote_region*> rrs = std::span(scratch.remote).first(n);
     auto at = [origin](std::size_t i) { return "prepare: " + name_block(i, origin); };
     std::size_t merges = 0;
+    std::uint64_t bytes = 0;
+    // The previous pair's regions, kept in locals rather than read back from
+    // the tables, which the compiler must assume the stores to them change.
+    local_region* lr = nullptr;
+    remote_region* rr = nullptr;
     for (std::size_t i = 0; i < n; ++i) {
         const desc& l = local[i];
         const desc& r = remote[i];
@@ -126,26 +131,30 @@ void resolve(xfer_state& st, std::span<const desc> local, std::span<const desc> 
         // pair's regions are asked first, which spares the registry's lock
         // and a search per block. Either region is right for a block that
         // lies inside it, even where regions overlap.
-        if (i > 0 && lrs[i - 1]->contains(l.addr, l.len, l.dev)) {
-            lrs[i] = lrs[i - 1];
-        } else {
-            auto lr = regions.find(l.addr, l.len, l.dev);
-            if (!lr)
+        local_region* const lr_prev = lr;
+        remote_region* const rr_prev = rr;
+        if (!lr || !lr->contains(l.addr, l.len, l.dev)) {
+            auto found = regions.find(l.addr, l.len, l.dev);
+            if (!found)
                 throw error(status::not_registered,
                             at(i) + ": local block " + describe(l) + " is not inside any registered region");
-            lrs[i] = lr.get();
-            if (std::find(st.regions.begin(), st.regions.end(), lr) == st.regions.end())
-                st.regions.push_back(std::move(lr));
+            lr = found.get();
+            if (std::find(st.regions.begin(), st.regions.end(), found) == st.regions.end())
+                st.regions.push_back(std::move(found));
         }
-        if (i > 0 && !rrs[i - 1]->withdrawn && rrs[i - 1]->contains(r.addr, r.len, r.dev)) rrs[i] = rrs[i - 1];
-        else rrs[i] = target.find(r.addr, r.len, r.dev);
-        if (!rrs[i])
-            throw error(status::not_registered, at(i) + ": remote block " + describe(r) +
-                                                    " is not inside any region that peer '" + target.name() +
-                                                    "' published");
-        st.total_bytes += l.len;
-        if (i > 0 && continues(local[i - 1], remote[i - 1], l, r, lrs[i - 1], lrs[i], rrs[i - 1], rrs[i])) ++merges;
+        if (!rr || rr->withdrawn || !rr->contains(r.addr, r.len, r.dev)) {
+            rr = target.find(r.addr, r.len, r.dev);
+            if (!rr)
+                throw error(status::not_registered, at(i) + ": remote block " + describe(r) +
+                                                        " is not inside any region that peer '" + target.name() +
+                                                        "' published");
+        }
+        lrs[i] = lr;
+        rrs[i] = rr;
+        bytes += l.len;
+        if (i > 0 && continues(local[i - 1], remote[i - 1], l, r, lr_prev, lr, rr_prev, rr)) ++merges;
     }
+    st.total_bytes += bytes;
     if (!options.coalesce || merges == 0) {
         st.block_count = n;
         paths.choose(st, resolved_pairs{local, remote, lrs, rrs, target, {}, origin}, options.path);
@@ -199,22 +208,26 @@ bool resolve_runs(xfer_state& st, std::span<block_run> runs, const strided_origi
     const std::span<local_region*> lrs = std::span(scratch.local).first(n);
     const std::span<remote_region*> rrs = std::span(scratch.remote).first(n);
     std::uint64_t bytes = 0;
+    // The last run's regions, kept in locals rather than read back from the
+    // tables, which the compiler must assume the stores to them change.
+    local_region* lr = nullptr;
+    remote_region* rr = nullptr;
     for (std::size_t i = 0; i < n; ++i) {
         const block_run& run = runs[i];
         const std::size_t l_span = run_span(run.local, run.local_stride, run.count);
         const std::size_t r_span = run_span(run.remote, run.remote_stride, run.count);
-        if (i > 0 && lrs[i - 1]->contains(run.local.addr, l_span, run.local.dev)) {
-            lrs[i] = lrs[i - 1];
-        } else {
-            auto lr = regions.find(run.local.addr, l_span, run.local.dev);
-            if (!lr) return false;
-            lrs[i] = lr.get();
-            if (std::find(held.begin(), held.end(), lr) == held.end()) held.push_back(std::move(lr));
+        if (!lr || !lr->contains(run.local.addr, l_span, run.local.dev)) {
+            auto found = regions.find(run.local.addr, l_span, run.local.dev);
+            if (!found) return false;
+            lr = found.get();
+            if (std::find(held.begin(), held.end(), found) == held.end()) held.push_back(std::move(found));
         }
-        if (i > 0 && !rrs[i - 1]->withdrawn && rrs[i - 1]->contains(run.remote.addr, r_span, run.remote.dev))
-            rrs[i] = rrs[i - 1];
-        else rrs[i] = target.find(run.remote.addr, r_span, run.remote.dev);
-        if (!rrs[i]) return false;
+        if (!rr || rr->withdrawn || !rr->contains(run.remote.addr, r_span, run.remote.dev)) {
+            rr = target.find(run.remote.addr, r_span, run.remote.dev);
+            if (!rr) return false;
+        }
+        lrs[i] = lr;
+        rrs[i] = rr;
         bytes += std::uint64_t{run.local.len} * run.count;
     }
     st.regions = std::move(held);

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -102,14 +103,21 @@ struct block_run {
 /// stay valid until the thread's next call. Records the
 /// lists in `origin` and checks that the lengths of each pair of entries
 /// that meet agree; a throw names the first block whose do not.
-inline std::vector<block_run>& pair_runs(std::span<const strided_desc> local, std::span<const strided_desc> remote,
-                                         std::size_t blocks, strided_origin& origin) {
+inline std::span<block_run> pair_runs(std::span<const strided_desc> local, std::span<const strided_desc> remote,
+                                      std::size_t blocks, strided_origin& origin) {
     origin = {local, remote, blocks};
-    // Kept per thread with its capacity, as pair_regions is: a list prepared
-    // again allocates and faults in nothing here.
-    thread_local std::vector<block_run> runs;
-    runs.clear();
-    runs.reserve(local.size() + remote.size() - 1);
+    // Kept per thread at the size of the longest list it paired, as
+    // pair_regions is: a list prepared again allocates and faults in nothing
+    // here. Written through a plain pointer: through a vector, every run
+    // reloads and stores the vector's end, which costs half the loop.
+    thread_local std::unique_ptr<block_run[]> table;
+    thread_local std::size_t capacity = 0;
+    const std::size_t most = local.size() + remote.size() - 1;
+    if (capacity < most) {
+        table = std::make_unique_for_overwrite<block_run[]>(most);
+        capacity = most;
+    }
+    block_run* out = table.get();
     // Entry li of the local list holds its blocks [l_start, l_start + count); likewise ri.
     std::size_t li = 0, ri = 0, l_start = 0, r_start = 0;
     for (std::size_t b = 0; b < blocks;) {
@@ -120,12 +128,15 @@ inline std::vector<block_run>& pair_runs(std::span<const strided_desc> local, st
                                                       std::to_string(l.len) + " differs from remote length " +
                                                       std::to_string(r.len));
         const std::size_t l_end = l_start + l.count, r_end = r_start + r.count, end = std::min(l_end, r_end);
-        runs.push_back({{l.addr + (b - l_start) * l.stride, l.len, l.dev},
-                        {r.addr + (b - r_start) * r.stride, r.len, r.dev},
-                        l.stride,
-                        r.stride,
-                        end - b,
-                        b});
+        // Field by field: a run built aside and copied in whole is read back
+        // in wider pieces than it was written, which stalls every run.
+        out->local = {l.addr + (b - l_start) * l.stride, l.len, l.dev};
+        out->remote = {r.addr + (b - r_start) * r.stride, r.len, r.dev};
+        out->local_stride = l.stride;
+        out->remote_stride = r.stride;
+        out->count = end - b;
+        out->first_block = b;
+        ++out;
         b = end;
         if (b == l_end) {
             ++li;
@@ -136,7 +147,7 @@ inline std::vector<block_run>& pair_runs(std::span<const strided_desc> local, st
             r_start = r_end;
         }
     }
-    return runs;
+    return {table.get(), out};
 }
 
 /// Bytes from a run's first block's start to its last block's end, on the
