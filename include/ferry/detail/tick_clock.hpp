@@ -11,7 +11,6 @@
 #include <ferry/version.hpp>
 
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <limits>
@@ -53,7 +52,10 @@ public:
     /// A duration of `ticks`, in nanoseconds.
     [[nodiscard]] std::int64_t to_ns(std::int64_t ticks) const noexcept {
         if (!tsc_) return ticks;
-        return static_cast<std::int64_t>(std::llround(static_cast<double>(ticks) * ns_per_tick_));
+        // Rounded here rather than by std::llround, which is a call into
+        // libm on every completion that telemetry records.
+        const double ns = static_cast<double>(ticks) * ns_per_tick_;
+        return static_cast<std::int64_t>(ns < 0 ? ns - 0.5 : ns + 0.5);
     }
 
     /// A reading of both clocks, to turn ticks into steady_clock times.
