@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -185,12 +186,55 @@ private:
         std::size_t count;
     };
 
+    // Released plans' copy tables, kept for the process's next plan: a
+    // table of 10^5 copies is 4.8 MB, which the allocator maps afresh for
+    // each plan and unmaps when it goes, so that preparing a list again
+    // would fault in every page of a new one (a third of that prepare's
+    // time). One table is kept, the largest, and only tables that large are
+    // handed out. Never destroyed, so that a plan released during the
+    // program's exit still finds it.
+    class copy_tables {
+    public:
+        static copy_tables& shared() {
+            static auto* tables = new copy_tables;
+            return *tables;
+        }
+
+        // A table with room for n copies, or an empty one.
+        std::vector<host_copy> take(std::size_t n) {
+            if (n < mapped_afresh) return {};
+            std::lock_guard lock(mutex_);
+            if (spare_.capacity() < n) return {};
+            return std::exchange(spare_, {});
+        }
+
+        void give(std::vector<host_copy>& table) noexcept {
+            if (table.capacity() < mapped_afresh) return;
+            std::lock_guard lock(mutex_);
+            if (table.capacity() > spare_.capacity()) {
+                table.clear();
+                spare_.swap(table);
+            }
+        }
+
+    private:
+        // glibc's first threshold for memory of its own mapping: 128 KiB.
+        static constexpr std::size_t mapped_afresh = (std::size_t{128} << 10) / sizeof(host_copy);
+        std::mutex mutex_;
+        std::vector<host_copy> spare_;
+    };
+
     struct host_plan {
         std::vector<host_copy> copies;      // through mappings
         std::vector<iovec> local, remote;   // through process_vm, when `process` is set
         std::vector<vm_call> calls;
         host::peer_process* process = nullptr;  // the target's, which the transfer keeps alive
         std::vector<std::shared_ptr<void>> mappings;
+
+        host_plan() = default;
+        host_plan(const host_plan&) = delete;
+        host_plan& operator=(const host_plan&) = delete;
+        ~host_plan() { copy_tables::shared().give(copies); }
     };
 
     static const host_plan& plan_of(const xfer_state& st) noexcept {
@@ -209,7 +253,14 @@ private:
             throw error(status::invalid_argument, "prepare: path host_ipc: " + peer.unreachable());
         }
         std::size_t unmapped = n;  // the first pair a mapping cannot serve
+        // Consecutive pairs mostly share their regions, and what is asked
+        // here depends on the regions alone.
+        const local_region* last_l = nullptr;
+        const remote_region* last_r = nullptr;
         for (std::size_t i = 0; i < n; ++i) {
+            if (list.local_regions[i] == last_l && list.remote_regions[i] == last_r) continue;
+            last_l = list.local_regions[i];
+            last_r = list.remote_regions[i];
             remote_region& r = *list.remote_regions[i];
             std::string why;
             if (list.local_regions[i]->facts.kind != memory_kind_code::host)
@@ -242,8 +293,15 @@ private:
     template <class Run>
     static void build_copies(host_plan& plan, xfer_op op, std::size_t n,
                              std::span<remote_region* const> remote_regions, Run run) {
-        plan.copies.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
+        plan.copies = copy_tables::shared().take(n);
+        // Sized first and written a field at a time through a pointer: a
+        // copy pushed whole is read back in wider pieces than it was
+        // written, a stall a copy.
+        plan.copies.resize(n);
+        host_copy* out = plan.copies.data();
+        const bool write = op == xfer_op::write;
+        const remote_region* last = nullptr;
+        for (std::size_t i = 0; i < n; ++i, ++out) {
             const remote_region& r = *remote_regions[i];
             const copy_run c = run(i);
             // Inside the mapping: decode_metadata checked that the region lies
@@ -251,8 +309,14 @@ private:
             // that every block lies in the region.
             auto* there = reinterpret_cast<void*>(r.ipc_base + r.ipc_offset + (c.remote - r.addr));
             auto* here = reinterpret_cast<void*>(c.local);
-            if (op == xfer_op::write) plan.copies.push_back({there, here, c.len, c.remote_stride, c.local_stride, c.count});
-            else plan.copies.push_back({here, there, c.len, c.local_stride, c.remote_stride, c.count});
+            out->to = write ? there : here;
+            out->from = write ? here : there;
+            out->len = c.len;
+            out->to_stride = write ? c.remote_stride : c.local_stride;
+            out->from_stride = write ? c.local_stride : c.remote_stride;
+            out->count = c.count;
+            if (&r == last) continue;
+            last = &r;
             if (std::find(plan.mappings.begin(), plan.mappings.end(), r.ipc_mapping) == plan.mappings.end())
                 plan.mappings.push_back(r.ipc_mapping);
         }
