@@ -371,13 +371,16 @@ enum class verdict { intact, superseded, bad };
 // this agent gets to the notification), and a copy in flight tears words at
 // any byte (UCX's active-message fragments, the kernel's copies): a block
 // whose every byte is the byte of seq or of a later WRITE at that place was
-// overwritten, not corrupted. Later means up to 64 past seq or past the seq
-// in the block's header, or any WRITE of a later incarnation of the writer
-// that the header names: a notification may come hundreds of WRITEs late,
-// even after its writer was killed and restarted (host_ipc lands the data
-// inside post, and a stopped target's queue holds the notifications).
-// Anything else, older data included (the notification came before its
-// data), is bad.
+// overwritten, not corrupted. Later means up to later_window past seq or
+// past the seq in the block's header, or any WRITE of a later incarnation of
+// the writer that the header names: a notification may come hundreds of
+// WRITEs late, even after its writer was killed and restarted (host_ipc
+// lands the data inside post, and a stopped target's queue holds the
+// notifications), and the header itself may be many WRITEs old where this
+// agent was preempted while it copied the block (seen: header seq 2614, a
+// word of seq 2685, with six agents on two cores). Anything else, older data
+// included (the notification came before its data), is bad.
+constexpr std::uint64_t later_window = 4096;
 verdict judge_block(const std::vector<std::uint64_t>& words, std::uint32_t who, std::uint32_t inc,
                     std::uint64_t seq, std::uint64_t pos, std::string& why) {
     const std::size_t n = words.size();
@@ -385,11 +388,11 @@ verdict judge_block(const std::vector<std::uint64_t>& words, std::uint32_t who, 
         std::uint32_t inc;
         std::uint64_t first, last;  // seqs
     };
-    std::vector<family> families{{inc, seq + 1, seq + 64}};
+    std::vector<family> families{{inc, seq + 1, seq + later_window}};
     if (n > 2 && words[1] == inc && words[2] > seq && words[2] - seq < (1u << 24))
-        families[0].last = words[2] + 64;
+        families[0].last = words[2] + later_window;
     if (n > 2 && words[1] > inc && words[1] - inc < (1u << 16) && words[2] < (1u << 24))
-        families.push_back({static_cast<std::uint32_t>(words[1]), 1, words[2] + 64});
+        families.push_back({static_cast<std::uint32_t>(words[1]), 1, words[2] + later_window});
     std::vector<std::pair<std::uint32_t, std::uint64_t>> found{{inc, seq}};  // (incarnation, seq) in the block
     auto byte_of = [](std::uint64_t w, unsigned b) { return (w >> (8 * b)) & 0xffu; };
     // Whether `part` (a whole word, or one of its bytes) is some WRITE's,
